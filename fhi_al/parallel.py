@@ -1,0 +1,171 @@
+"""Everything that knows about MPI ranks lives here.
+
+`world()` is the job's communicator: mpi4py's COMM_WORLD when the job runs under mpiexec, a one-process
+stand-in otherwise, with the same methods, so the rest of the code runs unchanged on one process.
+Procedures ask this module who does what (`Layout`) instead of testing rank numbers themselves.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+ROOT = 0
+
+
+class SerialComm:
+    """The communicator of a one-process run: every collective is the identity."""
+
+    rank = 0
+    size = 1
+    mpi = None  # the underlying mpi4py communicator, None here
+
+    def bcast(self, obj: T, root: int = ROOT) -> T:
+        return obj
+
+    def barrier(self) -> None:
+        return None
+
+    def allreduce_max(self, value: float) -> float:
+        return value
+
+    def allgather(self, obj: Any) -> list:
+        return [obj]
+
+    def split(self, color: int, key: int = 0) -> "SerialComm":
+        return self
+
+    def abort(self, code: int = 1) -> None:
+        sys.exit(code)
+
+    def fortran_handle(self) -> int:
+        """Handle that ASI_init expects; meaningless without MPI."""
+        return 0
+
+
+class MPIComm:
+    """Thin wrapper around an mpi4py communicator with the methods fhi_al uses."""
+
+    def __init__(self, comm):
+        self.mpi = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def bcast(self, obj: T, root: int = ROOT) -> T:
+        return self.mpi.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.mpi.Barrier()
+
+    def allreduce_max(self, value: float) -> float:
+        from mpi4py import MPI
+
+        return self.mpi.allreduce(value, op=MPI.MAX)
+
+    def allgather(self, obj: Any) -> list:
+        return self.mpi.allgather(obj)
+
+    def split(self, color: int, key: int = 0) -> "MPIComm":
+        return MPIComm(self.mpi.Split(color, key))
+
+    def abort(self, code: int = 1) -> None:
+        self.mpi.Abort(code)
+
+    def fortran_handle(self) -> int:
+        return self.mpi.py2f()
+
+
+Comm = SerialComm | MPIComm
+
+
+def _launched_by_mpi() -> bool:
+    markers = ("PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "SLURM_STEP_ID")
+    return any(name in os.environ for name in markers)
+
+
+@functools.lru_cache(maxsize=1)
+def world() -> Comm:
+    """The job's communicator (cached). Without an MPI launcher no MPI library is initialised."""
+    if os.environ.get("FHI_AL_NO_MPI") == "1" or not _launched_by_mpi():
+        return SerialComm()
+    from mpi4py import MPI
+
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return SerialComm()
+    return MPIComm(MPI.COMM_WORLD)
+
+
+def mpi_world_for_library() -> Any:
+    """An mpi4py communicator for libraries that need a real one (asi4py), even on one process."""
+    comm = world()
+    if comm.mpi is not None:
+        return comm.mpi
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def is_root(comm: Comm | None = None) -> bool:
+    return (comm or world()).rank == ROOT
+
+
+def root_only(func: Callable[..., T]) -> Callable[..., T]:
+    """Run `func` on the root rank only and hand its result to every rank."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        comm = world()
+        result = func(*args, **kwargs) if comm.rank == ROOT else None
+        return comm.bcast(result)
+
+    return wrapper
+
+
+class RootOnlyFilter(logging.Filter):
+    """Lets records through on the root rank only; the one place where logs are rank-filtered."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return world().rank == ROOT
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Who does what in a job.
+
+    serial mode (`parallel: false`): every rank is in `reference_comm`, rank 0 also does the ML.
+    parallel mode: rank 0 does the ML; the other ranks form reference groups of `group_size` ranks.
+    """
+
+    parallel: bool
+    is_ml_rank: bool
+    group_index: int  # -1 on the ML rank in parallel mode
+    num_groups: int
+    reference_comm: Any  # the communicator this rank's reference calculator uses (None on the ML rank in parallel mode)
+
+
+def make_layout(*, parallel: bool, group_size: int = 1, comm: Comm | None = None) -> Layout:
+    comm = comm or world()
+    if not parallel:
+        return Layout(parallel=False, is_ml_rank=comm.rank == ROOT, group_index=0, num_groups=1, reference_comm=comm)
+    workers = comm.size - 1
+    if workers < 1 or workers % group_size:
+        from .errors import InputError
+
+        raise InputError(
+            f"parallel mode needs 1 ML rank plus reference groups of {group_size} rank(s): "
+            f"{comm.size} rank(s) cannot be split that way (use N = 1 + k*{group_size})",
+            where="ACTIVE_LEARNING.parallel",
+        )
+    if comm.rank == ROOT:
+        comm.split(0, 0)  # Split is collective: the ML rank takes part and keeps no group
+        return Layout(parallel=True, is_ml_rank=True, group_index=-1, num_groups=workers // group_size,
+                      reference_comm=None)
+    group = (comm.rank - 1) // group_size
+    sub = comm.split(1 + group, comm.rank)
+    return Layout(parallel=True, is_ml_rank=False, group_index=group, num_groups=workers // group_size,
+                  reference_comm=sub)

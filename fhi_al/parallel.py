@@ -169,3 +169,10 @@ def make_layout(*, parallel: bool, group_size: int = 1, comm: Comm | None = None
     sub = comm.split(1 + group, comm.rank)
     return Layout(parallel=True, is_ml_rank=False, group_index=group, num_groups=workers // group_size,
                   reference_comm=sub)
+
+
+def configure_threads() -> None:
+    """One thread per rank unless OMP_NUM_THREADS says otherwise (torch ignores the variable once loaded)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -1,0 +1,159 @@
+"""FHI-aims (or any ASI library) as a reference through asi4py, on a given MPI communicator.
+
+The library is started on the first structure: an init callback writes control.in and geometry.in with ASE's
+aims writers into the work folder, then ASI_init runs on every rank of the communicator.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import atomic_numbers
+
+from ..errors import InputError, ReferenceError
+
+log = logging.getLogger(__name__)
+
+LIB_PATH_KEY = "ACTIVE_LEARNING.aims_lib_path"
+SPECIES_DIR_KEY = "ACTIVE_LEARNING.species_dir"
+LOG_FILE = "aims.out"
+CONTROL_ATTRIBUTES = ("ase_parameters", "parameters", "keywords")
+DEFAULT_XC = "pbe"
+
+
+def control_parameters(control: Any) -> dict[str, Any]:
+    """control.in keywords as the dict ASE's write_control takes (a dict, or an object holding one)."""
+    if control is None:
+        return {}
+    if isinstance(control, Mapping):
+        return dict(control)
+    for attribute in CONTROL_ATTRIBUTES:
+        value = getattr(control, attribute, None)
+        value = value() if callable(value) else value
+        if isinstance(value, Mapping):
+            return dict(value)
+    raise TypeError(f"cannot read control.in parameters from {type(control).__name__}")
+
+
+def species_file(species_dir: Path, symbol: str) -> Path:
+    return Path(species_dir) / f"{atomic_numbers[symbol]:02d}_{symbol}_default"
+
+
+def library_comm(comm: Any) -> Any:
+    """An mpi4py communicator from an fhi_al.parallel communicator, an mpi4py one, or None (COMM_WORLD)."""
+    from ..parallel import mpi_world_for_library
+
+    if comm is None:
+        return mpi_world_for_library()
+    if hasattr(comm, "py2f"):
+        return comm
+    inner = getattr(comm, "mpi", None)
+    return inner if inner is not None else mpi_world_for_library()
+
+
+class AimsASICalculator(Calculator):
+    """ASE calculator that drives an ASI library (FHI-aims) via asi4py's ASI_ASE_calculator.
+
+    `control`: control.in keywords (species blocks are added from `species_dir`); extra keyword arguments
+    override control.in keywords (e.g. spin="collinear" for isolated atoms). A change of the atoms (not only
+    their positions) restarts the library.
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, *, lib_path: str | Path | None, control: Any = None, species_dir: str | Path | None = None,
+                 comm: Any = None, work_dir: str | Path = "aims", **control_overrides: Any):
+        super().__init__()
+        if not lib_path or not Path(lib_path).is_file():
+            raise InputError(f"FHI-aims ASI library {lib_path!r} does not exist", where=LIB_PATH_KEY)
+        self.lib_path = Path(lib_path).resolve()
+        self.control = {"xc": DEFAULT_XC, **control_parameters(control), **control_overrides}
+        species_dir = species_dir or self.control.get("species_dir") or getattr(control, "species_dir", None)
+        if not species_dir:
+            raise InputError("the aims reference needs a species_dir", where=SPECIES_DIR_KEY)
+        self.species_dir = Path(species_dir)
+        self.control["species_dir"] = str(self.species_dir)
+        self.comm = library_comm(comm)
+        self.work_dir = Path(work_dir).resolve()
+        self._asi_calc = None
+        self._numbers: tuple[int, ...] | None = None
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        if self._asi_calc is None or self._numbers != tuple(self.atoms.numbers):
+            self._start(self.atoms)
+        from .base import evaluate
+
+        results = evaluate(self._asi_calc, self.atoms, ("energy", "forces"))
+        self._check_converged()
+        self.results = {"energy": results["energy"], "free_energy": results["energy"],
+                        "forces": None if results.get("forces") is None else results["forces"].copy()}
+
+    def _check_converged(self) -> None:
+        asi = self._asi_calc.asi
+        if hasattr(asi.lib, "ASI_is_scf_converged") and not asi.is_scf_converged:
+            raise ReferenceError("FHI-aims SCF did not converge", calculator="aims",
+                                 structure=self.atoms.get_chemical_formula())
+
+    def _start(self, atoms: Atoms) -> None:
+        from asi4py.asecalc import ASI_ASE_calculator
+        from asi4py.pyasi import ASIlib
+
+        self.close()
+        self._check_species(atoms)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        writer = _InputWriter(self.control)
+        asi = ASIlib(str(self.lib_path), writer, self.comm, atoms, str(self.work_dir), LOG_FILE)
+        started = asi.init()  # asi4py prints and swallows its own errors; None means it failed
+        failure = self.comm.bcast(writer.error, root=0)
+        if started is None or failure:
+            raise ReferenceError(f"could not start the ASI library {self.lib_path}: "
+                                 f"{failure or 'ASI initialisation failed (see stdout)'}", calculator="aims")
+        self._asi_calc = ASI_ASE_calculator(asi)
+        self._numbers = tuple(atoms.numbers)
+        log.debug("ASI library %s started in %s on %d rank(s)", self.lib_path, self.work_dir, self.comm.Get_size())
+
+    def _check_species(self, atoms: Atoms) -> None:
+        for symbol in dict.fromkeys(atoms.get_chemical_symbols()):
+            if not species_file(self.species_dir, symbol).is_file():
+                raise InputError(f"no species file for {symbol} ({species_file(self.species_dir, symbol).name})",
+                                 where=str(self.species_dir))
+
+    def close(self) -> None:
+        if self._asi_calc is not None:
+            self._asi_calc.close()
+        self._asi_calc = None
+        self._numbers = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+class _InputWriter:
+    """The init callback asi4py runs on rank 0 in the work folder: writes geometry.in and control.in.
+
+    Errors are kept (not raised) so that rank 0 still reaches asi4py's barrier; the caller broadcasts them.
+    """
+
+    def __init__(self, control: dict[str, Any]):
+        self.control = control
+        self.error: str | None = None
+
+    def __call__(self, asi) -> None:
+        from ase.io.aims import write_aims, write_control
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # ASE's aims I/O moving to a plugin
+                write_aims("geometry.in", asi.atoms)
+                write_control("control.in", asi.atoms, self.control)
+        except Exception as err:  # noqa: BLE001 - reported on every rank by the caller
+            self.error = f"writing FHI-aims inputs failed: {type(err).__name__}: {err}"

@@ -1,0 +1,212 @@
+"""Reference calculators by name (`make_reference`) and one guarded way to label a structure (`compute_label`).
+
+Every reference is an ASE Calculator; `compute_label` turns every way a reference can fail (SCF not converged,
+library error, timeout, non-finite numbers) into `fhi_al.errors.ReferenceError` and returns raw results only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from ..errors import InputError, ReferenceError
+
+log = logging.getLogger(__name__)
+
+REFERENCE_NAMES = ("aims", "xtb", "pyscf", "emt")
+LABEL_PROPERTIES = ("energy", "forces")
+SETTINGS_SECTION = "REFERENCE"
+
+
+def options_dict(options: Any) -> dict[str, Any]:
+    """Calculator options as a plain dict, whether given as a dict, a settings dataclass or None."""
+    if options is None:
+        return {}
+    if isinstance(options, Mapping):
+        return dict(options)
+    if dataclasses.is_dataclass(options):
+        return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
+    return {key: value for key, value in vars(options).items() if not key.startswith("_")}
+
+
+def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir: str | Path | None = None,
+                   control: Any = None, species_dir: str | Path | None = None,
+                   aims_lib_path: str | Path | None = None, faults: Any = None) -> Calculator:
+    """The reference calculator `name` (aims | xtb | pyscf | emt) built from plain option values.
+
+    `options`: the calculator's own options (REFERENCE.xtb / REFERENCE.pyscf section or dict). aims takes
+    `control` (parsed control.in or a dict of control.in keywords), `species_dir`, `aims_lib_path` and `comm`
+    (an mpi4py communicator or fhi_al.parallel communicator; default COMM_WORLD). `faults` (a FaultSpec, a
+    spec string, or None to read FHI_AL_FAULTS) wraps the result in fault injection, for tests only.
+    """
+    options = options_dict(options)
+    if name == "xtb":
+        from .xtb import make_xtb
+
+        calc = make_xtb(**options)
+    elif name == "pyscf":
+        from .pyscf_ref import PySCFCalculator
+
+        calc = PySCFCalculator(**options)
+    elif name == "emt":
+        from .emt import make_emt
+
+        calc = make_emt()
+    elif name == "aims":
+        from .aims import AimsASICalculator
+
+        calc = AimsASICalculator(lib_path=aims_lib_path, control=control, species_dir=species_dir, comm=comm,
+                                 work_dir=Path(run_dir or ".") / "aims", **options)
+    else:
+        raise InputError(f"unknown reference calculator {name!r}; allowed: {', '.join(REFERENCE_NAMES)}",
+                         where=f"{SETTINGS_SECTION}.calculator")
+    calc.fhi_al_name = name  # type: ignore[attr-defined]
+    from .faults import wrap_with_faults
+
+    return wrap_with_faults(calc, faults)
+
+
+def reference_from_settings(settings: Any, run_dir: str | Path, comm: Any = None, control: Any = None,
+                            **overrides: Any) -> Calculator:
+    """`make_reference` with the values of RunSettings (al.reference, al.active_learning); `overrides`
+    replace entries of the calculator's option dict (e.g. multiplicity for isolated atoms)."""
+    kwargs = reference_kwargs(settings)
+    kwargs["options"] = {**kwargs["options"], **overrides}
+    return make_reference(**kwargs, comm=comm, run_dir=run_dir, control=control)
+
+
+def reference_kwargs(settings: Any) -> dict[str, Any]:
+    """name, options, species_dir, aims_lib_path read from RunSettings (attributes read defensively)."""
+    al = getattr(settings, "al", settings)
+    reference = getattr(al, "reference", None)
+    active = getattr(al, "active_learning", None)
+    aims_lib_path = getattr(active, "aims_lib_path", None)
+    name = getattr(reference, "calculator", None) or ("aims" if aims_lib_path else "xtb")
+    options = options_dict(getattr(reference, name, None)) if name in ("xtb", "pyscf") else {}
+    return {"name": name, "options": options, "species_dir": getattr(active, "species_dir", None),
+            "aims_lib_path": aims_lib_path}
+
+
+def reference_timeout_from_settings(settings: Any) -> float | None:
+    al = getattr(settings, "al", settings)
+    return getattr(getattr(al, "active_learning", None), "reference_timeout_s", None)
+
+
+def reference_name(calc: Calculator) -> str:
+    return getattr(calc, "fhi_al_name", type(calc).__name__)
+
+
+class _ReferenceTimeout(BaseException):
+    """Raised from the alarm handler; a BaseException so that libraries' `except Exception` cannot eat it."""
+
+
+@contextmanager
+def _deadline(timeout_s: float | None):
+    """Interrupt the block after timeout_s seconds (SIGALRM; main thread of a POSIX process only).
+
+    Limitation: Python runs the handler only between bytecodes, so a call stuck inside compiled code (an SCF
+    loop in Fortran, an MPI collective) is interrupted only when it returns to Python. Elsewhere (threads,
+    no SIGALRM) the block runs without a deadline and a debug message says so.
+    """
+    usable = (timeout_s is not None and timeout_s > 0 and hasattr(signal, "SIGALRM")
+              and threading.current_thread() is threading.main_thread())
+    if not usable:
+        if timeout_s:
+            log.debug("reference timeout of %s s not enforced outside the main thread", timeout_s)
+        yield
+        return
+
+    def _on_alarm(signum, frame):
+        raise _ReferenceTimeout()
+
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, float(timeout_s))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def evaluate(calc: Calculator, atoms: Atoms, properties=LABEL_PROPERTIES) -> dict[str, Any]:
+    """Run `calc` on `atoms` the way ASE's get_property does, for all `properties` at once; raw results."""
+    changes = calc.check_state(atoms)
+    if changes:
+        calc.reset()
+    if changes or any(name not in calc.results for name in properties):
+        calc.calculate(atoms, list(properties), changes)
+    return calc.results
+
+
+def structure_description(atoms: Atoms, label_id: str | None = None) -> str:
+    return f"{label_id} ({atoms.get_chemical_formula()})" if label_id else atoms.get_chemical_formula()
+
+
+def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = None, ledger: Any = None,
+                  label_id: str | None = None) -> tuple[float, np.ndarray]:
+    """(energy_eV, forces_eV_per_A) of `atoms` from `calc`, or ReferenceError.
+
+    Forces are the calculator's raw results, never constraint-adjusted. With `ledger` (a path or a
+    references.ledger.Ledger) one durable line is appended per completed label; pass it on one rank only
+    or as a Ledger bound to the reference communicator.
+    """
+    name = reference_name(calc)
+    where = structure_description(atoms, label_id)
+    work = atoms.copy()
+    work.calc = None
+    started = time.perf_counter()
+    try:
+        with _deadline(timeout_s):
+            results = evaluate(calc, work)
+    except ReferenceError:
+        raise
+    except _ReferenceTimeout:
+        _reset_quietly(calc)
+        raise ReferenceError(f"reference calculation exceeded the timeout of {timeout_s} s",
+                             calculator=name, structure=where) from None
+    except Exception as err:  # any library failure is one catchable error
+        _reset_quietly(calc)
+        raise ReferenceError(f"reference calculation failed: {type(err).__name__}: {err}",
+                             calculator=name, structure=where) from err
+    energy, forces = _checked_results(results, n_atoms=len(atoms), calculator=name, structure=where)
+    if ledger is not None:
+        from .ledger import as_ledger
+
+        as_ledger(ledger).record(label_id=label_id or where, energy_eV=energy, reference=name,
+                                 n_atoms=len(atoms), duration_s=time.perf_counter() - started)
+    return energy, forces
+
+
+def _reset_quietly(calc: Calculator) -> None:
+    """Forget the failed state so the next call recomputes (the wrapped library may hold stale results)."""
+    try:
+        calc.reset()
+    except Exception:  # noqa: BLE001 - a reset that fails must not hide the original error
+        log.debug("reset of %s after a failure failed too", reference_name(calc), exc_info=True)
+
+
+def _checked_results(results: Mapping[str, Any], *, n_atoms: int, calculator: str,
+                     structure: str) -> tuple[float, np.ndarray]:
+    if "energy" not in results or results.get("forces") is None:
+        raise ReferenceError("reference returned no energy or no forces", calculator=calculator,
+                             structure=structure)
+    energy = float(results["energy"])
+    forces = np.array(results["forces"], dtype=float, copy=True)
+    if forces.shape != (n_atoms, 3):
+        raise ReferenceError(f"reference returned forces of shape {forces.shape}, expected ({n_atoms}, 3)",
+                             calculator=calculator, structure=structure)
+    if not math.isfinite(energy) or not np.all(np.isfinite(forces)):
+        raise ReferenceError("reference returned a non-finite energy or forces (NaN/inf)", calculator=calculator,
+                             structure=structure)
+    return energy, forces

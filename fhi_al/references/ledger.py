@@ -1,0 +1,64 @@
+"""An append-only ledger with one fsynced JSON line per completed reference label, for crash-consistency checks.
+
+Independent of the datasets: after a crash, every label_id in the ledger must be in the datasets exactly once or
+provably not yet acknowledged. A torn last line (kill during an append) is skipped when reading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from ..durable import append_durable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEDGER = "reference_ledger.jsonl"
+
+
+class Ledger:
+    """Appends label records to `path`; with a communicator, only its root rank writes."""
+
+    def __init__(self, path: str | os.PathLike, *, comm: Any = None):
+        self.path = Path(path)
+        self.comm = comm
+
+    def record(self, *, label_id: str, energy_eV: float, **extra: Any) -> None:
+        from ..parallel import is_root
+
+        if self.comm is not None and not is_root(self.comm):
+            return
+        entry = {"label_id": label_id, "energy_eV": float(energy_eV), "time": time.time(), "pid": os.getpid(),
+                 **extra}
+        append_durable(self.path, json.dumps(entry, sort_keys=True) + "\n")
+
+    def entries(self) -> list[dict[str, Any]]:
+        return read_ledger(self.path)
+
+
+def as_ledger(ledger: "Ledger | str | os.PathLike") -> Ledger:
+    return ledger if isinstance(ledger, Ledger) else Ledger(ledger)
+
+
+def read_ledger(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All complete records in order; an unparsable line (torn by a kill) is skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d: skipping a torn ledger line", path, number)
+    return entries
+
+
+def ledger_label_ids(path: str | os.PathLike) -> list[str]:
+    return [entry["label_id"] for entry in read_ledger(path)]

@@ -1,0 +1,312 @@
+"""The sections of mace_settings.yaml and active_learning_settings.yaml: one typed dataclass per section.
+
+Defaults, one-line docs, units and allowed ranges live here only; the loader, the annotated examples in
+`settings/` and the error messages all read them from these declarations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .typed import option
+
+log = logging.getLogger(__name__)
+
+MACE_SETTINGS_FILE = "mace_settings.yaml"
+AL_SETTINGS_FILE = "active_learning_settings.yaml"
+FOUNDATION_SIZES = ("small", "medium", "large")
+REFERENCE_CALCULATORS = ("aims", "xtb", "pyscf", "emt")
+
+
+# ----------------------------------------------------------------------------------------- mace_settings.yaml
+@dataclass(frozen=True)
+class GeneralSettings:
+    name_exp: str = option("fhi_al", "Name of the experiment; ensemble members are tagged '{name_exp}_{seed}'.")
+    seed: int = option(42, "Seed from which the ensemble members' seeds are drawn.")
+    default_dtype: str = option("float64", "Floating-point precision of the models.", choices=["float64", "float32"])
+    checkpoints_dir: str = option("checkpoints", "Folder (relative to the run folder) for training checkpoints.")
+    model_dir: str = option("model", "Folder for the exported model files ({tag}.model).")
+    log_dir: str = option("logs", "Folder for the log files of each procedure.")
+    results_dir: str = option("results", "Folder for loss curves, error tables and plots.", aliases=["loss_dir"])
+    compute_stress: bool = option(False, "Train on stresses as well (periodic systems); not used yet.")
+
+
+GENERAL_UNUSED = ("save_cpu", "compute_forces", "model_choice", "output_dir")
+
+
+@dataclass(frozen=True)
+class ArchitectureCommon:
+    """The keys of ARCHITECTURE that belong to the engine; the rest are the architecture's own Hypers."""
+
+    model: str = option("ScaleShiftMACE", "Architecture (fhi_al.architectures.registry), case-insensitive.")
+    atomic_energies: dict[Any, float] | None = option(
+        None, "Isolated-atom energies E0 keyed by element symbol or atomic number (FHI_AL-atomic-energies "
+              "prints this block); null = fitted to the training set by least squares.", unit="eV")
+
+
+@dataclass(frozen=True)
+class ArchitectureSettings:
+    """ARCHITECTURE after validation: the model name, E0s by atomic number and the typed hyperparameters."""
+
+    model: str
+    atomic_energies: dict[int, float] | None
+    hypers: Any
+
+
+ARCHITECTURE_UNUSED = ("E0s", "compute_avg_num_neighbors", "use_multihead_model", "num_multihead_heads",
+                       "r_max_lr")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    batch_size: int = option(5, "Structures per training batch.", minimum=1)
+    valid_batch_size: int = option(5, "Structures per validation batch.", minimum=1)
+    lr: float = option(0.01, "Learning rate.", minimum=0.0, exclusive_minimum=True)
+    weight_decay: float = option(5.0e-7, "L2 weight decay of the optimiser.", minimum=0.0)
+    amsgrad: bool = option(True, "Use the AMSGrad variant of Adam/AdamW.")
+    optimizer: str = option("adam", "Optimiser.", choices=["adam", "adamw"])
+    scheduler: str = option("ReduceLROnPlateau", "Learning-rate scheduler.",
+                            choices=["ReduceLROnPlateau", "ExponentialLR", "none"])
+    lr_factor: float = option(0.8, "ReduceLROnPlateau: factor applied to the learning rate on a plateau.",
+                              minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
+    scheduler_patience: int = option(5, "ReduceLROnPlateau: validation checks without improvement before "
+                                        "the learning rate is lowered.", minimum=0)
+    lr_scheduler_gamma: float = option(0.9993, "ExponentialLR: decay factor per epoch.", minimum=0.0,
+                                       maximum=1.0, exclusive_minimum=True)
+    ema: bool = option(True, "Keep an exponential moving average of the weights for evaluation and export.")
+    ema_decay: float = option(0.99, "Decay of the exponential moving average.", minimum=0.0, maximum=1.0,
+                              exclusive_maximum=True)
+    clip_grad: float | None = option(10.0, "Clip the gradient norm at this value; null = no clipping.",
+                                     minimum=0.0, exclusive_minimum=True)
+    loss: str = option("weighted", "Loss: weighted sum of per-atom energy and force squared errors.",
+                       choices=["weighted"])
+    energy_weight: float = option(1.0, "Weight of the energy term of the loss.", minimum=0.0)
+    forces_weight: float = option(1000.0, "Weight of the forces term of the loss.", minimum=0.0)
+    config_type_weights: dict[str, float] = option({"Default": 1.0}, "Loss weight per config_type of a structure.")
+
+
+TRAINING_UNUSED = ("valid_fraction", "train_path", "valid_path", "test_path", "max_num_epochs", "patience",
+                   "eval_interval", "swa", "swa_lr", "swa_energy_weight", "swa_forces_weight",
+                   "swa_virials_weight", "swa_stress_weight", "swa_dipole_weight", "start_swa",
+                   "virials_weight", "stress_weight", "dipole_weight", "pretrained_model", "pretrained_weights",
+                   "update_avg_num_neighbors", "perform_finetuning", "finetuning_choice", "freeze_embedding",
+                   "freeze_zbl", "freeze_hirshfeld", "freeze_partial_charges", "freeze_shifts", "freeze_scales",
+                   "convert_to_lora", "lora_rank", "lora_alpha", "lora_freeze_A", "convert_to_multihead")
+# Keys the original tool kept under TRAINING that are architecture hyperparameters here.
+TRAINING_MOVED_TO_ARCHITECTURE = ("scaling",)
+
+
+@dataclass(frozen=True)
+class MaceMiscSettings:
+    device: str = option("cpu", "Torch device for training and inference.", choices=["cpu", "cuda"])
+    keep_checkpoints: bool = option(False, "Keep every checkpoint instead of only the latest one per member.")
+    restart_latest: bool = option(False, "Resume training from the latest checkpoint rather than the best one.")
+    log_level: str = option("INFO", "Level of the log files (the --log-level option overrides it).",
+                            choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    error_table: str = option("PerAtomMAE", "Metrics reported in the error tables.",
+                              choices=["PerAtomMAE", "PerAtomRMSE", "TotalMAE", "TotalRMSE"])
+
+
+MACE_MISC_UNUSED = ("wandb", "eval_interval", "compute_stress", "compute_dipole", "enable_cueq",
+                    "enable_cueq_train")
+
+
+# ------------------------------------------------------------------------------ active_learning_settings.yaml
+@dataclass(frozen=True)
+class ActiveLearningSettings:
+    desired_acc: float = option(0.0, "Target validation force MAE of the ensemble; active learning stops "
+                                     "when it is reached (0 = run to the other limits).", minimum=0.0,
+                                unit="eV/Å")
+    lambda_: float = option(10.0, "The initial dataset is complete when the force MAE is below "
+                                  "lambda × desired_acc.", minimum=0.0, exclusive_minimum=True,
+                            aliases=["lambda"])
+    n_samples: int = option(4, "Structures labelled per ensemble member in each initial-dataset round.",
+                            minimum=1)
+    valid_ratio: float = option(0.1, "Fraction of new labels that go to the validation sets.", minimum=0.0,
+                                maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
+    ensemble_size: int = option(4, "Number of models in the ensemble (the uncertainty needs at least 2).",
+                                minimum=2)
+    c_x: float = option(0.0, "Uncertainty threshold = moving average of the uncertainty × (1 + c_x).",
+                        minimum=-1.0, exclusive_minimum=True)
+    converge_initial: bool = option(False, "Train the initial ensemble to convergence before active learning.")
+    converge_al: bool = option(True, "Train the final ensemble to convergence after active learning.")
+    converge_best: bool = option(True, "Converge from the best (lowest validation loss) checkpoint.")
+    scheduler_initial: bool = option(True, "Use the learning-rate scheduler during the initial dataset.")
+    max_initial_epochs: int = option(100, "Most epochs trained while building the initial dataset.", minimum=1)
+    max_epochs_worker: int = option(2, "Epochs trained after each new label during active learning.",
+                                    minimum=1, aliases=["epochs_per_worker"])
+    max_final_epochs: int = option(500, "Most epochs of the final convergence.", minimum=1,
+                                   aliases=["max_convergence_epochs"])
+    intermediate_epochs: int = option(5, "Epochs trained between initial-dataset sampling rounds.", minimum=1,
+                                      aliases=["intermediate_epochs_al"])
+    patience: int = option(50, "Convergence stops after this many validation checks without improvement.",
+                           minimum=1, aliases=["convergence_patience"])
+    margin: float = option(0.002, "Smallest decrease of the validation loss that counts as an improvement.",
+                           minimum=0.0)
+    max_MD_steps: int = option(100000, "Active learning stops after this many MLFF MD steps per trajectory.",
+                               minimum=1)
+    max_set_size: int = option(200, "Active learning stops when a member's training set holds this many "
+                                    "structures.", minimum=1, aliases=["max_train_set_size"])
+    valid_skip: int = option(1, "Validate the ensemble every valid_skip epochs.", minimum=1)
+    analysis: bool = option(False, "Record the true error of the ensemble along the MLFF trajectories.")
+    analysis_skip: int = option(50, "MD steps between analysis points when analysis is on.", minimum=1,
+                                aliases=["sanity_skip"])
+    dataset_dir: str = option("data", "Folder (relative to the run folder) of the datasets.")
+    skip_step_initial: int = option(25, "MD steps between sampled structures during the initial dataset.",
+                                    minimum=1)
+    skip_step_mlff: int = option(25, "MD steps between uncertainty checks of the MLFF trajectories.", minimum=1)
+    num_trajectories: int = option(2, "MLFF trajectories sampled side by side.", minimum=1)
+    species_dir: str | None = option(None, "FHI-aims species_defaults folder (e.g. .../defaults_2020/light); "
+                                           "needed by the aims reference.")
+    aims_lib_path: str | None = option(None, "Path of the FHI-aims shared library (libaims*.so) for asi4py.")
+    initial_sampling: str = option("aimd", "How the initial structures are sampled: MD with the reference "
+                                           "(aimd) or with a MACE-MP foundation model (mace-mp0).",
+                                   choices=["aimd", "mace-mp0"])
+    initial_foundational_size: str = option("small", "MACE-MP model for mace-mp0 sampling: small, medium, "
+                                                     "large or the path of a model file.")
+    parallel: bool = option(False, "Parallel mode: rank 0 trains and runs MD while the other ranks label.")
+    uncert_not_crossed_limit: int = option(50000, "MLFF MD steps a trajectory may run without crossing the "
+                                                  "threshold before it is treated as converged.", minimum=1)
+    reference_group_size: int = option(1, "Parallel mode: MPI ranks per reference group.", minimum=1)
+    reference_timeout_s: float | None = option(None, "A reference call running longer fails (null = no limit).",
+                                               minimum=0.0, exclusive_minimum=True, unit="s")
+    uncertainty_upper_bound: float | None = option(
+        None, "Uncertainty above which a trajectory is reset instead of sampled (null = no bound).",
+        minimum=0.0, exclusive_minimum=True, unit="eV/Å")
+    uncertainty_reduction: str = option("max", "How per-atom force uncertainties reduce to one number.",
+                                        choices=["max", "mean"])
+    threshold_window: int | None = option(None, "Checks in the moving average of the threshold "
+                                                "(null = all checks so far).", minimum=1)
+    threshold_warmup_checks: int = option(10, "Uncertainty checks before the threshold is used.", minimum=0)
+    reset_optimizer_after: int | None = option(None, "Reset a member's optimiser after this many validation "
+                                                     "checks without improvement (null = never).", minimum=1)
+
+
+AL_UNUSED = ("initial_valid_ratio", "skip_step", "threshold", "path_to_trajectories", "freeze_threshold_dataset",
+             "seeds_tags_dict", "uncertainty_type", "intermol_crossed_limit", "intermol_forces_weight",
+             "extend_existing_final_ds", "use_foundational", "foundational_model_settings", "replay_strategy",
+             "train_subset_size", "valid_subset_size", "update_md_checkpoints", "progress_dft_update",
+             "use_teacher_reference", "teacher_reference_settings", "distinct_model_sets", "mol_idxs")
+
+
+@dataclass(frozen=True)
+class MdSettings:
+    stat_ensemble: str = option("NVT", "Statistical ensemble of all MD runs.", choices=["NVT"])
+    thermostat: str = option("Langevin", "Thermostat.", choices=["Langevin"])
+    temperature: float = option(300.0, "Target temperature.", minimum=0.0, exclusive_minimum=True, unit="K")
+    timestep: float = option(0.5, "MD time step.", minimum=0.0, exclusive_minimum=True, unit="fs")
+    friction: float = option(0.001, "Langevin friction coefficient.", minimum=0.0, exclusive_minimum=True,
+                             unit="1/fs")
+    seed: int = option(42, "Seed of the thermostat's random numbers and initial velocities.",
+                       aliases=["MD_seed"])
+
+
+MD_UNUSED = ("barostat", "externalstress", "ttime", "pfactor", "pressure", "tdamp", "pdamp", "tchain", "pchain",
+             "tloop", "ploop")
+
+
+@dataclass(frozen=True)
+class AlMiscSettings:
+    create_restart: bool = option(True, "Write restart records so that an interrupted run resumes.")
+    path_to_geometry: str = option("geometry.in", "Starting structure (FHI-aims geometry.in format).")
+    path_to_control: str = option("control.in", "FHI-aims control.in (read only when the reference is aims).")
+
+
+AL_MISC_UNUSED = ("output_dir", "dataset_dir", "log_dir", "analysis", "energy_key", "forces_key", "stress_key",
+                  "dipole_key", "polarizability_key", "head_key", "charges_key", "total_charge_key",
+                  "total_spin_key", "mol_idxs")
+
+
+@dataclass(frozen=True)
+class XtbSettings:
+    method: str = option("GFN2-xTB", "Tight-binding Hamiltonian of tblite.", choices=["GFN2-xTB", "GFN1-xTB"])
+    electronic_temperature_K: float = option(300.0, "Electronic (Fermi smearing) temperature.", minimum=0.0,
+                                             exclusive_minimum=True, unit="K")
+    accuracy: float = option(1.0, "tblite accuracy factor (smaller is tighter).", minimum=0.0,
+                             exclusive_minimum=True)
+    max_iterations: int = option(250, "Most SCC iterations before the call fails.", minimum=1)
+
+
+@dataclass(frozen=True)
+class PyscfSettings:
+    xc: str = option("pbe", "Exchange-correlation functional (PySCF name); 'hf' for Hartree-Fock.")
+    basis: str = option("def2-svp", "Gaussian basis set (PySCF name).")
+    charge: int = option(0, "Total charge of the molecule.", unit="e")
+    spin: int = option(0, "Number of unpaired electrons (2S, PySCF's convention).", minimum=0)
+    max_cycle: int = option(50, "Most SCF iterations before the call fails.", minimum=1)
+    conv_tol: float = option(1e-9, "SCF energy convergence tolerance.", minimum=0.0, exclusive_minimum=True,
+                             unit="Hartree")
+
+
+@dataclass(frozen=True)
+class AimsSettings:
+    """FHI-aims options come from control.in and ACTIVE_LEARNING.species_dir; nothing to set here."""
+
+
+@dataclass(frozen=True)
+class ReferenceSettings:
+    calculator: str | None = option(None, "Reference method (null = aims when ACTIVE_LEARNING.aims_lib_path "
+                                          "is set, else xtb); emt is for tests only.",
+                                    choices=list(REFERENCE_CALCULATORS))
+    xtb: XtbSettings = field(default_factory=XtbSettings, metadata={"doc": "Options of the xtb reference."})
+    pyscf: PyscfSettings = field(default_factory=PyscfSettings, metadata={"doc": "Options of the pyscf reference."})
+    aims: AimsSettings = field(default_factory=AimsSettings, metadata={"doc": "Options of the aims reference."})
+
+
+REFERENCE_SUBSECTIONS = {"xtb": XtbSettings, "pyscf": PyscfSettings, "aims": AimsSettings}
+
+
+# ------------------------------------------------------------------------------------------------ whole files
+@dataclass(frozen=True)
+class MaceSettings:
+    general: GeneralSettings
+    architecture: ArchitectureSettings
+    training: TrainingSettings
+    misc: MaceMiscSettings
+
+
+@dataclass(frozen=True)
+class AlSettings:
+    active_learning: ActiveLearningSettings
+    md: MdSettings
+    misc: AlMiscSettings
+    reference: ReferenceSettings
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Both settings files, validated. Paths of species_dir/aims_lib_path are absolute; others relative."""
+
+    mace: MaceSettings
+    al: AlSettings
+    notes: tuple[str, ...] = ()  # accepted-but-unused keys and other remarks, logged once logging is set up
+
+    @property
+    def calculator(self) -> str:
+        return self.al.reference.calculator or "xtb"
+
+
+# Section name in the YAML file -> (attribute, dataclass or None for ARCHITECTURE, accepted unused keys)
+MACE_SECTIONS: dict[str, tuple[str, type | None, tuple[str, ...]]] = {
+    "GENERAL": ("general", GeneralSettings, GENERAL_UNUSED),
+    "ARCHITECTURE": ("architecture", None, ARCHITECTURE_UNUSED),
+    "TRAINING": ("training", TrainingSettings, TRAINING_UNUSED),
+    "MISC": ("misc", MaceMiscSettings, MACE_MISC_UNUSED),
+}
+AL_SECTIONS: dict[str, tuple[str, type | None, tuple[str, ...]]] = {
+    "ACTIVE_LEARNING": ("active_learning", ActiveLearningSettings, AL_UNUSED),
+    "MD": ("md", MdSettings, MD_UNUSED),
+    "MISC": ("misc", AlMiscSettings, AL_MISC_UNUSED),
+    "REFERENCE": ("reference", None, ()),
+}
+# Whole sections of the original tool's files that fhi_al does not use (parsl cluster set-up).
+UNUSED_SECTIONS = ("CLUSTER",)
+
+
+def yaml_key(f: dataclasses.Field) -> str:
+    """The key users write for a field: its first alias when the attribute name is a Python keyword dodge."""
+    aliases = f.metadata.get("aliases", ())
+    return aliases[0] if f.name.endswith("_") and aliases else f.name

@@ -1,0 +1,84 @@
+"""Everything the training engine needs from the settings, as one flat dataclass tests can build directly.
+
+`TrainingConfig.from_settings(run_settings)` reads mace.general, mace.training, mace.architecture and mace.misc.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+NO_SCHEDULER = "none"
+
+
+@dataclass
+class TrainingConfig:
+    # mace.general
+    name_exp: str = "model"
+    seed: int = 42
+    default_dtype: str = "float64"
+    checkpoints_dir: str = "checkpoints"
+    model_dir: str = "model"
+    results_dir: str = "results"
+    # mace.training (defaults are mace's)
+    batch_size: int = 10
+    valid_batch_size: int = 10
+    lr: float = 0.01
+    weight_decay: float = 5e-7
+    amsgrad: bool = True
+    optimizer: str = "adam"  # adam | adamw
+    scheduler: str = "ReduceLROnPlateau"  # ReduceLROnPlateau | ExponentialLR | none
+    lr_factor: float = 0.8
+    scheduler_patience: int = 50
+    lr_scheduler_gamma: float = 0.9993
+    ema: bool = True
+    ema_decay: float = 0.99
+    clip_grad: float | None = 10.0
+    energy_weight: float = 1.0
+    forces_weight: float = 100.0
+    valid_skip: int = 1  # validate every valid_skip epochs (active_learning.valid_skip)
+    # mace.misc
+    device: str = "cpu"
+    keep_checkpoints: bool = False
+    restart_latest: bool = False
+    # mace.architecture
+    model: str = "MACE"
+    atomic_energies: dict[int, float] | None = None
+    hypers: Any = None  # the architecture's Hypers instance; None means its defaults
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.default_dtype]
+
+    @classmethod
+    def from_settings(cls, run_settings: Any, **overrides: Any) -> "TrainingConfig":
+        """Collect the engine's keys from a RunSettings (attribute access only, missing keys keep defaults)."""
+        mace = getattr(run_settings, "mace", run_settings)
+        sections = [getattr(mace, name, None) for name in ("general", "training", "misc", "architecture")]
+        al = getattr(getattr(run_settings, "al", None), "active_learning", None)
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            for section in sections + [al]:
+                if section is not None and hasattr(section, item.name):
+                    values[item.name] = getattr(section, item.name)
+                    break
+        general = sections[0]
+        if "results_dir" not in values and getattr(general, "loss_dir", None):
+            values["results_dir"] = general.loss_dir
+        values.update(overrides)
+        return cls(**values)
+
+    def with_hypers(self) -> "TrainingConfig":
+        """This config with `hypers` filled in with the architecture's defaults when missing."""
+        if self.hypers is not None:
+            return self
+        from ..architectures.registry import get_architecture_class
+
+        return replace(self, hypers=get_architecture_class(self.model).Hypers())
+

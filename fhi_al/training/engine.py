@@ -1,0 +1,348 @@
+"""The one training loop: ensemble members that keep training where they stopped (warm start) as their
+data grows, for any architecture of fhi_al.architectures; checkpoints, metrics history and export.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+
+from ..architectures.base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, DatasetStatistics
+from ..architectures.registry import canonical_name, get_architecture_class
+from ..data.stats import compute_statistics
+from ..durable import append_durable
+from ..errors import InputError
+from . import optim
+from .checkpoint import CheckpointHandler, restore_training_state, statistics_from_state
+from .config import TrainingConfig
+from .metrics import LossTargets, error_metrics, make_loss
+
+log = logging.getLogger(__name__)
+
+HISTORY_SUFFIX = "_history.jsonl"
+MODEL_SUFFIX = ".model"
+
+
+@dataclass(eq=False)
+class Member:
+    """One ensemble member: its model and everything needed to continue training it."""
+
+    tag: str
+    seed: int
+    architecture: Architecture
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: Any
+    stats: DatasetStatistics
+    rng: torch.Generator
+    train_atoms: list[Atoms] = field(default_factory=list)
+    valid_atoms: list[Atoms] = field(default_factory=list)
+    epoch: int = 0
+    best_valid_loss: float = math.inf
+    optimizer_steps: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    version: int = 0  # bumped whenever weights or statistics change; keys the inference copy
+    stats_fingerprint: str | None = None
+    _inference: tuple[int, torch.nn.Module] | None = field(default=None, repr=False)
+
+    def averaged(self):
+        """Context in which the model holds the EMA weights (a no-op without EMA)."""
+        return self.ema.average_parameters() if self.ema is not None else nullcontext()
+
+    def inference_model(self) -> torch.nn.Module:
+        """A frozen copy with the EMA weights, for prediction; rebuilt only after the member changed."""
+        if self._inference is None or self._inference[0] != self.version:
+            with self.averaged():
+                frozen = copy.deepcopy(self.model)
+            frozen.eval()
+            for param in frozen.parameters():
+                param.requires_grad_(False)
+            self._inference = (self.version, frozen)
+        return self._inference[1]
+
+
+def member_tag(name_exp: str, seed: int) -> str:
+    return f"{name_exp}_{seed}"
+
+
+def make_architecture(config: TrainingConfig) -> Architecture:
+    """The architecture named by `config.model`, with its hypers and the run's dtype."""
+    name = canonical_name(config.model)
+    cls = get_architecture_class(name)
+    kwargs = {"variant": name} if name in getattr(cls, "variants", ()) else {}
+    return cls(config.hypers if config.hypers is not None else cls.Hypers(), dtype=config.dtype, **kwargs)
+
+
+def structure_key(atoms: Atoms) -> str:
+    """Content hash of a labelled structure (geometry, cell and labels): the featurization cache key."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (atoms.numbers, atoms.positions, np.asarray(atoms.cell), atoms.pbc,
+                  np.asarray(atoms.info.get(REF_ENERGY_KEY, np.nan), float),
+                  np.asarray(atoms.arrays.get(REF_FORCES_KEY, np.zeros(0)), float)):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+class Trainer:
+    """Trains members of one architecture. All files go under `run_dir` (checkpoints, results, model)."""
+
+    def __init__(self, config: TrainingConfig, run_dir: str | Path = "."):
+        self.config = config.with_hypers()
+        self.run_dir = Path(run_dir)
+        self.architecture = make_architecture(self.config)
+        self.checkpoints = CheckpointHandler(self.run_dir / self.config.checkpoints_dir,
+                                             keep=self.config.keep_checkpoints)
+        self.loss_fn = make_loss(energy_weight=self.config.energy_weight, forces_weight=self.config.forces_weight,
+                                 dtype=self.config.dtype)
+        self.device = torch.device(self.config.device)
+        self._samples: dict[str, Any] = {}
+
+    # --- members ---------------------------------------------------------------------------------------
+    def create_member(self, tag: str, seed: int, train_atoms: Sequence[Atoms],
+                      valid_atoms: Sequence[Atoms] = ()) -> Member:
+        """A new member (or, with restart_latest and a checkpoint of `tag`, the checkpointed one)."""
+        if self.config.restart_latest and self.checkpoints.latest_path(tag) is not None:
+            return self.load_member(tag, train_atoms=train_atoms, valid_atoms=valid_atoms)
+        train_atoms = list(train_atoms)
+        stats = self._statistics(train_atoms)
+        model = self.architecture.build_model(stats, seed=seed).to(self.device)
+        member = self._assemble(tag, seed, model, stats, train_atoms, list(valid_atoms))
+        member.stats_fingerprint = self._fingerprint(train_atoms)
+        log.info("member %s: %s with %d parameters, %d train / %d valid structures", tag, self.architecture.name,
+                 sum(p.numel() for p in model.parameters()), len(train_atoms), len(member.valid_atoms))
+        return member
+
+    def load_member(self, tag: str, *, train_atoms: Sequence[Atoms] | None = None,
+                    valid_atoms: Sequence[Atoms] | None = None) -> Member:
+        """The member of `tag` from its latest checkpoint (model, optimizer, scheduler, EMA, epoch)."""
+        state = self.checkpoints.load_latest(tag)
+        if state is None:
+            raise InputError(f"no checkpoint for {tag!r}", where=str(self.checkpoints.io.directory))
+        saved = state["architecture"]
+        if saved["checkpoint_version"] != self.architecture.checkpoint_version:
+            raise InputError(f"checkpoint of {tag!r} has version {saved['checkpoint_version']} of "
+                             f"{saved['name']}, this code reads {self.architecture.checkpoint_version}",
+                             where=str(self.checkpoints.latest_path(tag)))
+        stats = statistics_from_state(state)
+        model = self.architecture.build_model(stats, seed=int(state["seed"])).to(self.device)
+        member = self._assemble(tag, int(state["seed"]), model, stats, list(train_atoms or []),
+                                list(valid_atoms or []))
+        restore_training_state(member, state)
+        self.architecture.update_statistics(member.model, stats)
+        log.info("member %s resumed from %s at epoch %d", tag, self.checkpoints.latest_path(tag), member.epoch)
+        return member
+
+    def _assemble(self, tag, seed, model, stats, train_atoms, valid_atoms) -> Member:
+        groups = optim.param_groups(self.architecture, model, self.config)
+        optimizer = optim.build_optimizer(groups, self.config)
+        return Member(tag=tag, seed=seed, architecture=self.architecture, model=model, optimizer=optimizer,
+                      scheduler=optim.build_scheduler(optimizer, self.config),
+                      ema=optim.build_ema(model, self.config), stats=stats,
+                      rng=torch.Generator().manual_seed(seed), train_atoms=train_atoms, valid_atoms=valid_atoms)
+
+    def reset_optimizer(self, member: Member) -> None:
+        """Fresh optimizer (same parameter groups, base learning rate) and scheduler; EMA is kept."""
+        groups = [{key: value for key, value in group.items() if key not in ("lr", "initial_lr")}
+                  for group in member.optimizer.param_groups]
+        member.optimizer = optim.build_optimizer(groups, self.config)
+        member.scheduler = optim.build_scheduler(member.optimizer, self.config)
+
+    # --- training --------------------------------------------------------------------------------------
+    def train(self, member: Member, epochs: int, *, use_scheduler: bool = False,
+              valid_skip: int | None = None) -> dict[str, float] | None:
+        """Continue training for `epochs` epochs on the member's current data; validate every `valid_skip`
+        epochs (counted on the member's epoch). Returns the last validation metrics, if any."""
+        valid_skip = valid_skip or self.config.valid_skip
+        self.refresh_statistics(member)
+        metrics = None
+        for _ in range(epochs):
+            train_loss = self._train_epoch(member, use_scheduler=use_scheduler)
+            if member.epoch % valid_skip == 0:
+                metrics = self.validate(member, use_scheduler=use_scheduler, train_loss=train_loss)
+        return metrics
+
+    def _train_epoch(self, member: Member, *, use_scheduler: bool) -> float:
+        samples = self.samples(member.train_atoms)
+        if not samples:
+            raise InputError("no training structures", where=f"member {member.tag}")
+        order = torch.randperm(len(samples), generator=member.rng).tolist()
+        member.model.train()
+        total, count = 0.0, 0
+        for start in range(0, len(order), self.config.batch_size):
+            batch = self.architecture.collate([samples[i] for i in order[start:start + self.config.batch_size]])
+            total += self._step(member, batch.to(self.device))
+            count += 1
+        member.epoch += 1
+        member.version += 1
+        if use_scheduler and member.scheduler is not None and not optim.is_plateau(member.scheduler):
+            member.scheduler.step()
+        return total / count
+
+    def _step(self, member: Member, batch) -> float:
+        member.optimizer.zero_grad(set_to_none=True)
+        pred = self.architecture.predict(member.model, batch, training=True)
+        loss = self.loss_fn(LossTargets.from_batch(batch), pred)
+        loss.backward()
+        if self.config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(member.model.parameters(), max_norm=self.config.clip_grad)
+        member.optimizer.step()
+        if member.ema is not None:
+            member.ema.update()
+        member.optimizer_steps += 1
+        return float(loss.detach())
+
+    def validate(self, member: Member, *, use_scheduler: bool = False,
+                 train_loss: float | None = None) -> dict[str, float] | None:
+        """Metrics on the member's validation set (EMA weights), appended to results/{tag}_history.jsonl."""
+        if not member.valid_atoms:
+            return None
+        started = time.perf_counter()
+        metrics = self.evaluate(member, member.valid_atoms)
+        if use_scheduler and optim.is_plateau(member.scheduler):
+            member.scheduler.step(metrics["loss"])
+        member.best_valid_loss = min(member.best_valid_loss, metrics["loss"])
+        record = {"tag": member.tag, "epoch": member.epoch, "lr": optim.current_lr(member.optimizer),
+                  "train_loss": train_loss, **metrics, "n_train": len(member.train_atoms),
+                  "n_valid": len(member.valid_atoms), "valid_seconds": time.perf_counter() - started,
+                  "time": time.time()}
+        member.history.append(record)
+        self._append_history(member.tag, record)
+        log.info("%s epoch %d: loss %.4g, energy RMSE %.2f meV/atom, forces RMSE %.1f meV/Å", member.tag,
+                 member.epoch, metrics["loss"], 1e3 * metrics["energy_rmse_per_atom"], 1e3 * metrics["forces_rmse"])
+        return metrics
+
+    def evaluate(self, member: Member, atoms: Sequence[Atoms]) -> dict[str, float]:
+        """Loss and errors of the member (EMA weights) on labelled `atoms`: energy_mae_per_atom,
+        energy_rmse_per_atom (eV/atom), forces_mae, forces_rmse (eV/Å), loss."""
+        samples = self.samples(atoms)
+        targets, energies, forces = [], [], []
+        member.model.eval()
+        with member.averaged():
+            for start in range(0, len(samples), self.config.valid_batch_size):
+                batch = self.architecture.collate(samples[start:start + self.config.valid_batch_size])
+                batch = batch.to(self.device)
+                pred = self.architecture.predict(member.model, batch, training=False)
+                targets.append(LossTargets.from_batch(batch))
+                energies.append(pred["energy"].detach())
+                forces.append(pred["forces"].detach())
+        all_targets = LossTargets.concatenate(targets)
+        pred = {"energy": torch.cat(energies), "forces": torch.cat(forces)}
+        loss = float(self.loss_fn(all_targets, pred))
+        return {"loss": loss, **error_metrics(all_targets, pred)}
+
+    def converge(self, member: Member, max_epochs: int, patience: int, margin: float, *,
+                 valid_skip: int | None = None) -> dict[str, float] | None:
+        """Train with a fresh optimizer and scheduler until the validation loss has not improved by more
+        than the relative `margin` for `patience` validations (or `max_epochs`); keep the best weights."""
+        valid_skip = valid_skip or self.config.valid_skip
+        self.reset_optimizer(member)
+        self.refresh_statistics(member)
+        best_loss, best_state, best_metrics, stale, done = math.inf, None, None, 0, 0
+        while done < max_epochs and stale < patience:
+            epochs = min(valid_skip, max_epochs - done)
+            for _ in range(epochs):
+                train_loss = self._train_epoch(member, use_scheduler=True)
+            done += epochs
+            metrics = self.validate(member, use_scheduler=True, train_loss=train_loss)
+            if metrics is None:
+                continue
+            if metrics["loss"] < best_loss * (1.0 - margin):
+                best_loss, best_metrics, stale = metrics["loss"], metrics, 0
+                best_state = self._snapshot(member)
+            else:
+                stale += 1
+        if best_state is not None:
+            self._restore_snapshot(member, best_state)
+            member.best_valid_loss = best_loss
+        log.info("%s converged after %d epochs: best validation loss %.4g", member.tag, done, best_loss)
+        self.save_checkpoint(member)
+        return best_metrics
+
+    def _snapshot(self, member: Member) -> dict[str, Any]:
+        return {"model": copy.deepcopy(member.model.state_dict()),
+                "ema": copy.deepcopy(member.ema.state_dict()) if member.ema is not None else None}
+
+    def _restore_snapshot(self, member: Member, snapshot: dict[str, Any]) -> None:
+        member.model.load_state_dict(snapshot["model"])
+        if member.ema is not None:
+            member.ema.load_state_dict(snapshot["ema"])
+        member.version += 1
+
+    # --- data ------------------------------------------------------------------------------------------
+    def samples(self, atoms_list: Sequence[Atoms]) -> list[Any]:
+        """Featurized samples, cached per structure content (new structures are featurized once)."""
+        out = []
+        for atoms in atoms_list:
+            key = structure_key(atoms)
+            sample = self._samples.get(key)
+            if sample is None:
+                sample = self._samples[key] = self.architecture.featurize(atoms)
+            out.append(sample)
+        return out
+
+    def refresh_statistics(self, member: Member) -> bool:
+        """Recompute E0s, neighbour counts and scales when the training set changed since the last time."""
+        fingerprint = self._fingerprint(member.train_atoms)
+        if fingerprint == member.stats_fingerprint:
+            return False
+        member.stats = self._statistics(member.train_atoms)
+        self.architecture.update_statistics(member.model, member.stats)
+        member.stats_fingerprint = fingerprint
+        member.version += 1
+        return True
+
+    def _statistics(self, train_atoms: Sequence[Atoms]) -> DatasetStatistics:
+        return compute_statistics(train_atoms, cutoff_A=self.architecture.cutoff_A,
+                                  atomic_energies=self.config.atomic_energies)
+
+    @staticmethod
+    def _fingerprint(atoms_list: Sequence[Atoms]) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for atoms in atoms_list:
+            digest.update(structure_key(atoms).encode())
+        return digest.hexdigest()
+
+    # --- files -----------------------------------------------------------------------------------------
+    def save_checkpoint(self, member: Member) -> Path:
+        return self.checkpoints.save(member)
+
+    def export(self, member: Member, path: str | Path | None = None) -> Path:
+        """The member with EMA weights as `model/{tag}.model` (loadable by mace's MACECalculator for MACE)."""
+        path = Path(path) if path is not None else self.model_path(member.tag)
+        self.architecture.export(member.inference_model(), path)
+        log.info("exported %s to %s", member.tag, path)
+        return path
+
+    def model_path(self, tag: str) -> Path:
+        return self.run_dir / self.config.model_dir / f"{tag}{MODEL_SUFFIX}"
+
+    def history_path(self, tag: str) -> Path:
+        return self.run_dir / self.config.results_dir / f"{tag}{HISTORY_SUFFIX}"
+
+    def _append_history(self, tag: str, record: dict[str, Any]) -> None:
+        import json
+
+        append_durable(self.history_path(tag), json.dumps(record) + "\n")
+
+
+@contextmanager
+def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Temporarily put `model` in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -14,7 +14,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from ase import units
+from ase.data import atomic_numbers
 
 HERE = Path(__file__).resolve().parent
 SOURCE_DIR = HERE / "asi_standin"
@@ -80,6 +82,35 @@ def build_standin(cache_dir: Path) -> Path:
     subprocess.run(command, check=True, capture_output=True, text=True)
     os.replace(partial, library)  # several ranks may build at once: the rename makes that harmless
     return library
+
+
+def standin_cache_dir() -> Path:
+    """A folder every rank of an mpiexec job agrees on (same user, same machine)."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"fhi_al_asi_standin_{os.getuid()}"
+
+
+def write_species_dir(folder: Path, symbols) -> Path:
+    """Minimal species_default files (the stand-in does not read them; ASE's writer copies them)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for symbol in symbols:
+        number = atomic_numbers[symbol]
+        (folder / f"{number:02d}_{symbol}_default").write_text(f"species {symbol}\n  nucleus {number}\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def standin_lib() -> Path:
+    return build_standin(standin_cache_dir())
+
+
+@pytest.fixture
+def shared_tmp(tmp_path) -> Path:
+    """tmp_path of rank 0, so that every rank of COMM_WORLD sees the same folder (asi4py writes on rank 0)."""
+    from fhi_al.parallel import mpi_world_for_library
+
+    return Path(mpi_world_for_library().bcast(str(tmp_path), root=0))
 
 
 def lj_energy_forces(positions_A: np.ndarray) -> tuple[float, np.ndarray]:

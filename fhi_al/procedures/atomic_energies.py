@@ -9,11 +9,10 @@ import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import yaml
 from ase import Atoms
 from ase.calculators.calculator import Calculator
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import atomic_numbers
 
 from ..durable import append_durable, atomic_write_text
 from ..errors import InputError
@@ -107,8 +106,7 @@ def energies_table(energies: dict[str, float], *, reference: str) -> str:
 def energies_yaml(energies: dict[str, float], *, reference: str) -> str:
     header = (f"# Isolated-atom energies (eV) computed with {reference}, spin-polarised ground states.\n"
               "# Paste under ARCHITECTURE in mace_settings.yaml.\n")
-    body = yaml.safe_dump({"atomic_energies": {s: float(repr(float(e))) if np.isfinite(e) else e
-                                               for s, e in energies.items()}}, sort_keys=False)
+    body = yaml.safe_dump({"atomic_energies": {s: float(e) for s, e in energies.items()}}, sort_keys=False)
     return header + body
 
 
@@ -154,11 +152,13 @@ def run(context: Any) -> dict[str, float]:
 
 def _describe(kwargs: dict[str, Any]) -> str:
     options = kwargs["options"]
-    detail = {"xtb": options.get("method", "GFN2-xTB"),
-              "pyscf": f"{options.get('xc', '?')}/{options.get('basis', '?')}"}.get(kwargs["name"])
+    from ..references.pyscf_ref import DEFAULT_BASIS, DEFAULT_XC
+    from ..references.xtb import DEFAULT_METHOD
+
+    detail = {"xtb": options.get("method", DEFAULT_METHOD),
+              "pyscf": f"{options.get('xc', DEFAULT_XC)}/{options.get('basis', DEFAULT_BASIS)}"}.get(kwargs["name"])
     return f"{kwargs['name']} ({detail})" if detail else kwargs["name"]
 
 
 __all__ = ["GROUND_STATE_UNPAIRED", "unpaired_electrons", "spin_options", "reference_factory",
-           "isolated_atom_energies", "energies_table", "energies_yaml", "write_outputs", "run",
-           "chemical_symbols"]
+           "isolated_atom_energies", "energies_table", "energies_yaml", "write_outputs", "run"]

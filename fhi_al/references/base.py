@@ -169,7 +169,7 @@ def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = N
     try:
         with _deadline(timeout_s):
             results = evaluate(calc, work)
-    except ReferenceError:
+    except (ReferenceError, InputError):  # already precise: a failed label or the user's input to fix
         raise
     except _ReferenceTimeout:
         _reset_quietly(calc)

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -332,17 +333,5 @@ class Trainer:
         return self.run_dir / self.config.results_dir / f"{tag}{HISTORY_SUFFIX}"
 
     def _append_history(self, tag: str, record: dict[str, Any]) -> None:
-        import json
-
         append_durable(self.history_path(tag), json.dumps(record) + "\n")
 
-
-@contextmanager
-def evaluation_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Temporarily put `model` in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)

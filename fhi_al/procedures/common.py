@@ -1,0 +1,73 @@
+"""Pieces both procedures share: the ensemble's members (tags, seeds, their datasets on disk), the
+reference, and the trainer, built from the validated settings of a run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from ase import Atoms
+
+from ..data.store import DatasetStore
+from ..training.config import TrainingConfig
+from ..training.engine import Member, Trainer, member_tag
+
+log = logging.getLogger(__name__)
+
+TRAIN, VALID = "train", "valid"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Identity of one ensemble member: its tag and seed."""
+
+    index: int
+    tag: str
+    seed: int
+
+
+def member_specs(*, name_exp: str, seed: int, ensemble_size: int) -> list[MemberSpec]:
+    """Members' seeds follow from GENERAL.seed (seed, seed+1, ...); tags are '{name_exp}_{seed}'."""
+    return [MemberSpec(index, member_tag(name_exp, seed + index), seed + index) for index in range(ensemble_size)]
+
+
+def dataset_name(stage: str, split: str, tag: str) -> str:
+    """Store name of a member's split, e.g. 'initial/train_water_42' -> data/initial/train_water_42.xyz."""
+    return f"{stage}/{split}_{tag}"
+
+
+def make_trainer(settings: Any, run_dir: Path) -> Trainer:
+    valid_skip = settings.al.active_learning.valid_skip
+    return Trainer(TrainingConfig.from_settings(settings, valid_skip=valid_skip), run_dir)
+
+
+def make_store(settings: Any, run_dir: Path) -> DatasetStore:
+    return DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
+
+
+def all_label_ids(store: DatasetStore) -> set[str]:
+    """Every label id stored anywhere in the run's datasets."""
+    ids: set[str] = set()
+    for name in store.names():
+        ids |= store.label_ids(name)
+    return ids
+
+
+def load_or_create_member(trainer: Trainer, spec: MemberSpec, train: Sequence[Atoms],
+                          valid: Sequence[Atoms]) -> Member:
+    """The member from its latest checkpoint (warm start across restarts), else a new one."""
+    if trainer.checkpoints.latest_path(spec.tag) is not None:
+        return trainer.load_member(spec.tag, train_atoms=list(train), valid_atoms=list(valid))
+    return trainer.create_member(spec.tag, spec.seed, list(train), list(valid))
+
+
+def ensemble_forces_mae(metrics: Sequence[dict[str, float] | None]) -> float:
+    """Mean over members of their validation force MAE (eV/Å); inf while any member has none."""
+    values = [m["forces_mae"] for m in metrics if m is not None]
+    if not values or len(values) < len(metrics):
+        return float("inf")
+    return float(np.mean(values))

@@ -1,0 +1,231 @@
+"""The initial dataset: sample structures by MD (on the reference or a foundation model), label them,
+give every ensemble member its own training and validation frames, and train with warm start until the
+ensemble's validation force MAE is below lambda x desired_acc or max_initial_epochs is reached.
+
+Restart: labels are appended durably before the restart record moves on, so a rerun never loses or
+duplicates one; members continue from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.splits import n_valid_to_add
+from ..data.store import label_atoms, make_label_id
+from ..errors import ReferenceError
+from ..references.base import compute_label, reference_from_settings, reference_name, reference_timeout_from_settings
+from ..restart import is_done, load_record, mark_done, save_record
+from . import reporting
+from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, load_or_create_member,
+                     make_store, make_trainer, member_specs)
+from .sampling import Frame, LangevinSampler, MDParameters, foundation_calculator
+
+log = logging.getLogger(__name__)
+
+STEP = "initial_dataset"
+STAGE = "initial"
+RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
+TRAJECTORY = 0  # the initial dataset samples one trajectory
+
+
+def run(context: Any) -> None:
+    InitialDataset(context).run()
+
+
+class InitialDataset:
+    def __init__(self, context: Any):
+        self.context = context
+        self.run_dir = Path(context.run_dir)
+        self.settings = context.settings
+        self.al = context.settings.al.active_learning
+        self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
+                                  seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
+        self.store = make_store(context.settings, self.run_dir)
+        self.record_path = self.run_dir / RECORD_PATH
+        self.timings = {"reference_s": 0.0, "training_s": 0.0, "md_s": 0.0}
+
+    # ------------------------------------------------------------------------------------------ steps
+    def run(self) -> None:
+        if is_done(self.run_dir, STEP):
+            log.info("The initial dataset is complete already (%s); nothing to do.", self.run_dir / "done")
+            return
+        self.start_or_resume()
+        while not self.finished():
+            if not self.state["trained"]:  # a round whose training was interrupted is finished first
+                self.collect_round()
+            self.train_round()
+        self.converge_if_asked()
+        self.export_models()
+        self.report()
+        mark_done(self.run_dir, STEP, {"labels": self.num_labels(), "epochs": self.state["epochs"]})
+        log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(),
+                 self.state["epochs"])
+
+    def start_or_resume(self) -> None:
+        self.reference = reference_from_settings(self.settings, self.run_dir, self.context.comm,
+                                                 getattr(self.context, "control", None))
+        self.timeout_s = reference_timeout_from_settings(self.settings)
+        self.sampler = self.make_sampler()
+        self.trainer = make_trainer(self.settings, self.run_dir)
+        self.members: dict[str, Any] = {}
+        saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
+        self.state = saved or {"round": 0, "epochs": 0, "trained": [], "metrics": {}, "sampler": None}
+        if self.state["sampler"] is not None:
+            self.sampler.restore(self.state["sampler"])
+            log.info("Resuming the initial dataset at round %d (MD step %d, %d labels stored).",
+                     self.state["round"], self.sampler.step, self.num_labels())
+        self.stored_ids = all_label_ids(self.store)
+        if self.stored_ids:
+            self.attach_members()
+
+    def make_sampler(self) -> LangevinSampler:
+        md = self.settings.al.md
+        rng = np.random.default_rng(md.seed)
+        if self.al.initial_sampling == "aimd":
+            driver, name = self.reference, "ab initio MD"
+        else:
+            dtype = self.settings.mace.general.default_dtype
+            driver, name = foundation_calculator(self.al.initial_foundational_size, dtype=dtype), "foundation MD"
+        return LangevinSampler(self.context.geometry, driver, md=MDParameters.from_settings(md),
+                               interval_steps=self.al.skip_step_initial, rng=rng, name=name)
+
+    def finished(self) -> bool:
+        if self.state["round"] == 0 or self.state["trained"]:
+            return False  # no round yet, or a round whose training is unfinished
+        mae = ensemble_forces_mae(list(self.state["metrics"].values()))
+        target = self.al.lambda_ * self.al.desired_acc
+        if mae <= target:
+            log.info("Ensemble validation force MAE %.4f eV/Å <= lambda x desired_acc = %.4f eV/Å.", mae, target)
+            return True
+        if self.state["epochs"] >= self.al.max_initial_epochs:
+            log.info("Reached max_initial_epochs = %d (force MAE %.4f eV/Å, target %.4f eV/Å).",
+                     self.al.max_initial_epochs, mae, target)
+            return True
+        return False
+
+    def collect_round(self) -> None:
+        """Label frames until every member holds n_samples x (round + 1) frames."""
+        wanted = self.al.n_samples * (self.state["round"] + 1)
+        missing = sum(max(wanted - self.member_count(spec.tag), 0) for spec in self.specs)
+        with tqdm(total=missing, desc=f"round {self.state['round'] + 1}: labels", unit="label",
+                  disable=None, leave=False) as bar:
+            while not self.round_complete():
+                if self.label_next_frame():
+                    bar.update(1)
+        self.state["round"] += 1
+        self.state["trained"] = [spec.tag for spec in self.specs]
+        self.save_state()
+
+    def train_round(self) -> None:
+        """Each member trains intermediate_epochs with warm start; checkpoint and record after each."""
+        self.attach_members()
+        for tag in list(self.state["trained"]):
+            member = self.members[tag]
+            started = time.perf_counter()
+            metrics = self.trainer.train(member, self.al.intermediate_epochs,
+                                         use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
+            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
+            self.trainer.save_checkpoint(member)
+            self.timings["training_s"] += time.perf_counter() - started
+            self.state["metrics"][tag] = metrics
+            self.state["trained"].remove(tag)
+            self.save_state()
+        self.state["epochs"] += self.al.intermediate_epochs
+        self.save_state()
+        mae = ensemble_forces_mae(list(self.state["metrics"].values()))
+        log.info("Round %d: %d labels, %d epochs per member, ensemble validation force MAE %.4f eV/Å, "
+                 "energy MAE %.2f meV/atom.", self.state["round"], self.num_labels(), self.state["epochs"], mae,
+                 1e3 * float(np.mean([m["energy_mae_per_atom"] for m in self.state["metrics"].values()])))
+
+    def converge_if_asked(self) -> None:
+        if not self.al.converge_initial:
+            return
+        self.attach_members()
+        for spec in self.specs:
+            log.info("Converging %s (at most %d epochs, patience %d).", spec.tag, self.al.max_final_epochs,
+                     self.al.patience)
+            self.trainer.converge(self.members[spec.tag], self.al.max_final_epochs, self.al.patience,
+                                  self.al.margin)
+
+    def export_models(self) -> None:
+        self.attach_members()
+        for member in self.members.values():
+            self.trainer.export(member)
+
+    def report(self) -> None:
+        histories = {tag: member.history for tag, member in self.members.items()}
+        reporting.learning_curve(histories, self.run_dir / self.trainer.config.results_dir /
+                                 "initial_learning_curve.png", title="Initial dataset")
+
+    # ------------------------------------------------------------------------------------------ labels
+    def label_next_frame(self) -> bool:
+        """Sample, label and store one frame; False when the frame was skipped (failure or already stored)."""
+        started = time.perf_counter()
+        frame = self.sampler.next_frame()
+        self.timings["md_s"] += time.perf_counter() - started
+        label_id = make_label_id(STAGE, TRAJECTORY, frame.md_step)
+        if label_id in self.stored_ids:  # stored before a kill, whose record was not yet saved
+            self.save_state()
+            return False
+        try:
+            labelled = self.label(frame, label_id)
+        except ReferenceError as error:
+            log.warning("Reference failed on %s; frame skipped: %s", label_id, error)
+            self.save_state()
+            return False
+        self.store.append(self.destination(), labelled)
+        self.stored_ids.add(label_id)
+        self.save_state()
+        return True
+
+    def label(self, frame: Frame, label_id: str):
+        started = time.perf_counter()
+        # In ab initio MD the driving calculator is the reference: its cached results at this frame are the
+        # label (compute_label finds them in the calculator and does not recompute).
+        energy, forces = compute_label(self.reference, frame.atoms, timeout_s=self.timeout_s, label_id=label_id)
+        self.timings["reference_s"] += time.perf_counter() - started
+        return label_atoms(frame.atoms, energy_eV=energy, forces_eV_per_A=forces, procedure=STAGE,
+                           trajectory=TRAJECTORY, md_step=frame.md_step, reference=reference_name(self.reference),
+                           label_id=label_id)
+
+    def destination(self) -> str:
+        """The member with the fewest frames gets the next one; its split keeps valid_ratio."""
+        spec = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index))
+        n_train = self.store.count(dataset_name(STAGE, TRAIN, spec.tag))
+        n_valid = self.store.count(dataset_name(STAGE, VALID, spec.tag))
+        to_valid = n_valid_to_add(1, valid_ratio=self.al.valid_ratio, n_train=n_train, n_valid=n_valid)
+        return dataset_name(STAGE, VALID if to_valid else TRAIN, spec.tag)
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def member_count(self, tag: str) -> int:
+        return (self.store.count(dataset_name(STAGE, TRAIN, tag)) +
+                self.store.count(dataset_name(STAGE, VALID, tag)))
+
+    def num_labels(self) -> int:
+        return sum(self.member_count(spec.tag) for spec in self.specs)
+
+    def round_complete(self) -> bool:
+        wanted = self.al.n_samples * (self.state["round"] + 1)
+        return all(self.member_count(spec.tag) >= wanted for spec in self.specs)
+
+    def attach_members(self) -> None:
+        """Create or resume every member and hand it its current datasets."""
+        for spec in self.specs:
+            train = self.store.read(dataset_name(STAGE, TRAIN, spec.tag))
+            valid = self.store.read(dataset_name(STAGE, VALID, spec.tag))
+            if spec.tag in self.members:
+                self.members[spec.tag].train_atoms = train
+                self.members[spec.tag].valid_atoms = valid
+            elif train:
+                self.members[spec.tag] = load_or_create_member(self.trainer, spec, train, valid)
+
+    def save_state(self) -> None:
+        self.state["sampler"] = self.sampler.state()
+        if self.settings.al.misc.create_restart:
+            save_record(self.record_path, self.state)

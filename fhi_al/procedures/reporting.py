@@ -1,0 +1,59 @@
+"""Plots and summaries the procedures write for the user: learning curves and tables of timings."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..durable import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+METRIC = "forces_mae"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(path, buffer.getvalue())
+    log.info("wrote %s", path)
+
+
+def learning_curve(histories: Mapping[str, Sequence[dict]], path: Path, *, title: str) -> None:
+    """Validation force MAE per member and the ensemble mean, against training labels and epochs."""
+    plt = _pyplot()
+    fig, (by_labels, by_epochs) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for tag, history in histories.items():
+        points = [h for h in history if h.get(METRIC) is not None]
+        if not points:
+            continue
+        by_labels.plot([h["n_train"] for h in points], [1e3 * h[METRIC] for h in points], "o-", ms=3,
+                       alpha=0.7, label=tag)
+        by_epochs.plot([h["epoch"] for h in points], [1e3 * h[METRIC] for h in points], "-", alpha=0.7,
+                       label=tag)
+    for axis, xlabel in ((by_labels, "training structures per member"), (by_epochs, "epoch")):
+        axis.set_xlabel(xlabel)
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+    by_labels.set_ylabel("validation force MAE (meV/Å)")
+    by_epochs.legend(fontsize=7)
+    fig.suptitle(title)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def timing_table(timings_s: Mapping[str, float]) -> str:
+    total = sum(timings_s.values()) or 1.0
+    return ", ".join(f"{name.removesuffix('_s')} {value:.1f} s ({100 * value / total:.0f}%)"
+                     for name, value in timings_s.items())

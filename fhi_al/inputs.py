@@ -99,14 +99,13 @@ def _check_geometry_lines(text: str, path: Path) -> int:
     from ase.data import chemical_symbols
 
     symbols = [s for s in chemical_symbols if s != "X"]
-    lower = {k.lower(): k for k in GEOMETRY_KEYWORDS}
     num_atoms = num_lattice = 0
     for number, line in enumerate(text.splitlines(), start=1):
         tokens = line.split("#", 1)[0].split()
         if not tokens:
             continue
-        keyword = tokens[0].lower()
-        if keyword not in lower:
+        keyword = tokens[0]  # FHI-aims (and ASE's reader) read geometry.in keywords case-sensitively
+        if keyword not in GEOMETRY_KEYWORDS:
             raise InputError(f"line {number}: unknown geometry.in keyword {tokens[0]!r}."
                              f"{suggest(tokens[0], GEOMETRY_KEYWORDS)} Expected lines like "
                              f"'atom x y z Element' (Å)", where=str(path))

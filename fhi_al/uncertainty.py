@@ -5,6 +5,7 @@ object (`ThresholdTracker`) shared by all trajectories and saved in the restart 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Hashable
@@ -65,7 +66,8 @@ class Decision:
 class ThresholdTracker:
     """Threshold = moving average of the last `window` uncertainties x (1 + c_x), after `warmup_checks`.
 
-    - A value above `upper_bound` (eV/Å, optional) is TOO_UNCERTAIN: unphysical, not averaged in.
+    - A value above `upper_bound` (eV/Å, optional) or not finite is TOO_UNCERTAIN: unphysical, not
+      averaged in, not counted as a check.
     - A value above the threshold is CROSSED. During warm-up the threshold is None and nothing crosses.
     - A trajectory with `not_crossed_limit` consecutive post-warm-up checks without a crossing gets its
       next frame FORCED to the reference (counted per trajectory).
@@ -97,7 +99,7 @@ class ThresholdTracker:
     def check(self, value: float, trajectory: Hashable = 0) -> Decision:
         value = float(value)
         threshold = self.threshold
-        if self.upper_bound is not None and not value <= self.upper_bound:  # NaN is too uncertain too
+        if not math.isfinite(value) or (self.upper_bound is not None and value > self.upper_bound):
             return Decision(TOO_UNCERTAIN, value, threshold)
         self.history.append(value)
         self.n_checks += 1

@@ -100,6 +100,14 @@ def test_numeric_label_id_comes_back_as_str(tmp_path, frames):
     assert store.label_ids("x") == {"17"}
 
 
+def test_append_new_is_idempotent(tmp_path, frames):
+    store = DatasetStore(tmp_path)
+    assert store.append_new("al/train_m", frames[:3]) == 3
+    assert store.append_new("al/train_m", frames[:5]) == 2  # a rerun after a kill between two member files
+    assert store.append_new("al/train_m", frames[:5]) == 0
+    assert [a.info["label_id"] for a in store.read("al/train_m")] == [f.info["label_id"] for f in frames[:5]]
+
+
 def test_write_replaces_whole_file(tmp_path, frames):
     store = DatasetStore(tmp_path)
     store.append("final/train", frames[:6])

@@ -123,6 +123,13 @@ class DatasetStore:
         append_durable(path, text)
         self._verified_size[name] = path.stat().st_size
 
+    def append_new(self, name: str, frames: Iterable[Atoms]) -> int:
+        """Append only frames whose label_id is not in the file yet (idempotent on rerun); returns how many."""
+        present = self.label_ids(name)
+        fresh = [atoms for atoms in frames if atoms.info.get("label_id") not in present]
+        self.append(name, fresh)
+        return len(fresh)
+
     def write(self, name: str, frames: Sequence[Atoms]) -> None:
         """Replace the whole file atomically."""
         path = self.path(name)

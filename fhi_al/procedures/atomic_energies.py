@@ -49,7 +49,11 @@ def unpaired_electrons(symbol: str) -> int:
 
 
 def spin_options(name: str, unpaired: int) -> dict[str, Any]:
-    """Options that make reference `name` compute the neutral atom with `unpaired` electrons spin-polarised."""
+    """Options that make reference `name` compute the neutral atom with `unpaired` electrons spin-polarised.
+
+    xtb gets the multiplicity (uhf = unpaired) on the same Hamiltonian as the molecular labels; tblite's optional
+    spin-polarisation term is not switched on, so (as with `xtb --uhf`) high spin need not be the lowest there.
+    """
     if name == "xtb":
         return {"charge": 0, "multiplicity": unpaired + 1}
     if name == "pyscf":

@@ -45,6 +45,13 @@ def make_trainer(settings: Any, run_dir: Path) -> Trainer:
     return Trainer(TrainingConfig.from_settings(settings, valid_skip=valid_skip), run_dir)
 
 
+def ledger_path(run_dir: Path) -> Path:
+    """The independent record of every completed reference label (one fsynced JSON line each)."""
+    from ..references.ledger import DEFAULT_LEDGER
+
+    return Path(run_dir) / "logs" / DEFAULT_LEDGER
+
+
 def make_store(settings: Any, run_dir: Path) -> DatasetStore:
     return DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
 

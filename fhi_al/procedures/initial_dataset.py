@@ -22,8 +22,8 @@ from ..errors import ReferenceError
 from ..references.base import compute_label, reference_from_settings, reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
-from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, load_or_create_member,
-                     make_store, make_trainer, member_specs)
+from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
+                     load_or_create_member, make_store, make_trainer, member_specs)
 from .sampling import Frame, LangevinSampler, MDParameters, foundation_calculator
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,8 @@ class InitialDataset:
         started = time.perf_counter()
         # In ab initio MD the driving calculator is the reference: its cached results at this frame are the
         # label (compute_label finds them in the calculator and does not recompute).
-        energy, forces = compute_label(self.reference, frame.atoms, timeout_s=self.timeout_s, label_id=label_id)
+        energy, forces = compute_label(self.reference, frame.atoms, timeout_s=self.timeout_s, label_id=label_id,
+                                       ledger=ledger_path(self.run_dir))
         self.timings["reference_s"] += time.perf_counter() - started
         return label_atoms(frame.atoms, energy_eV=energy, forces_eV_per_A=forces, procedure=STAGE,
                            trajectory=TRAJECTORY, md_step=frame.md_step, reference=reference_name(self.reference),

@@ -93,10 +93,11 @@ class LangevinSampler:
         return frame
 
     def _reset(self, reason: str) -> None:
+        # The step counter keeps running, so label ids (made from the step) stay unique after a reset.
         good_step = self.last_good.reset(self.atoms, temperature_K=self.md.temperature_K, rng=self.rng)
-        self.dyn.nsteps = good_step
         self.atoms.calc.reset()
-        log.warning("%s: %s; back to step %d with fresh velocities", self.name, reason, good_step)
+        log.warning("%s step %d: %s; back to the frame of step %d with fresh velocities", self.name, self.step,
+                    reason, good_step)
 
     def state(self) -> dict[str, Any]:
         return {"md": md_state(self.atoms, step=self.step), "rng": rng_state(self.rng), "failures": self.failures}

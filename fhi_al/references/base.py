@@ -117,7 +117,9 @@ def _deadline(timeout_s: float | None):
 
     Limitation: Python runs the handler only between bytecodes, so a call stuck inside compiled code (an SCF
     loop in Fortran, an MPI collective) is interrupted only when it returns to Python. Elsewhere (threads,
-    no SIGALRM) the block runs without a deadline and a debug message says so.
+    no SIGALRM) the block runs without a deadline and a debug message says so. Each rank keeps its own clock:
+    with a library that is collective over several ranks, a deadline that fires on some ranks only can leave
+    the others waiting, so parallel jobs should treat a timeout there as fatal for that reference group.
     """
     usable = (timeout_s is not None and timeout_s > 0 and hasattr(signal, "SIGALRM")
               and threading.current_thread() is threading.main_thread())

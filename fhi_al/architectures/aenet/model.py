@@ -197,6 +197,10 @@ class AenetArchitecture(Architecture):
         log.info("aenet: descriptor normalisation fitted on %d structures", len(samples))
         return True
 
+    def initialize_from_samples(self, model: AenetModel, samples: Sequence[AenetSample]) -> None:
+        """Hook for the engine right after `build_model` with the first training set's samples."""
+        self.fit_feature_statistics(model, samples)
+
     def featurize(self, atoms: Atoms) -> AenetSample:
         graph = build_graph(atoms, rad_cutoff_A=self.hypers.rad_cutoff, ang_cutoff_A=self.hypers.ang_cutoff,
                             dtype=self.dtype)

@@ -1,0 +1,132 @@
+"""An ensemble of models of one architecture as an ASE Calculator whose extra results are the uncertainty:
+per-member forces, energy variance and the per-atom force spread with its per-structure max and mean.
+
+The neighbour graph of a structure is built once for all members, and several structures (e.g. one per
+trajectory) can be evaluated in one batched call with `calculate_batch`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from .architectures.base import Architecture
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 2**31 - 1
+
+
+def ensemble_seeds(seed: int, size: int) -> list[int]:
+    """`size` distinct member seeds derived reproducibly from GENERAL.seed (the first one is `seed`)."""
+    rng = np.random.default_rng(seed)
+    seeds = [int(seed)]
+    while len(seeds) < size:
+        candidate = int(rng.integers(0, MAX_SEED))
+        if candidate not in seeds:
+            seeds.append(candidate)
+    return seeds
+
+
+def force_spread_per_atom(forces_comm: np.ndarray) -> np.ndarray:
+    """sqrt(mean_m |F_m - F_mean|^2) per atom from member forces [M, N, 3] (eV/Å)."""
+    deviation = forces_comm - forces_comm.mean(axis=0, keepdims=True)
+    return np.sqrt(np.mean(np.sum(deviation**2, axis=-1), axis=0))
+
+
+class Ensemble:
+    """Models of one architecture; from trained members (EMA weights, refreshed when they train) or files."""
+
+    def __init__(self, architecture: Architecture, models: Sequence[torch.nn.Module] = (), *,
+                 members: Sequence[Any] = ()):
+        if not models and not members:
+            raise ValueError("an ensemble needs models or members")
+        self.architecture = architecture
+        self._models = list(models)
+        self._members = list(members)
+
+    @classmethod
+    def from_members(cls, members: Sequence[Any]) -> "Ensemble":
+        return cls(members[0].architecture, members=members)
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | Path]) -> "Ensemble":
+        """MACE `.model` files as written by Trainer.export or mace_run_train."""
+        from .architectures.mace.hypers import MaceHypers
+        from .architectures.mace.model import MaceArchitecture
+
+        models = [torch.load(path, map_location="cpu", weights_only=False) for path in paths]
+        for model in models:
+            model.eval()
+            for param in model.parameters():
+                param.requires_grad_(False)
+        dtype = next(models[0].parameters()).dtype
+        architecture = MaceArchitecture(MaceHypers(r_max=float(models[0].r_max)), dtype=dtype).bind(models[0])
+        return cls(architecture, models)
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        if self._members:
+            return [member.inference_model() for member in self._members]
+        return self._models
+
+    def __len__(self) -> int:
+        return len(self._members) or len(self._models)
+
+    def predict(self, atoms_list: Sequence[Atoms]) -> list[dict[str, Any]]:
+        """Results (see EnsembleCalculator) of every structure, all members on one batched graph."""
+        arch = self.architecture
+        batch = arch.collate([arch.featurize(atoms) for atoms in atoms_list])
+        energies, forces = [], []
+        for model in self.models:
+            out = arch.predict(model, batch, training=False)
+            energies.append(out["energy"].detach())
+            forces.append(out["forces"].detach())
+        energy = torch.stack(energies).double().numpy()  # [M, K]
+        force = torch.stack(forces).double().numpy()  # [M, sum N, 3]
+        bounds = np.cumsum([0] + [len(atoms) for atoms in atoms_list])
+        return [uncertainty_results(energy[:, k], force[:, bounds[k]:bounds[k + 1]]) for k in range(len(atoms_list))]
+
+
+def uncertainty_results(energy_comm: np.ndarray, forces_comm: np.ndarray) -> dict[str, Any]:
+    """Mean energy/forces, per-member values, spreads: the calculator's results of one structure."""
+    spread = force_spread_per_atom(forces_comm)
+    energy = float(energy_comm.mean())
+    return {"energy": energy, "free_energy": energy, "forces": forces_comm.mean(axis=0),
+            "energy_comm": energy_comm, "forces_comm": forces_comm, "energy_var": float(energy_comm.var()),
+            "forces_var": forces_comm.var(axis=0), "forces_uncertainty_per_atom": spread,
+            "forces_uncertainty_max": float(spread.max()), "forces_uncertainty_mean": float(spread.mean())}
+
+
+class EnsembleCalculator(Calculator):
+    """ASE Calculator over an ensemble. Results: energy, free_energy, forces (member means), energy_comm [M],
+    forces_comm [M, N, 3], energy_var, forces_var [N, 3], forces_uncertainty_per_atom [N] and its
+    per-structure forces_uncertainty_max and forces_uncertainty_mean (eV/Å)."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "energy_comm", "forces_comm", "energy_var",
+                              "forces_var", "forces_uncertainty_per_atom", "forces_uncertainty_max",
+                              "forces_uncertainty_mean"]
+
+    def __init__(self, ensemble: Ensemble | Sequence[Any], **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(ensemble, Ensemble):
+            ensemble = Ensemble.from_members(list(ensemble))
+        self.ensemble = ensemble
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | Path], **kwargs) -> "EnsembleCalculator":
+        return cls(Ensemble.from_files(paths), **kwargs)
+
+    def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self.results = self.ensemble.predict([self.atoms])[0]
+
+    def calculate_batch(self, atoms_list: Sequence[Atoms]) -> list[dict[str, Any]]:
+        """Results of several structures in one call (one batched graph per member)."""
+        return self.ensemble.predict(list(atoms_list))

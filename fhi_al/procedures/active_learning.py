@@ -1,0 +1,340 @@
+"""Active learning: MLFF trajectories on the ensemble mean; a frame whose force uncertainty crosses the
+threshold goes to the reference, the label joins the datasets, and the ensemble trains with warm start
+(intermediate_epochs per visit, max_epochs_worker per label) while the other trajectories keep their turn.
+
+Restart: the record (trajectories, threshold, counters, RNG streams) is rewritten after every label,
+training visit and MD visit; labels are appended durably first, so none is lost or stored twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ..data.splits import VALID, al_destination
+from ..data.store import label_atoms, make_label_id
+from ..errors import InputError
+from ..md import BlowUpDetector
+from ..references.base import reference_from_settings, reference_name, reference_timeout_from_settings
+from ..restart import is_done, load_record, mark_done, save_record
+from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
+from . import al_reporting, reporting
+from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path, load_or_create_member,
+                     make_store, make_trainer, member_specs)
+from .initial_dataset import STAGE as INITIAL_STAGE
+from .initial_dataset import STEP as INITIAL_STEP
+from .labeling import LabelResult, SerialLabeler
+from .sampling import MDParameters
+from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make_trajectories
+
+log = logging.getLogger(__name__)
+
+STEP = "active_learning"
+STAGE = "al"
+RECORD_PATH = Path("restart") / "al" / "state.json"
+AL_TRAIN, AL_VALID = f"{STAGE}/train", f"{STAGE}/valid"
+
+
+def run(context: Any) -> None:
+    ActiveLearning(context).run()
+
+
+class ActiveLearning:
+    def __init__(self, context: Any):
+        self.context = context
+        self.run_dir = Path(context.run_dir)
+        self.settings = context.settings
+        self.al = context.settings.al.active_learning
+        self.md = MDParameters.from_settings(context.settings.al.md)
+        self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
+                                  seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
+        self.store = make_store(context.settings, self.run_dir)
+        self.record_path = self.run_dir / RECORD_PATH
+        self.analysis_dir = self.run_dir / "analysis"
+        self.timings = {"reference_s": 0.0, "training_s": 0.0, "md_s": 0.0}
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------ steps
+    def run(self) -> None:
+        if is_done(self.run_dir, STEP):
+            log.info("Active learning is complete already (%s); nothing to do.", self.run_dir / "done")
+            return
+        self.require_initial_dataset()
+        self.start_or_resume()
+        with self.progress_bar() as self.bar:
+            while not self.should_stop():
+                self.visit_trajectories()
+        self.labeler.close()
+        self.converge_if_asked()
+        self.export_models()
+        self.write_final_datasets()
+        self.report()
+        mark_done(self.run_dir, STEP, {"labels": self.state["labels"], "valid_forces_mae": self.ensemble_mae()})
+
+    def require_initial_dataset(self) -> None:
+        if not is_done(self.run_dir, INITIAL_STEP):
+            raise InputError("the initial dataset is not complete in this folder: run FHI_AL-initial-ds (or FHI_AL) "
+                             "first", where=str(self.run_dir))
+
+    def start_or_resume(self) -> None:
+        self.reference = reference_from_settings(self.settings, self.run_dir, self.context.comm,
+                                                 getattr(self.context, "control", None))
+        self.labeler = SerialLabeler(self.reference, timeout_s=reference_timeout_from_settings(self.settings),
+                                     ledger=ledger_path(self.run_dir))
+        self.trainer = make_trainer(self.settings, self.run_dir)
+        self.members = {spec.tag: load_or_create_member(self.trainer, spec, *self.member_data(spec.tag))
+                        for spec in self.specs}
+        self.calc = self.make_calculator()
+        self.trajectories = make_trajectories(self.context.geometry, self.calc, count=self.al.num_trajectories,
+                                              md=self.md, seed=self.settings.al.md.seed)
+        self.detector = BlowUpDetector(target_temperature_K=self.md.temperature_K)
+        saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
+        self.state = saved or {"labels": 0, "metrics": {}, "stale": {}, "best_loss": {}, "threshold": None,
+                               "trajectories": None}
+        self.tracker = self.make_tracker(self.state["threshold"])
+        if self.state["trajectories"] is not None:
+            for trajectory, saved_state in zip(self.trajectories, self.state["trajectories"]):
+                trajectory.restore(saved_state)
+            log.info("Resuming active learning: %d labels so far, MD steps %s.", self.state["labels"],
+                     [t.step for t in self.trajectories])
+        self.stored_ids = all_label_ids(self.store)
+        if not self.state["metrics"]:
+            self.state["metrics"] = {tag: self.trainer.evaluate(m, m.valid_atoms) for tag, m in self.members.items()}
+            log.info("Starting active learning: ensemble validation force MAE %.4f eV/Å.", self.ensemble_mae())
+        self.resubmit_pending()
+
+    def should_stop(self) -> bool:
+        if all(t.status == FINISHED for t in self.trajectories):
+            log.info("Every trajectory reached max_MD_steps = %d.", self.al.max_MD_steps)
+            return True
+        largest = max(len(m.train_atoms) for m in self.members.values())
+        if largest >= self.al.max_set_size:
+            log.info("Training set holds %d structures >= max_set_size = %d.", largest, self.al.max_set_size)
+            return True
+        mae = self.ensemble_mae()
+        if self.al.desired_acc > 0 and mae <= self.al.desired_acc:
+            log.info("Ensemble validation force MAE %.4f eV/Å <= desired_acc = %.4f eV/Å.", mae, self.al.desired_acc)
+            return True
+        return False
+
+    def visit_trajectories(self) -> None:
+        """One turn for every trajectory, so that one trajectory's training never stalls the others."""
+        for result in self.labeler.collect():
+            self.receive_label(result)
+        for trajectory in self.trajectories:
+            if trajectory.status == RUNNING:
+                self.propagate(trajectory)
+            elif trajectory.status == TRAINING:
+                self.train_visit(trajectory)
+            self.save_state()
+        for result in self.labeler.collect():
+            self.receive_label(result)
+
+    # ------------------------------------------------------------------------------------------ MD
+    def propagate(self, trajectory: Trajectory) -> None:
+        steps = min(self.al.skip_step_mlff, self.al.max_MD_steps - trajectory.step)
+        started = time.perf_counter()
+        before = trajectory.step
+        reason = trajectory.advance(steps, self.detector)
+        self.timings["md_s"] += time.perf_counter() - started
+        self.bar.update(max(trajectory.step - before, 0))
+        if reason is None:
+            self.check_uncertainty(trajectory)
+        if trajectory.status == RUNNING and trajectory.step >= self.al.max_MD_steps:
+            trajectory.status = FINISHED
+            log.info("trajectory %d reached max_MD_steps = %d.", trajectory.index, self.al.max_MD_steps)
+
+    def check_uncertainty(self, trajectory: Trajectory) -> None:
+        check = trajectory.check(self.al.uncertainty_reduction)
+        decision = self.tracker.check(check.uncertainty_eV_per_A, trajectory.index)
+        al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
+        if self.al.analysis and self.analysis_due(trajectory, check.md_step):
+            self.analysis_point(trajectory, check)
+        if decision.discard:
+            trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
+        elif decision.label:
+            label_id = make_label_id(STAGE, trajectory.index, check.md_step)
+            trajectory.pending = {"label_id": label_id, "md_step": check.md_step,
+                                  "positions": check.frame.get_positions(), "kind": decision.kind}
+            trajectory.status = WAITING
+            self.save_state()  # the request is on disk before the reference starts
+            log.info("trajectory %d step %d: uncertainty %.3f eV/Å, threshold %s -> reference (%s)",
+                     trajectory.index, check.md_step, decision.value, _fmt(decision.threshold), decision.kind)
+            self.labeler.submit(label_id, check.frame)
+
+    def analysis_due(self, trajectory: Trajectory, md_step: int) -> bool:
+        previous = md_step - self.al.skip_step_mlff
+        return md_step // self.al.analysis_skip > max(previous, 0) // self.al.analysis_skip or md_step == 0
+
+    def analysis_point(self, trajectory: Trajectory, check: Any) -> None:
+        """True force error of the ensemble mean at this frame, with its uncertainty; never added to the data."""
+        from ..errors import ReferenceError
+        from ..references.base import compute_label
+
+        started = time.perf_counter()
+        try:
+            _, forces = compute_label(self.reference, check.frame, timeout_s=self.labeler.timeout_s,
+                                      label_id=make_label_id("analysis", trajectory.index, check.md_step))
+        except ReferenceError as error:
+            log.warning("analysis point skipped: %s", error)
+            return
+        finally:
+            self.timings["reference_s"] += time.perf_counter() - started
+        predicted = trajectory.atoms.calc.results["forces"]
+        al_reporting.append_analysis(self.analysis_dir, trajectory.index, check, predicted, forces)
+
+    # ------------------------------------------------------------------------------------------ labels
+    def receive_label(self, result: LabelResult) -> None:
+        trajectory = next(t for t in self.trajectories if t.pending and t.pending["label_id"] == result.label_id)
+        self.timings["reference_s"] += result.seconds
+        if not result.ok:
+            log.warning("trajectory %d: reference failed, frame skipped: %s", trajectory.index, result.error)
+            trajectory.pending, trajectory.status = None, RUNNING
+            self.save_state()
+            return
+        if result.label_id not in self.stored_ids:
+            self.store_label(trajectory, result)
+        trajectory.pending, trajectory.status = None, TRAINING
+        trajectory.epochs_left = self.al.max_epochs_worker
+        trajectory.labels += 1
+        self.state["labels"] += 1
+        self.save_state()
+
+    def store_label(self, trajectory: Trajectory, result: LabelResult) -> None:
+        frame = trajectory.atoms.copy()
+        frame.set_positions(trajectory.pending["positions"])
+        labelled = label_atoms(frame, energy_eV=result.energy_eV, forces_eV_per_A=result.forces_eV_per_A,
+                               procedure=STAGE, trajectory=trajectory.index, md_step=trajectory.pending["md_step"],
+                               reference=reference_name(self.reference), label_id=result.label_id)
+        n_train, n_valid = self.store.count(AL_TRAIN), self.store.count(AL_VALID)
+        destination = al_destination(n_train_al=n_train, n_valid_al=n_valid, valid_ratio=self.al.valid_ratio)
+        self.store.append(AL_VALID if destination == VALID else AL_TRAIN, labelled)
+        self.stored_ids.add(result.label_id)
+        for member in self.members.values():
+            (member.valid_atoms if destination == VALID else member.train_atoms).append(labelled)
+        log.info("label %s stored in %s (%d AL labels: %d train, %d valid).", result.label_id, destination,
+                 n_train + n_valid + 1, n_train + (destination != VALID), n_valid + (destination == VALID))
+
+    def resubmit_pending(self) -> None:
+        """Frames that were waiting for the reference when the run stopped: stored already, or asked again."""
+        for trajectory in self.trajectories:
+            if trajectory.status != WAITING:
+                continue
+            label_id = trajectory.pending["label_id"]
+            if label_id in self.stored_ids:
+                trajectory.pending, trajectory.status = None, TRAINING
+                trajectory.epochs_left = self.al.max_epochs_worker
+                continue
+            frame = trajectory.atoms.copy()
+            frame.calc = None
+            frame.set_positions(trajectory.pending["positions"])
+            self.labeler.submit(label_id, frame)
+
+    # ------------------------------------------------------------------------------------------ training
+    def train_visit(self, trajectory: Trajectory) -> None:
+        epochs = min(self.al.intermediate_epochs, trajectory.epochs_left)
+        started = time.perf_counter()
+        for tag, member in self.members.items():
+            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip)
+            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
+            self.trainer.save_checkpoint(member)
+            self.track_progress(tag, metrics)
+        self.timings["training_s"] += time.perf_counter() - started
+        trajectory.epochs_left -= epochs
+        if trajectory.epochs_left <= 0:
+            trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
+        self.bar.set_postfix(labels=self.state["labels"], mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
+                             threshold=_fmt(self.tracker.threshold))
+
+    def track_progress(self, tag: str, metrics: dict[str, float]) -> None:
+        """Latest metrics per member; a member stuck for reset_optimizer_after checks gets a fresh optimizer."""
+        self.state["metrics"][tag] = metrics
+        best = self.state["best_loss"].get(tag, float("inf"))
+        if metrics["loss"] < best:
+            self.state["best_loss"][tag], self.state["stale"][tag] = metrics["loss"], 0
+            return
+        self.state["stale"][tag] = self.state["stale"].get(tag, 0) + 1
+        limit = self.al.reset_optimizer_after
+        if limit is not None and self.state["stale"][tag] >= limit:
+            log.info("%s: no improvement in %d checks; resetting its optimizer.", tag, limit)
+            self.trainer.reset_optimizer(self.members[tag])
+            self.state["stale"][tag] = 0
+
+    def converge_if_asked(self) -> None:
+        if not self.al.converge_al:
+            return
+        tags = [self.best_member()] if self.al.converge_best else list(self.members)
+        for tag in tags:
+            log.info("Converging %s on the final data (at most %d epochs).", tag, self.al.max_final_epochs)
+            metrics = self.trainer.converge(self.members[tag], self.al.max_final_epochs, self.al.patience,
+                                            self.al.margin)
+            if metrics is not None:
+                self.state["metrics"][tag] = metrics
+
+    def best_member(self) -> str:
+        return min(self.members, key=lambda tag: self.state["metrics"].get(tag, {}).get("loss", float("inf")))
+
+    # ------------------------------------------------------------------------------------------ outputs
+    def export_models(self) -> None:
+        for member in self.members.values():
+            self.trainer.export(member)
+
+    def write_final_datasets(self) -> None:
+        for tag, member in self.members.items():
+            self.store.write(dataset_name("final", TRAIN, tag), member.train_atoms)
+            self.store.write(dataset_name("final", VALID, tag), member.valid_atoms)
+
+    def report(self) -> None:
+        results = self.run_dir / self.trainer.config.results_dir
+        reporting.learning_curve({tag: m.history for tag, m in self.members.items()},
+                                 results / "al_learning_curve.png", title="Active learning")
+        al_reporting.uncertainty_traces(self.analysis_dir, results / "uncertainty_trace.png")
+        al_reporting.labels_per_trajectory(self.analysis_dir, results / "labels_per_trajectory.png")
+        if self.al.analysis:
+            al_reporting.calibration(self.analysis_dir, self.analysis_dir / "calibration.png")
+        wall_s = time.perf_counter() - self.started
+        log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
+                 "(%s).", self.state["labels"], self.ensemble_mae(), wall_s, reporting.timing_table(self.timings))
+
+    # ------------------------------------------------------------------------------------------ helpers
+    def member_data(self, tag: str) -> tuple[list, list]:
+        train = self.store.read(dataset_name(INITIAL_STAGE, TRAIN, tag)) + self.store.read(AL_TRAIN)
+        valid = self.store.read(dataset_name(INITIAL_STAGE, VALID, tag)) + self.store.read(AL_VALID)
+        return train, valid
+
+    def make_calculator(self):
+        from ..ensemble import EnsembleCalculator
+
+        return EnsembleCalculator(list(self.members.values()))
+
+    def make_tracker(self, saved: dict | None) -> ThresholdTracker:
+        if saved is not None:
+            return ThresholdTracker.from_state_dict(saved)
+        window = self.al.threshold_window or DEFAULT_WINDOW
+        return ThresholdTracker(self.al.c_x, warmup_checks=max(self.al.threshold_warmup_checks, 1), window=window,
+                                not_crossed_limit=self.al.uncert_not_crossed_limit,
+                                upper_bound=self.al.uncertainty_upper_bound)
+
+    def ensemble_mae(self) -> float:
+        return ensemble_forces_mae([self.state["metrics"].get(spec.tag) for spec in self.specs])
+
+    def progress_bar(self):
+        total = self.al.num_trajectories * self.al.max_MD_steps
+        done = sum(t.step for t in self.trajectories)
+        return tqdm(total=total, initial=done, desc="active learning MD", unit="step", disable=None)
+
+    def save_state(self) -> None:
+        if not self.settings.al.misc.create_restart:
+            return
+        self.state["threshold"] = self.tracker.state_dict()
+        self.state["trajectories"] = [t.state() for t in self.trajectories]
+        save_record(self.record_path, self.state)
+
+
+def _fmt(value: float | None) -> str:
+    return "warm-up" if value is None else f"{value:.3f}"

@@ -1,0 +1,111 @@
+"""What active learning records as it goes (uncertainty checks, analysis points; durable JSON lines under
+analysis/) and the plots drawn from those records: uncertainty traces with the threshold, labels per
+trajectory, and the calibration of uncertainty against the true force error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..durable import append_durable
+from .reporting import _pyplot, save_figure
+
+log = logging.getLogger(__name__)
+
+CHECKS_FILE = "uncertainty_checks.jsonl"
+ANALYSIS_FILE = "analysis.jsonl"
+
+
+def append_check(folder: Path, trajectory: int, check: Any, decision: Any) -> None:
+    record = {"trajectory": trajectory, "md_step": check.md_step, "uncertainty": check.uncertainty_eV_per_A,
+              "threshold": decision.threshold, "decision": decision.kind}
+    append_durable(folder / CHECKS_FILE, json.dumps(record) + "\n")
+
+
+def append_analysis(folder: Path, trajectory: int, check: Any, predicted_forces: np.ndarray,
+                    reference_forces: np.ndarray) -> None:
+    error = np.linalg.norm(np.asarray(predicted_forces) - np.asarray(reference_forces), axis=1)
+    record = {"trajectory": trajectory, "md_step": check.md_step, "uncertainty": check.uncertainty_eV_per_A,
+              "true_error_max": float(error.max()), "true_error_mean": float(error.mean())}
+    append_durable(folder / ANALYSIS_FILE, json.dumps(record) + "\n")
+
+
+def read_records(path: Path) -> list[dict]:
+    """JSON lines of `path`; a torn last line (kill during the append) is ignored."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("ignoring a damaged line in %s", path)
+    return records
+
+
+def uncertainty_traces(folder: Path, path: Path) -> None:
+    records = read_records(folder / CHECKS_FILE)
+    if not records:
+        return
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(9, 4))
+    for index in sorted({r["trajectory"] for r in records}):
+        mine = [r for r in records if r["trajectory"] == index]
+        axis.plot([r["md_step"] for r in mine], [1e3 * r["uncertainty"] for r in mine], lw=0.8,
+                  label=f"trajectory {index}")
+        labelled = [r for r in mine if r["decision"] in ("crossed", "forced")]
+        axis.plot([r["md_step"] for r in labelled], [1e3 * r["uncertainty"] for r in labelled], "kx", ms=5)
+    with_threshold = [r for r in records if r["threshold"] is not None]
+    order = np.argsort([r["md_step"] for r in with_threshold], kind="stable")
+    axis.plot([with_threshold[i]["md_step"] for i in order], [1e3 * with_threshold[i]["threshold"] for i in order],
+              "r--", lw=1, label="threshold")
+    axis.set_xlabel("MD step")
+    axis.set_ylabel("force uncertainty (meV/Å)")
+    axis.set_title("Uncertainty along the MLFF trajectories (x: sent to the reference)")
+    axis.legend(fontsize=7)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def labels_per_trajectory(folder: Path, path: Path) -> None:
+    records = [r for r in read_records(folder / CHECKS_FILE) if r["decision"] in ("crossed", "forced")]
+    if not records:
+        return
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(7, 4))
+    for index in sorted({r["trajectory"] for r in records}):
+        steps = sorted(r["md_step"] for r in records if r["trajectory"] == index)
+        axis.step(steps, np.arange(1, len(steps) + 1), where="post", label=f"trajectory {index}")
+    axis.set_xlabel("MD step")
+    axis.set_ylabel("labels requested")
+    axis.legend(fontsize=7)
+    save_figure(fig, path)
+    plt.close(fig)
+
+
+def calibration(folder: Path, path: Path) -> float | None:
+    """Scatter of uncertainty vs true force error; returns (and logs) their Spearman correlation."""
+    records = read_records(folder / ANALYSIS_FILE)
+    if len(records) < 3:
+        log.info("calibration: only %d analysis points; no plot", len(records))
+        return None
+    from scipy.stats import spearmanr
+
+    uncertainty = np.array([r["uncertainty"] for r in records])
+    error = np.array([r["true_error_max"] for r in records])
+    rho = float(spearmanr(uncertainty, error).statistic)
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(5, 5))
+    axis.loglog(1e3 * uncertainty, 1e3 * error, "o", ms=3, alpha=0.6)
+    axis.set_xlabel("predicted force uncertainty (meV/Å)")
+    axis.set_ylabel("true max force error (meV/Å)")
+    axis.set_title(f"Calibration: Spearman ρ = {rho:.2f} ({len(records)} points)")
+    save_figure(fig, path)
+    plt.close(fig)
+    log.info("Uncertainty calibration: Spearman correlation %.2f over %d analysis points.", rho, len(records))
+    return rho

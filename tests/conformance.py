@@ -1,0 +1,137 @@
+"""Conformance tests every architecture passes; a test module subclasses `ArchitectureConformance` and
+provides the `tiny_hypers` fixture (and `model_name`). Physics: forces = -dE/dR, invariances; engine:
+loss decreases, checkpoints reproduce predictions, warm start continues without re-initialisation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from ase.calculators.emt import EMT
+from scipy.spatial.transform import Rotation
+
+from fhi_al.architectures.base import REF_ENERGY_KEY, REF_FORCES_KEY
+from fhi_al.training.config import TrainingConfig
+from fhi_al.training.engine import Trainer
+
+FD_STEP_A = 1e-4
+FD_RTOL = 1e-5
+EXACT = dict(rtol=1e-10, atol=1e-10)
+
+
+def emt_labelled(base: Atoms, count: int, *, seed: int, displacement_A: float = 0.08) -> list[Atoms]:
+    """Randomly displaced copies of `base` labelled with ASE's EMT (raw calculator results)."""
+    rng = np.random.default_rng(seed)
+    structures = []
+    for index in range(count):
+        atoms = base.copy()
+        atoms.positions += rng.normal(scale=displacement_A, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.info[REF_ENERGY_KEY] = float(atoms.calc.results["energy"])
+        atoms.arrays[REF_FORCES_KEY] = np.array(atoms.calc.results["forces"])
+        atoms.info["label_id"] = f"test-s{seed}-{index}"
+        atoms.calc = None
+        structures.append(atoms)
+    return structures
+
+
+def predict(trainer: Trainer, model: torch.nn.Module, structures: list[Atoms]) -> dict[str, np.ndarray]:
+    arch = trainer.architecture
+    out = arch.predict(model, arch.collate([arch.featurize(atoms) for atoms in structures]), training=False)
+    return {key: value.detach().numpy() for key, value in out.items()}
+
+
+class ArchitectureConformance:
+    """Base class; subclasses set `model_name` and define the `tiny_hypers` fixture."""
+
+    model_name: str = ""
+    loss_drop_factor = 0.5  # the training loss must at least halve in `loss_epochs` epochs
+    loss_epochs = 15
+
+    @pytest.fixture
+    def config(self, tiny_hypers) -> TrainingConfig:
+        return TrainingConfig(name_exp="conf", model=self.model_name, hypers=tiny_hypers, default_dtype="float64",
+                              batch_size=4, valid_batch_size=8, lr=0.01, scheduler="none", ema=True,
+                              ema_decay=0.9, forces_weight=10.0)
+
+    @pytest.fixture
+    def data(self):
+        ethanol = molecule("CH3CH2OH")
+        return emt_labelled(ethanol, 8, seed=1), emt_labelled(ethanol, 4, seed=2)
+
+    @pytest.fixture
+    def trainer(self, config, run_dir) -> Trainer:
+        return Trainer(config, run_dir)
+
+    @pytest.fixture
+    def member(self, trainer, data):
+        train, valid = data
+        return trainer.create_member("conf_1", 1, train, valid)
+
+    def test_forces_are_minus_energy_gradient(self, trainer, member, data):
+        atoms = data[1][0]
+        model = member.inference_model()
+        forces = predict(trainer, model, [atoms])["forces"]
+        for index, axis in [(0, 0), (3, 1), (8, 2)]:
+            energies = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.positions[index, axis] += sign * FD_STEP_A
+                energies.append(predict(trainer, model, [moved])["energy"][0])
+            numerical = -(energies[0] - energies[1]) / (2 * FD_STEP_A)
+            assert abs(forces[index, axis]) > 1e-6
+            assert numerical == pytest.approx(forces[index, axis], rel=FD_RTOL, abs=1e-7)
+
+    def test_rotation_and_translation_invariance(self, trainer, member, data):
+        atoms = data[1][1]
+        model = member.inference_model()
+        reference = predict(trainer, model, [atoms])
+        rotation = Rotation.random(random_state=7).as_matrix()
+        moved = atoms.copy()
+        moved.positions = atoms.positions @ rotation.T + np.array([1.3, -0.4, 2.2])
+        result = predict(trainer, model, [moved])
+        np.testing.assert_allclose(result["energy"], reference["energy"], **EXACT)
+        np.testing.assert_allclose(result["forces"], reference["forces"] @ rotation.T, rtol=1e-8, atol=1e-9)
+
+    def test_permutation_of_like_atoms(self, trainer, member, data):
+        atoms = data[1][2]
+        model = member.inference_model()
+        reference = predict(trainer, model, [atoms])
+        hydrogens = [i for i, z in enumerate(atoms.numbers) if z == 1]
+        order = np.arange(len(atoms))
+        order[hydrogens] = hydrogens[::-1]
+        result = predict(trainer, model, [atoms[order]])
+        np.testing.assert_allclose(result["energy"], reference["energy"], **EXACT)
+        np.testing.assert_allclose(result["forces"], reference["forces"][order], rtol=1e-8, atol=1e-9)
+
+    def test_loss_decreases(self, trainer, member):
+        before = trainer.evaluate(member, member.train_atoms)["loss"]
+        trainer.train(member, self.loss_epochs)
+        after = trainer.evaluate(member, member.train_atoms)["loss"]
+        assert after < self.loss_drop_factor * before
+
+    def test_checkpoint_reproduces_predictions(self, trainer, member, data):
+        trainer.train(member, 2)
+        trainer.save_checkpoint(member)
+        loaded = trainer.load_member(member.tag, train_atoms=member.train_atoms, valid_atoms=member.valid_atoms)
+        first, second = (predict(trainer, m.inference_model(), data[1]) for m in (member, loaded))
+        np.testing.assert_array_equal(first["energy"], second["energy"])
+        np.testing.assert_array_equal(first["forces"], second["forces"])
+        assert loaded.epoch == member.epoch == 2
+
+    def test_warm_start_continues(self, trainer, member):
+        trainer.train(member, 2)
+        loss_before = trainer.evaluate(member, member.valid_atoms)["loss"]
+        trainer.save_checkpoint(member)
+        resumed = trainer.load_member(member.tag, train_atoms=member.train_atoms, valid_atoms=member.valid_atoms)
+        assert trainer.evaluate(resumed, resumed.valid_atoms)["loss"] == loss_before
+        # continuing the original and the resumed member gives the same trajectory (no re-initialisation)
+        trainer.train(member, 2)
+        trainer.train(resumed, 2)
+        assert trainer.evaluate(resumed, resumed.valid_atoms)["loss"] == pytest.approx(
+            trainer.evaluate(member, member.valid_atoms)["loss"], rel=1e-10)
+        assert trainer.evaluate(member, member.valid_atoms)["loss"] != loss_before

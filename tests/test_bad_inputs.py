@@ -1,0 +1,231 @@
+"""Bad-input corpus run through the console script: exit status 2, the key or file named, no traceback, no output.
+
+All cases run once, a few at a time, in a module fixture (each is a fresh `FHI_AL-atomic-energies` process);
+the parametrised tests then check each case's result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from conftest import VENV_BIN
+
+SCRIPT = os.path.join(VENV_BIN, "FHI_AL-atomic-energies")
+PARALLEL_CASES = 4
+TIMEOUT_S = 120
+
+MACE_OK = "GENERAL:\n  name_exp: bad_inputs\n  seed: 3\nARCHITECTURE:\n  model: MACE\n  num_channels: 8\n"
+AL_OK = "ACTIVE_LEARNING:\n  ensemble_size: 2\n  valid_ratio: 0.2\nMD:\n  temperature: 300\nREFERENCE:\n  calculator: emt\n"
+WATER = ("atom 0.000000 0.000000 0.119262 O\n"
+         "atom 0.000000 0.763239 -0.477047 H\n"
+         "atom 0.000000 -0.763239 -0.477047 H\n")
+CONTROL_OK = "xc pbe\nrelativistic atomic_zora scalar\nspin none\n"
+
+
+def write(folder: Path, name: str, text: str) -> None:
+    (folder / name).write_text(text, encoding="utf-8")
+
+
+def aims_setup(folder: Path, *, species=("H", "O"), lib=True, control=True) -> None:
+    """Files of an aims run: a (dummy) library, species files and control.in; paths outside the run folder."""
+    outside = folder.parent / "aims_files"
+    (outside / "species").mkdir(parents=True, exist_ok=True)
+    numbers = {"H": 1, "O": 8}
+    for symbol in species:
+        write(outside / "species", f"{numbers[symbol]:02d}_{symbol}_default", f"  species {symbol}\n")
+    if lib:
+        write(outside, "libaims.so", "")
+    if control:
+        write(folder, "control.in", CONTROL_OK)
+    write(folder, "active_learning_settings.yaml",
+          f"ACTIVE_LEARNING:\n  aims_lib_path: {outside / 'libaims.so'}\n  species_dir: {outside / 'species'}\n")
+
+
+@dataclass
+class Case:
+    name: str
+    setup: Callable[[Path], None] = lambda folder: None
+    expect: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    run_dir: str | None = None  # relative to the case folder; default: the run folder itself
+    results: dict = field(default_factory=dict)
+
+
+CASES = [
+    Case("yaml_syntax_error", lambda f: write(f, "mace_settings.yaml", "GENERAL:\n  seed: [1, 2\n  name_exp: x\n"),
+         ("mace_settings.yaml", "line", "not valid YAML")),
+    Case("tab_indentation", lambda f: write(f, "active_learning_settings.yaml", "MD:\n\ttemperature: 300\n"),
+         ("active_learning_settings.yaml", "line 2", "tab")),
+    Case("duplicate_key", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  seed: 1\n  seed: 2\n"),
+         ("appears twice", "active_learning_settings.yaml")),
+    Case("top_level_not_mapping", lambda f: write(f, "mace_settings.yaml", "- GENERAL\n- TRAINING\n"),
+         ("mace_settings.yaml", "expected sections")),
+    Case("unknown_section", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNIG:\n  n_samples: 2\n"),
+         ("ACTIVE_LEARNIG", "Did you mean 'ACTIVE_LEARNING'")),
+    Case("unknown_key", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  frobnicate: 1\n"),
+         ("ACTIVE_LEARNING.frobnicate", "unknown key", "Allowed keys")),
+    Case("misspelt_key", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  desired_accc: 0.1\n"),
+         ("ACTIVE_LEARNING.desired_accc", "Did you mean 'desired_acc'")),
+    Case("misspelt_architecture_key", lambda f: write(f, "mace_settings.yaml", "ARCHITECTURE:\n  num_chanels: 8\n"),
+         ("ARCHITECTURE.num_chanels", "Did you mean 'num_channels'")),
+    Case("wrong_type_int", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  n_samples: four\n"),
+         ("ACTIVE_LEARNING.n_samples", "'four'", "integer")),
+    Case("wrong_type_float", lambda f: write(f, "mace_settings.yaml", "TRAINING:\n  lr: fast\n"),
+         ("TRAINING.lr", "'fast'", "number")),
+    Case("wrong_type_bool", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  parallel: 3\n"),
+         ("ACTIVE_LEARNING.parallel", "true/false")),
+    Case("negative_size", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  max_set_size: -5\n"),
+         ("ACTIVE_LEARNING.max_set_size", "-5", ">= 1")),
+    Case("zero_batch_size", lambda f: write(f, "mace_settings.yaml", "TRAINING:\n  batch_size: 0\n"),
+         ("TRAINING.batch_size", ">= 1")),
+    Case("negative_temperature", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  temperature: -300\n"),
+         ("MD.temperature", "> 0")),
+    Case("valid_ratio_one", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  valid_ratio: 1.0\n"),
+         ("ACTIVE_LEARNING.valid_ratio", "< 1")),
+    Case("ensemble_size_one", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  ensemble_size: 1\n"),
+         ("ACTIVE_LEARNING.ensemble_size", ">= 2")),
+    Case("bad_choice_thermostat", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  thermostat: Berendsen\n"),
+         ("MD.thermostat", "'Berendsen'", "Langevin")),
+    Case("unsupported_npt", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  stat_ensemble: NPT\n"),
+         ("MD.stat_ensemble", "NVT")),
+    Case("bad_xtb_method", lambda f: write(f, "active_learning_settings.yaml", "REFERENCE:\n  xtb:\n    method: GFN3\n"),
+         ("REFERENCE.xtb.method", "GFN2-xTB")),
+    Case("bad_calculator", lambda f: write(f, "active_learning_settings.yaml", "REFERENCE:\n  calculator: vasp\n"),
+         ("REFERENCE.calculator", "xtb")),
+    Case("atomic_energies_unknown_symbol",
+         lambda f: write(f, "mace_settings.yaml", "ARCHITECTURE:\n  atomic_energies:\n    H: -13.6\n    Hx: -1.0\n"),
+         ("ARCHITECTURE.atomic_energies.Hx", "element symbol")),
+    Case("unknown_architecture", lambda f: write(f, "mace_settings.yaml", "ARCHITECTURE:\n  model: MACEE\n"),
+         ("ARCHITECTURE.model", "Did you mean 'MACE'")),
+    Case("foundation_size_bogus",
+         lambda f: write(f, "active_learning_settings.yaml",
+                         "ACTIVE_LEARNING:\n  initial_sampling: mace-mp0\n  initial_foundational_size: huge\n"),
+         ("ACTIVE_LEARNING.initial_foundational_size", "small, medium, large")),
+    Case("not_utf8", lambda f: (f / "mace_settings.yaml").write_bytes(b"GENERAL:\n  name_exp: \xff\xfe\n"),
+         ("mace_settings.yaml", "cannot read")),
+    Case("missing_mace_settings", lambda f: (f / "mace_settings.yaml").unlink(), ("mace_settings.yaml", "not found")),
+    Case("missing_al_settings", lambda f: (f / "active_learning_settings.yaml").unlink(),
+         ("active_learning_settings.yaml", "not found")),
+    Case("missing_geometry", lambda f: (f / "geometry.in").unlink(), ("geometry.in", "not found")),
+    Case("geometry_is_folder", lambda f: ((f / "geometry.in").unlink(), (f / "geometry.in").mkdir()),
+         ("geometry.in", "not a regular file")),
+    Case("empty_geometry", lambda f: write(f, "geometry.in", "# nothing here\n"), ("geometry.in", "no atoms")),
+    Case("garbled_geometry", lambda f: write(f, "geometry.in", "atom 0.0 abc 0.0 H\n"), ("geometry.in", "line 1")),
+    Case("geometry_unknown_keyword", lambda f: write(f, "geometry.in", WATER + "atm 0 0 0 H\n"),
+         ("geometry.in", "line 4", "Did you mean 'atom'")),
+    Case("unknown_element", lambda f: write(f, "geometry.in", WATER + "atom 1 1 1 Xy\n"),
+         ("geometry.in", "'Xy'", "unknown element")),
+    Case("two_lattice_vectors", lambda f: write(f, "geometry.in", "lattice_vector 5 0 0\nlattice_vector 0 5 0\n" + WATER),
+         ("geometry.in", "exactly 3")),
+    Case("aims_without_library", lambda f: write(f, "active_learning_settings.yaml", "REFERENCE:\n  calculator: aims\n"),
+         ("ACTIVE_LEARNING.aims_lib_path", "aims")),
+    Case("aims_lib_path_missing_file",
+         lambda f: (aims_setup(f, lib=False)), ("ACTIVE_LEARNING.aims_lib_path", "libaims.so", "no such file")),
+    Case("species_dir_missing",
+         lambda f: (aims_setup(f), write(f, "active_learning_settings.yaml",
+                                         (f / "active_learning_settings.yaml").read_text().replace("/species\n", "/nospecies\n"))),
+         ("ACTIVE_LEARNING.species_dir", "no such folder")),
+    Case("missing_control", lambda f: aims_setup(f, control=False), ("control.in", "not found")),
+    Case("control_unknown_keyword", lambda f: (aims_setup(f), write(f, "control.in", CONTROL_OK + "sc_acuracy_rho 1e-5\n")),
+         ("control.in", "line 4", "sc_acuracy_rho", "Did you mean 'sc_accuracy_rho'")),
+    Case("control_without_xc", lambda f: (aims_setup(f), write(f, "control.in", "spin none\n")), ("control.in", "xc")),
+    Case("control_bad_k_grid", lambda f: (aims_setup(f), write(f, "control.in", CONTROL_OK + "k_grid 4 4\n")),
+         ("control.in", "k_grid", "three positive integers")),
+    Case("element_missing_from_species_dir", lambda f: aims_setup(f, species=("H",)),
+         ("08_O_default", "element O", "species")),
+    Case("bad_cli_argument", args=("--frobnicate",), expect=("unrecognized arguments", "--frobnicate")),
+    Case("bad_log_level", args=("--log-level", "LOUD"), expect=("--log-level", "invalid choice")),
+    Case("run_dir_missing", run_dir="does_not_exist", expect=("does_not_exist", "does not exist")),
+    Case("run_dir_is_file", lambda f: write(f.parent, "a_file", "x"), run_dir="a_file", expect=("a_file", "folder")),
+]
+
+
+def _snapshot(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*")}
+
+
+def _run_case(case: Case, base: Path) -> Case:
+    case_dir = base / case.name
+    run_dir = case_dir / "run"
+    run_dir.mkdir(parents=True)
+    write(run_dir, "mace_settings.yaml", MACE_OK)
+    write(run_dir, "active_learning_settings.yaml", AL_OK)
+    write(run_dir, "geometry.in", WATER)
+    case.setup(run_dir)
+    before = _snapshot(case_dir)
+    target = case_dir / case.run_dir if case.run_dir else run_dir
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run([SCRIPT, "--run-dir", str(target), *case.args], cwd=case_dir, capture_output=True,
+                          text=True, timeout=TIMEOUT_S, env=env)
+    case.results = {"code": proc.returncode, "stderr": proc.stderr, "stdout": proc.stdout,
+                    "created": sorted(set(_snapshot(case_dir)) - set(before)),
+                    "changed": sorted(k for k, v in before.items() if _snapshot(case_dir).get(k) != v)}
+    return case
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, dict]:
+    base = tmp_path_factory.mktemp("bad_inputs")
+    with ThreadPoolExecutor(max_workers=PARALLEL_CASES) as pool:
+        done = list(pool.map(lambda case: _run_case(case, base), CASES))
+    return {case.name: case.results for case in done}
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 30
+    assert len({case.name for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_exits_2_naming_the_problem(case, results):
+    result = results[case.name]
+    stderr = result["stderr"]
+    assert result["code"] == 2, f"exit {result['code']}\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    for expected in case.expect:
+        assert expected in stderr, f"{expected!r} not in:\n{stderr}"
+    assert result["created"] == [] and result["changed"] == [], result
+    assert result["stdout"] == ""
+
+
+def test_error_message_is_one_paragraph(results):
+    for name, result in results.items():
+        if name.startswith("bad_cli") or name.startswith("bad_log"):
+            continue  # argparse prints its usage line first
+        lines = [line for line in result["stderr"].splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, result["stderr"])
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root reads any folder")
+def test_unreadable_run_dir(tmp_path):
+    run_dir = tmp_path / "locked"
+    run_dir.mkdir()
+    write(run_dir, "mace_settings.yaml", MACE_OK)
+    run_dir.chmod(0)
+    try:
+        proc = subprocess.run([SCRIPT, "--run-dir", str(run_dir)], capture_output=True, text=True, timeout=TIMEOUT_S)
+    finally:
+        run_dir.chmod(0o755)
+    assert proc.returncode == 2 and "locked" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_settings_errors_in_process_match_cli(tmp_path):
+    """The same validation in-process raises SettingsError whose `where` is the dotted key."""
+    from fhi_al.errors import SettingsError
+    from fhi_al.settings import load_run_settings
+
+    write(tmp_path, "mace_settings.yaml", MACE_OK)
+    write(tmp_path, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  valid_ratio: 1.5\n")
+    with pytest.raises(SettingsError) as info:
+        load_run_settings(tmp_path)
+    assert info.value.where == "ACTIVE_LEARNING.valid_ratio"
+    assert "1.5" in str(info.value) and "active_learning_settings.yaml" in str(info.value)
+    assert sys.modules.get("fhi_al.settings") is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,8 @@ PARALLEL_CASES = 4
 TIMEOUT_S = 120
 
 MACE_OK = "GENERAL:\n  name_exp: bad_inputs\n  seed: 3\nARCHITECTURE:\n  model: MACE\n  num_channels: 8\n"
-AL_OK = "ACTIVE_LEARNING:\n  ensemble_size: 2\n  valid_ratio: 0.2\nMD:\n  temperature: 300\nREFERENCE:\n  calculator: emt\n"
+AL_OK = ("ACTIVE_LEARNING:\n  ensemble_size: 2\n  valid_ratio: 0.2\nMD:\n  temperature: 300\n"
+         "REFERENCE:\n  calculator: emt\n")
 WATER = ("atom 0.000000 0.000000 0.119262 O\n"
          "atom 0.000000 0.763239 -0.477047 H\n"
          "atom 0.000000 -0.763239 -0.477047 H\n")
@@ -49,6 +49,24 @@ def aims_setup(folder: Path, *, species=("H", "O"), lib=True, control=True) -> N
           f"ACTIVE_LEARNING:\n  aims_lib_path: {outside / 'libaims.so'}\n  species_dir: {outside / 'species'}\n")
 
 
+def al_file(text: str) -> Callable[[Path], None]:
+    return lambda folder: write(folder, "active_learning_settings.yaml", text)
+
+
+def mace_file(text: str) -> Callable[[Path], None]:
+    return lambda folder: write(folder, "mace_settings.yaml", text)
+
+
+def geometry_file(text: str) -> Callable[[Path], None]:
+    return lambda folder: write(folder, "geometry.in", text)
+
+
+def without_species_dir(folder: Path) -> None:
+    aims_setup(folder)
+    path = folder / "active_learning_settings.yaml"
+    path.write_text(path.read_text().replace("/species\n", "/nospecies\n"))
+
+
 @dataclass
 class Case:
     name: str
@@ -60,50 +78,50 @@ class Case:
 
 
 CASES = [
-    Case("yaml_syntax_error", lambda f: write(f, "mace_settings.yaml", "GENERAL:\n  seed: [1, 2\n  name_exp: x\n"),
+    Case("yaml_syntax_error", mace_file("GENERAL:\n  seed: [1, 2\n  name_exp: x\n"),
          ("mace_settings.yaml", "line", "not valid YAML")),
-    Case("tab_indentation", lambda f: write(f, "active_learning_settings.yaml", "MD:\n\ttemperature: 300\n"),
+    Case("tab_indentation", al_file("MD:\n\ttemperature: 300\n"),
          ("active_learning_settings.yaml", "line 2", "tab")),
-    Case("duplicate_key", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  seed: 1\n  seed: 2\n"),
+    Case("duplicate_key", al_file("MD:\n  seed: 1\n  seed: 2\n"),
          ("appears twice", "active_learning_settings.yaml")),
-    Case("top_level_not_mapping", lambda f: write(f, "mace_settings.yaml", "- GENERAL\n- TRAINING\n"),
+    Case("top_level_not_mapping", mace_file("- GENERAL\n- TRAINING\n"),
          ("mace_settings.yaml", "expected sections")),
-    Case("unknown_section", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNIG:\n  n_samples: 2\n"),
+    Case("unknown_section", al_file("ACTIVE_LEARNIG:\n  n_samples: 2\n"),
          ("ACTIVE_LEARNIG", "Did you mean 'ACTIVE_LEARNING'")),
-    Case("unknown_key", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  frobnicate: 1\n"),
+    Case("unknown_key", al_file("ACTIVE_LEARNING:\n  frobnicate: 1\n"),
          ("ACTIVE_LEARNING.frobnicate", "unknown key", "Allowed keys")),
-    Case("misspelt_key", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  desired_accc: 0.1\n"),
+    Case("misspelt_key", al_file("ACTIVE_LEARNING:\n  desired_accc: 0.1\n"),
          ("ACTIVE_LEARNING.desired_accc", "Did you mean 'desired_acc'")),
-    Case("misspelt_architecture_key", lambda f: write(f, "mace_settings.yaml", "ARCHITECTURE:\n  num_chanels: 8\n"),
+    Case("misspelt_architecture_key", mace_file("ARCHITECTURE:\n  num_chanels: 8\n"),
          ("ARCHITECTURE.num_chanels", "Did you mean 'num_channels'")),
-    Case("wrong_type_int", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  n_samples: four\n"),
+    Case("wrong_type_int", al_file("ACTIVE_LEARNING:\n  n_samples: four\n"),
          ("ACTIVE_LEARNING.n_samples", "'four'", "integer")),
-    Case("wrong_type_float", lambda f: write(f, "mace_settings.yaml", "TRAINING:\n  lr: fast\n"),
+    Case("wrong_type_float", mace_file("TRAINING:\n  lr: fast\n"),
          ("TRAINING.lr", "'fast'", "number")),
-    Case("wrong_type_bool", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  parallel: 3\n"),
+    Case("wrong_type_bool", al_file("ACTIVE_LEARNING:\n  parallel: 3\n"),
          ("ACTIVE_LEARNING.parallel", "true/false")),
-    Case("negative_size", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  max_set_size: -5\n"),
+    Case("negative_size", al_file("ACTIVE_LEARNING:\n  max_set_size: -5\n"),
          ("ACTIVE_LEARNING.max_set_size", "-5", ">= 1")),
-    Case("zero_batch_size", lambda f: write(f, "mace_settings.yaml", "TRAINING:\n  batch_size: 0\n"),
+    Case("zero_batch_size", mace_file("TRAINING:\n  batch_size: 0\n"),
          ("TRAINING.batch_size", ">= 1")),
-    Case("negative_temperature", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  temperature: -300\n"),
+    Case("negative_temperature", al_file("MD:\n  temperature: -300\n"),
          ("MD.temperature", "> 0")),
-    Case("valid_ratio_one", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  valid_ratio: 1.0\n"),
+    Case("valid_ratio_one", al_file("ACTIVE_LEARNING:\n  valid_ratio: 1.0\n"),
          ("ACTIVE_LEARNING.valid_ratio", "< 1")),
-    Case("ensemble_size_one", lambda f: write(f, "active_learning_settings.yaml", "ACTIVE_LEARNING:\n  ensemble_size: 1\n"),
+    Case("ensemble_size_one", al_file("ACTIVE_LEARNING:\n  ensemble_size: 1\n"),
          ("ACTIVE_LEARNING.ensemble_size", ">= 2")),
-    Case("bad_choice_thermostat", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  thermostat: Berendsen\n"),
+    Case("bad_choice_thermostat", al_file("MD:\n  thermostat: Berendsen\n"),
          ("MD.thermostat", "'Berendsen'", "Langevin")),
-    Case("unsupported_npt", lambda f: write(f, "active_learning_settings.yaml", "MD:\n  stat_ensemble: NPT\n"),
+    Case("unsupported_npt", al_file("MD:\n  stat_ensemble: NPT\n"),
          ("MD.stat_ensemble", "NVT")),
-    Case("bad_xtb_method", lambda f: write(f, "active_learning_settings.yaml", "REFERENCE:\n  xtb:\n    method: GFN3\n"),
+    Case("bad_xtb_method", al_file("REFERENCE:\n  xtb:\n    method: GFN3\n"),
          ("REFERENCE.xtb.method", "GFN2-xTB")),
-    Case("bad_calculator", lambda f: write(f, "active_learning_settings.yaml", "REFERENCE:\n  calculator: vasp\n"),
+    Case("bad_calculator", al_file("REFERENCE:\n  calculator: vasp\n"),
          ("REFERENCE.calculator", "xtb")),
     Case("atomic_energies_unknown_symbol",
-         lambda f: write(f, "mace_settings.yaml", "ARCHITECTURE:\n  atomic_energies:\n    H: -13.6\n    Hx: -1.0\n"),
+         mace_file("ARCHITECTURE:\n  atomic_energies:\n    H: -13.6\n    Hx: -1.0\n"),
          ("ARCHITECTURE.atomic_energies.Hx", "element symbol")),
-    Case("unknown_architecture", lambda f: write(f, "mace_settings.yaml", "ARCHITECTURE:\n  model: MACEE\n"),
+    Case("unknown_architecture", mace_file("ARCHITECTURE:\n  model: MACEE\n"),
          ("ARCHITECTURE.model", "Did you mean 'MACE'")),
     Case("foundation_size_bogus",
          lambda f: write(f, "active_learning_settings.yaml",
@@ -117,24 +135,22 @@ CASES = [
     Case("missing_geometry", lambda f: (f / "geometry.in").unlink(), ("geometry.in", "not found")),
     Case("geometry_is_folder", lambda f: ((f / "geometry.in").unlink(), (f / "geometry.in").mkdir()),
          ("geometry.in", "not a regular file")),
-    Case("empty_geometry", lambda f: write(f, "geometry.in", "# nothing here\n"), ("geometry.in", "no atoms")),
-    Case("garbled_geometry", lambda f: write(f, "geometry.in", "atom 0.0 abc 0.0 H\n"), ("geometry.in", "line 1")),
-    Case("geometry_unknown_keyword", lambda f: write(f, "geometry.in", WATER + "atm 0 0 0 H\n"),
+    Case("empty_geometry", geometry_file("# nothing here\n"), ("geometry.in", "no atoms")),
+    Case("garbled_geometry", geometry_file("atom 0.0 abc 0.0 H\n"), ("geometry.in", "line 1")),
+    Case("geometry_unknown_keyword", geometry_file(WATER + "atm 0 0 0 H\n"),
          ("geometry.in", "line 4", "Did you mean 'atom'")),
-    Case("unknown_element", lambda f: write(f, "geometry.in", WATER + "atom 1 1 1 Xy\n"),
+    Case("unknown_element", geometry_file(WATER + "atom 1 1 1 Xy\n"),
          ("geometry.in", "'Xy'", "unknown element")),
-    Case("two_lattice_vectors", lambda f: write(f, "geometry.in", "lattice_vector 5 0 0\nlattice_vector 0 5 0\n" + WATER),
+    Case("two_lattice_vectors", geometry_file("lattice_vector 5 0 0\nlattice_vector 0 5 0\n" + WATER),
          ("geometry.in", "exactly 3")),
-    Case("aims_without_library", lambda f: write(f, "active_learning_settings.yaml", "REFERENCE:\n  calculator: aims\n"),
+    Case("aims_without_library", al_file("REFERENCE:\n  calculator: aims\n"),
          ("ACTIVE_LEARNING.aims_lib_path", "aims")),
     Case("aims_lib_path_missing_file",
          lambda f: (aims_setup(f, lib=False)), ("ACTIVE_LEARNING.aims_lib_path", "libaims.so", "no such file")),
-    Case("species_dir_missing",
-         lambda f: (aims_setup(f), write(f, "active_learning_settings.yaml",
-                                         (f / "active_learning_settings.yaml").read_text().replace("/species\n", "/nospecies\n"))),
-         ("ACTIVE_LEARNING.species_dir", "no such folder")),
+    Case("species_dir_missing", without_species_dir, ("ACTIVE_LEARNING.species_dir", "no such folder")),
     Case("missing_control", lambda f: aims_setup(f, control=False), ("control.in", "not found")),
-    Case("control_unknown_keyword", lambda f: (aims_setup(f), write(f, "control.in", CONTROL_OK + "sc_acuracy_rho 1e-5\n")),
+    Case("control_unknown_keyword",
+         lambda f: (aims_setup(f), write(f, "control.in", CONTROL_OK + "sc_acuracy_rho 1e-5\n")),
          ("control.in", "line 4", "sc_acuracy_rho", "Did you mean 'sc_accuracy_rho'")),
     Case("control_without_xc", lambda f: (aims_setup(f), write(f, "control.in", "spin none\n")), ("control.in", "xc")),
     Case("control_bad_k_grid", lambda f: (aims_setup(f), write(f, "control.in", CONTROL_OK + "k_grid 4 4\n")),
@@ -228,4 +244,3 @@ def test_settings_errors_in_process_match_cli(tmp_path):
         load_run_settings(tmp_path)
     assert info.value.where == "ACTIVE_LEARNING.valid_ratio"
     assert "1.5" in str(info.value) and "active_learning_settings.yaml" in str(info.value)
-    assert sys.modules.get("fhi_al.settings") is not None

@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 from ase.io import read
 
+from fhi_al.procedures.common import member_specs
 from workflow import kill_when, ledger_ids, make_run_folder, run_cli, start_cli, stored_frames
+
+TAGS = [spec.tag for spec in member_specs(name_exp="water", seed=1, ensemble_size=2)]
 
 
 def member_sets(folder):
@@ -31,11 +34,11 @@ def finished_aimd_run(tmp_path_factory):
 
 def test_members_get_disjoint_datasets(finished_aimd_run):
     sets = member_sets(finished_aimd_run)
-    assert set(sets) == {"water_1", "water_2"}
-    assert not sets["water_1"] & sets["water_2"]
+    assert set(sets) == set(TAGS)
+    assert not sets[TAGS[0]] & sets[TAGS[1]]
     # max_initial_epochs 4 / intermediate_epochs 2 = 2 rounds of n_samples 4 frames per member
     assert all(len(ids) == 8 for ids in sets.values())
-    valid = read(finished_aimd_run / "data/initial/valid_water_1.xyz", index=":")
+    valid = read(finished_aimd_run / f"data/initial/valid_{TAGS[0]}.xyz", index=":")
     assert len(valid) == 2  # valid_ratio 0.25 of 8
 
 
@@ -54,7 +57,7 @@ def test_stop_criterion_and_outputs(finished_aimd_run):
     log_text = (finished_aimd_run / "logs" / "initial_dataset.log").read_text()
     assert "Round 1:" in log_text and "Round 2:" in log_text and "Round 3:" not in log_text
     assert "Reached max_initial_epochs = 4" in log_text
-    for tag in ("water_1", "water_2"):
+    for tag in TAGS:
         assert (finished_aimd_run / "model" / f"{tag}.model").is_file()
         history = [json.loads(line) for line in (finished_aimd_run / "results" / f"{tag}_history.jsonl").open()]
         assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # warm start: epochs continue across rounds
@@ -73,7 +76,7 @@ def test_foundation_model_sampling(finished_aimd_run, tmp_path):
     """mace-mp0 mode with a local model file (the ensemble member trained above stands in for MACE-MP-0)."""
     folder = make_run_folder(tmp_path / "run", al={"ACTIVE_LEARNING": {
         "initial_sampling": "mace-mp0", "max_initial_epochs": 2,
-        "initial_foundational_size": str(finished_aimd_run / "model" / "water_1.model")}})
+        "initial_foundational_size": str(finished_aimd_run / "model" / f"{TAGS[0]}.model")}})
     result = run_cli("FHI_AL-initial-ds", folder)
     assert result.returncode == 0, result.stderr[-3000:]
     frames = stored_frames(folder)

@@ -115,7 +115,8 @@ def test_control_values_are_typed(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("xc pbe\nsc_acuracy_rho 1e-5\n", "line 2: unknown FHI-aims keyword 'sc_acuracy_rho'. Did you mean 'sc_accuracy_rho'"),
+    ("xc pbe\nsc_acuracy_rho 1e-5\n",
+     "line 2: unknown FHI-aims keyword 'sc_acuracy_rho'. Did you mean 'sc_accuracy_rho'"),
     ("xc pbe\nxc pbe0\n", "appears again"), ("xc pbe\nspin maybe\n", "spin 'maybe'"),
     ("xc pbe\nk_grid 4 4 0\n", "three positive integers"), ("spin none\n", "no 'xc' line"),
     ("xc pbe\ncharge one\n", "charge needs a number"), ("xc\n", "needs a value"),

@@ -97,8 +97,9 @@ def test_missing_atomic_energy_is_an_input_error(run_dir, ethanol_data):
 
 
 def test_statistics_follow_growing_data_without_touching_weights(run_dir, ethanol_data):
-    trainer = make_trainer(run_dir, model="ScaleShiftMACE")
+    trainer = make_trainer(run_dir, model="ScaleShiftMACE", atomic_energies={1: -1.0, 6: -2.0, 8: -3.0})
     member = trainer.create_member("mace_1", 1, ethanol_data[0][:2], ethanol_data[1])
+    old_neighbors, old_scale = member.stats.num_neighbors_mean, member.stats.forces_rms
     trainer.train(member, 1)
     weights = {name: p.detach().clone() for name, p in member.model.named_parameters()}
     old_shift = float(member.model.scale_shift.shift)
@@ -112,6 +113,8 @@ def test_statistics_follow_growing_data_without_touching_weights(run_dir, ethano
     assert float(member.model.scale_shift.shift) == pytest.approx(member.stats.per_atom_energy_mean)
     assert float(member.model.scale_shift.shift) != pytest.approx(old_shift)
     assert float(member.model.scale_shift.scale) == pytest.approx(member.stats.forces_rms)
+    assert member.stats.forces_rms != pytest.approx(old_scale)
+    assert member.stats.num_neighbors_mean != pytest.approx(old_neighbors)
     for interaction in member.model.interactions:
         assert interaction.avg_num_neighbors == member.stats.num_neighbors_mean
 

@@ -297,3 +297,14 @@ def test_examples_module_writes_files(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / schema.MACE_SETTINGS_FILE).read_text() == examples.mace_settings_text()
+
+
+@pytest.mark.parametrize("model", ["MACE", "ScaleShiftMACE", "aenet"])
+def test_light_hypers_class_is_the_architectures_own(model):
+    from fhi_al.architectures import registry
+
+    try:
+        architecture = registry.get_architecture_class(model)
+    except ModuleNotFoundError:
+        pytest.skip(f"{model} model module not there yet")
+    assert architecture.Hypers is hypers_class(model)

@@ -291,7 +291,7 @@ class ActiveLearning:
 
     def report(self) -> None:
         results = self.run_dir / self.trainer.config.results_dir
-        reporting.learning_curve({tag: m.history for tag, m in self.members.items()},
+        reporting.learning_curve({tag: reporting.read_history(self.trainer.history_path(tag)) for tag in self.members},
                                  results / "al_learning_curve.png", title="Active learning")
         al_reporting.uncertainty_traces(self.analysis_dir, results / "uncertainty_trace.png")
         al_reporting.labels_per_trajectory(self.analysis_dir, results / "labels_per_trajectory.png")

@@ -31,8 +31,11 @@ class MemberSpec:
 
 
 def member_specs(*, name_exp: str, seed: int, ensemble_size: int) -> list[MemberSpec]:
-    """Members' seeds follow from GENERAL.seed (seed, seed+1, ...); tags are '{name_exp}_{seed}'."""
-    return [MemberSpec(index, member_tag(name_exp, seed + index), seed + index) for index in range(ensemble_size)]
+    """Members' seeds follow from GENERAL.seed (the first is the seed itself); tags are '{name_exp}_{seed}'."""
+    from ..ensemble import ensemble_seeds
+
+    seeds = ensemble_seeds(seed, ensemble_size)
+    return [MemberSpec(index, member_tag(name_exp, member_seed), member_seed) for index, member_seed in enumerate(seeds)]
 
 
 def dataset_name(stage: str, split: str, tag: str) -> str:

@@ -159,7 +159,7 @@ class InitialDataset:
             self.trainer.export(member)
 
     def report(self) -> None:
-        histories = {tag: member.history for tag, member in self.members.items()}
+        histories = {spec.tag: reporting.read_history(self.trainer.history_path(spec.tag)) for spec in self.specs}
         reporting.learning_curve(histories, self.run_dir / self.trainer.config.results_dir /
                                  "initial_learning_curve.png", title="Initial dataset")
 

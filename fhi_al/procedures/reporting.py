@@ -30,8 +30,23 @@ def save_figure(fig: Any, path: Path) -> None:
     log.info("wrote %s", path)
 
 
+def read_history(path: Path) -> list[dict]:
+    """A member's validation records (results/{tag}_history.jsonl); a torn last line is skipped."""
+    import json
+
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("ignoring a damaged line in %s", path)
+    return records
+
+
 def learning_curve(histories: Mapping[str, Sequence[dict]], path: Path, *, title: str) -> None:
-    """Validation force MAE per member and the ensemble mean, against training labels and epochs."""
+    """Validation force MAE per member against training labels and epochs (whole history of each member)."""
     plt = _pyplot()
     fig, (by_labels, by_epochs) = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for tag, history in histories.items():

@@ -116,11 +116,17 @@ def _split_sections(data: dict, sections: dict, path: Path) -> dict[str, Any]:
     return raw
 
 
+_RENAMED = {f.name: schema.yaml_key(f) for f in dataclasses.fields(schema.ActiveLearningSettings)
+            if schema.yaml_key(f) != f.name}
+
+
 def _with_file(error: SettingsError, path: Path) -> SettingsError:
     """The same error with the file it came from appended (the dotted key stays in `where`)."""
     message = str(error)
     if error.where and message.startswith(f"{error.where}: "):
         message = message[len(error.where) + 2:]
+    for attribute, key in _RENAMED.items():  # list keys as users write them (lambda, not lambda_)
+        message = message.replace(f" {attribute},", f" {key},")
     return SettingsError(f"{message} (in {path})", where=error.where)
 
 
@@ -225,7 +231,8 @@ def build_architecture(raw: Any) -> schema.ArchitectureSettings:
     return schema.ArchitectureSettings(model=model, atomic_energies=energies, hypers=hypers)
 
 
-def normalise_atomic_energies(raw: dict | None, where: str = "ARCHITECTURE.atomic_energies") -> dict[int, float] | None:
+def normalise_atomic_energies(raw: dict | None,
+                              where: str = "ARCHITECTURE.atomic_energies") -> dict[int, float] | None:
     """Keys given as element symbols ('H'), atomic numbers (1) or number strings ('1') -> atomic numbers."""
     if raw is None:
         return None
@@ -246,7 +253,8 @@ def normalise_atomic_energies(raw: dict | None, where: str = "ARCHITECTURE.atomi
             raise SettingsError(f"{key!r} is neither an element symbol nor an atomic number.{suggest(text, symbols)}",
                                 where=f"{where}.{key}")
         if number in energies:
-            raise SettingsError(f"element {chemical_symbols[number]} (Z={number}) is given twice", where=f"{where}.{key}")
+            raise SettingsError(f"element {chemical_symbols[number]} (Z={number}) is given twice",
+                                where=f"{where}.{key}")
         energies[number] = float(value)
     return dict(sorted(energies.items()))
 

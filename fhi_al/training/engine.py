@@ -272,8 +272,8 @@ class Trainer:
         return best_metrics
 
     def _snapshot(self, member: Member) -> dict[str, Any]:
-        return {"model": copy.deepcopy(member.model.state_dict()),
-                "ema": copy.deepcopy(member.ema.state_dict()) if member.ema is not None else None}
+        return {"model": _detached_copy(member.model.state_dict()),
+                "ema": _detached_copy(member.ema.state_dict()) if member.ema is not None else None}
 
     def _restore_snapshot(self, member: Member, snapshot: dict[str, Any]) -> None:
         member.model.load_state_dict(snapshot["model"])
@@ -335,3 +335,13 @@ class Trainer:
     def _append_history(self, tag: str, record: dict[str, Any]) -> None:
         append_durable(self.history_path(tag), json.dumps(record) + "\n")
 
+
+def _detached_copy(value: Any) -> Any:
+    """A deep copy of a (nested) state dict whose tensors are detached clones."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _detached_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached_copy(item) for item in value)
+    return copy.deepcopy(value)

@@ -1,0 +1,107 @@
+"""End-to-end tests of FHI_AL (initial dataset, then active learning) with GFN2-xTB on water."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ase.io import read
+
+from fhi_al.procedures.common import member_specs
+from workflow import kill_when, ledger_ids, make_run_folder, run_cli, start_cli, stored_frames
+
+TAGS = [spec.tag for spec in member_specs(name_exp="water", seed=1, ensemble_size=2)]
+AL_SETTINGS = {"ACTIVE_LEARNING": {"n_samples": 6, "max_initial_epochs": 20, "intermediate_epochs": 10,
+                                   "max_epochs_worker": 4, "skip_step_initial": 10, "max_MD_steps": 100,
+                                   "analysis": True, "analysis_skip": 20}}
+MACE_SETTINGS = {"TRAINING": {"batch_size": 2}}
+
+
+def checks(folder):
+    return [json.loads(line) for line in (folder / "analysis" / "uncertainty_checks.jsonl").open()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    folder = make_run_folder(tmp_path_factory.mktemp("al") / "run", mace=MACE_SETTINGS, al=AL_SETTINGS)
+    result = run_cli("FHI_AL", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return folder
+
+
+def test_labels_come_from_threshold_crossings(finished_run):
+    al_frames = read(finished_run / "data/al/train.xyz", index=":") + read(finished_run / "data/al/valid.xyz",
+                                                                          index=":")
+    requested = {(c["trajectory"], c["md_step"]) for c in checks(finished_run) if c["decision"] in ("crossed",
+                                                                                                   "forced")}
+    stored = {(a.info["trajectory"], a.info["md_step"]) for a in al_frames}
+    assert stored and stored <= requested
+    crossed = [c for c in checks(finished_run) if c["decision"] == "crossed"]
+    assert crossed and all(c["uncertainty"] > c["threshold"] for c in crossed)
+    warmup = checks(finished_run)[:4]
+    assert all(c["threshold"] is None for c in warmup)  # threshold_warmup_checks = 4
+
+
+def test_datasets_grew_and_members_trained_with_warm_start(finished_run):
+    for tag in TAGS:
+        initial = len(read(finished_run / f"data/initial/train_{tag}.xyz", index=":"))
+        final = len(read(finished_run / f"data/final/train_{tag}.xyz", index=":"))
+        assert final > initial
+        epochs = [json.loads(line)["epoch"] for line in (finished_run / f"results/{tag}_history.jsonl").open()]
+        assert epochs == list(range(1, len(epochs) + 1))  # AL continues the initial epochs: never re-initialised
+        assert len(epochs) > 20
+
+
+def test_outputs_present(finished_run):
+    for name in ("al_learning_curve.png", "uncertainty_trace.png", "labels_per_trajectory.png",
+                 "initial_learning_curve.png"):
+        assert (finished_run / "results" / name).stat().st_size > 1000
+    assert (finished_run / "analysis" / "calibration.png").is_file()
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=[str(finished_run / "model" / f"{tag}.model") for tag in TAGS],
+                          device="cpu", default_dtype="float64")
+    atoms = read(finished_run / "geometry.in")
+    atoms.calc = calc
+    assert abs(atoms.get_potential_energy()) > 0
+    summary = [line for line in (finished_run / "logs").glob("*.log") for line in line.read_text().splitlines()
+               if "Active learning finished" in line]
+    assert summary and "labels" in summary[0] and "training" in summary[0]
+
+
+def test_trained_ensemble_beats_its_threshold_on_md_frames(finished_run):
+    """The ensemble mean's force error on unseen reference frames is modest after AL (tiny model, water)."""
+    import numpy as np
+    from tblite.ase import TBLite
+
+    from fhi_al.ensemble import EnsembleCalculator
+
+    calc = EnsembleCalculator.from_files([finished_run / "model" / f"{tag}.model" for tag in TAGS])
+    frames = read(finished_run / "data/al/valid.xyz", index=":")
+    errors = []
+    for frame in frames:
+        atoms = frame.copy()
+        atoms.calc = calc
+        errors.append(np.abs(atoms.get_forces() - frame.arrays["REF_forces"]).mean())
+    assert np.mean(errors) < 0.3  # eV/Å; an untrained model is off by > 1 eV/Å on these frames
+
+
+def test_sigkill_at_several_moments_then_rerun(tmp_path):
+    folder = make_run_folder(tmp_path / "run", mace=MACE_SETTINGS, al=AL_SETTINGS)
+    assert run_cli("FHI_AL-initial-ds", folder).returncode == 0
+    moments = {
+        "md": lambda: (folder / "analysis" / "uncertainty_checks.jsonl").exists(),
+        "reference": lambda: sum(i.startswith("al-") for i in ledger_ids(folder)) >= 2,
+        "training": lambda: sum(i.startswith("al-") for i in ledger_ids(folder)) >= 4,
+    }
+    for name, condition in moments.items():
+        process = start_cli("FHI_AL", folder)
+        assert kill_when(process, condition), f"the run ended before the kill at {name}"
+    before = set(ledger_ids(folder))
+    result = run_cli("FHI_AL", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ids = [atoms.info["label_id"] for atoms in stored_frames(folder)]
+    assert len(ids) == len(set(ids)), "a label was stored twice"
+    assert before <= set(ids) | {i for i in before if i.startswith("analysis-")}, "a label was lost"
+    assert {i for i in ids if i.startswith("al-")}
+    assert "Resuming active learning" in "".join(p.read_text() for p in (folder / "logs").glob("*.log"))

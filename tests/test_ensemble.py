@@ -1,0 +1,109 @@
+"""The ensemble calculator: member means and spreads equal each member's own prediction, batched calls
+equal single calls, exported files equal in-memory members and mace's own committee calculator.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from mace.calculators import MACECalculator
+
+from conformance import emt_labelled, predict
+from fhi_al.architectures.mace.hypers import MaceHypers
+from fhi_al.ensemble import Ensemble, EnsembleCalculator, ensemble_seeds, force_spread_per_atom
+from fhi_al.training.config import TrainingConfig
+from fhi_al.training.engine import Trainer, member_tag
+
+TINY = MaceHypers(num_channels=8, max_L=0, r_max=4.0, num_interactions=2, correlation=2, radial_MLP=[16])
+SIZE = 3
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("ensemble")
+    trainer = Trainer(TrainingConfig(name_exp="ens", hypers=TINY, batch_size=3, scheduler="none"), run_dir)
+    members = []
+    for index, seed in enumerate(ensemble_seeds(42, SIZE)):
+        data = emt_labelled(molecule("CH3CH2OH"), 4, seed=100 + index)
+        member = trainer.create_member(member_tag("ens", seed), seed, data, data[:1])
+        trainer.train(member, 1)
+        members.append(member)
+    return trainer, members
+
+
+@pytest.fixture(scope="module")
+def structures():
+    return emt_labelled(molecule("CH3CH2OH"), 2, seed=7) + emt_labelled(molecule("H2O"), 1, seed=8)
+
+
+def test_seeds_are_distinct_and_reproducible():
+    seeds = ensemble_seeds(42, 6)
+    assert seeds[0] == 42 and len(set(seeds)) == 6 and seeds == ensemble_seeds(42, 6)
+    assert ensemble_seeds(43, 6) != seeds
+
+
+def test_results_are_member_means_and_spreads(trained, structures):
+    trainer, members = trained
+    atoms = structures[0].copy()
+    atoms.calc = EnsembleCalculator(members)
+    forces = atoms.get_forces()
+    results = atoms.calc.results
+    own = [predict(trainer, member.inference_model(), [structures[0]]) for member in members]
+    member_forces = np.stack([o["forces"] for o in own])
+    member_energies = np.array([o["energy"][0] for o in own])
+    np.testing.assert_allclose(results["forces_comm"], member_forces, atol=1e-12)
+    np.testing.assert_allclose(forces, member_forces.mean(axis=0), atol=1e-12)
+    assert atoms.get_potential_energy() == pytest.approx(member_energies.mean(), rel=1e-12)
+    assert results["energy_var"] == pytest.approx(member_energies.var(), rel=1e-10)
+    spread = np.sqrt(((member_forces - member_forces.mean(0)) ** 2).sum(-1).mean(0))
+    np.testing.assert_allclose(results["forces_uncertainty_per_atom"], spread, rtol=1e-10)
+    assert results["forces_uncertainty_max"] == pytest.approx(spread.max())
+    assert results["forces_uncertainty_mean"] == pytest.approx(spread.mean())
+    assert spread.min() > 0.0  # differently seeded members disagree
+    assert atoms.calc.get_property("forces_uncertainty_max", atoms) == results["forces_uncertainty_max"]
+
+
+def test_batch_equals_single_calls(trained, structures):
+    _, members = trained
+    calculator = EnsembleCalculator(members)
+    batched = calculator.calculate_batch(structures)
+    for atoms, result in zip(structures, batched):
+        single = calculator.ensemble.predict([atoms])[0]
+        assert result["forces_comm"].shape == (SIZE, len(atoms), 3)
+        assert result["energy"] == pytest.approx(single["energy"], rel=1e-12)
+        np.testing.assert_allclose(result["forces_comm"], single["forces_comm"], atol=1e-11)
+        np.testing.assert_allclose(result["forces_uncertainty_per_atom"], single["forces_uncertainty_per_atom"],
+                                   atol=1e-11)
+
+
+def test_files_equal_members_and_mace_committee(trained, structures):
+    trainer, members = trained
+    paths = [trainer.export(member) for member in members]
+    from_files = EnsembleCalculator.from_files(paths).calculate_batch(structures[:1])[0]
+    from_members = EnsembleCalculator(members).calculate_batch(structures[:1])[0]
+    np.testing.assert_allclose(from_files["forces_comm"], from_members["forces_comm"], atol=1e-12)
+    committee = MACECalculator(model_paths=[str(p) for p in paths], device="cpu", default_dtype="float64")
+    atoms = structures[0].copy()
+    atoms.calc = committee
+    atoms.get_potential_energy()
+    np.testing.assert_allclose(committee.results["forces_comm"], from_files["forces_comm"], atol=1e-10)
+    assert committee.results["energy_var"] == pytest.approx(from_files["energy_var"], rel=1e-8)
+    assert committee.results["energy"] == pytest.approx(from_files["energy"], rel=1e-12)
+
+
+def test_members_ensemble_follows_training(trained, structures):
+    trainer, members = trained
+    ensemble = Ensemble.from_members(members)
+    before = ensemble.predict(structures[:1])[0]["forces_comm"]
+    trainer.train(members[0], 1)
+    after = ensemble.predict(structures[:1])[0]["forces_comm"]
+    assert not np.allclose(before[0], after[0])
+    np.testing.assert_array_equal(before[1:], after[1:])
+
+
+def test_force_spread_formula():
+    forces = np.zeros((2, 1, 3))
+    forces[0, 0] = [1.0, 0.0, 0.0]
+    forces[1, 0] = [-1.0, 0.0, 0.0]
+    assert force_spread_per_atom(forces) == pytest.approx([1.0])

@@ -1,18 +1,29 @@
-"""Architectures by name (`ARCHITECTURE.model`), with a did-you-mean error for unknown names."""
+"""Architectures by name (`ARCHITECTURE.model`), with a did-you-mean error for unknown names.
+
+Looking up a name or its hyperparameter class imports neither torch nor mace, so that validating settings
+stays fast; the architecture class itself is imported on demand.
+"""
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from ..errors import SettingsError
 from ..settings.typed import suggest
-from .base import Architecture
 
-# name used in mace_settings.yaml (case-insensitive) -> "module:class"
-_REGISTRY: dict[str, str] = {
-    "MACE": "fhi_al.architectures.mace.model:MaceArchitecture",
-    "ScaleShiftMACE": "fhi_al.architectures.mace.model:MaceArchitecture",
-    "aenet": "fhi_al.architectures.aenet.model:AenetArchitecture",
+if TYPE_CHECKING:
+    from .base import Architecture
+
+# name used in mace_settings.yaml (case-insensitive) -> (package, architecture class, hyperparameter class).
+# Each package has hypers.py (torch-free) and model.py.
+_REGISTRY: dict[str, tuple[str, str, str]] = {
+    "MACE": ("fhi_al.architectures.mace", "MaceArchitecture", "MaceHypers"),
+    "ScaleShiftMACE": ("fhi_al.architectures.mace", "MaceArchitecture", "MaceHypers"),
+    "aenet": ("fhi_al.architectures.aenet", "AenetArchitecture", "AenetHypers"),
+    "alchemical": ("fhi_al.architectures.alchemical", "AlchemicalArchitecture", "AlchemicalHypers"),
+    "NequIP": ("fhi_al.architectures.nequip", "NequipArchitecture", "NequipHypers"),
+    "ALIGNN": ("fhi_al.architectures.alignn", "AlignnArchitecture", "AlignnHypers"),
 }
 
 
@@ -28,8 +39,14 @@ def canonical_name(name: str) -> str:
                         f"Available: {', '.join(available())}", where="ARCHITECTURE.model")
 
 
-def get_architecture_class(name: str) -> type[Architecture]:
-    module_name, class_name = _REGISTRY[canonical_name(name)].split(":")
-    if module_name.startswith("fhi_al.architectures.mace"):
-        import mace  # noqa: F401  - mace must be imported before anything imports e3nn
-    return getattr(importlib.import_module(module_name), class_name)
+def hypers_class(name: str) -> type:
+    """The typed hyperparameter dataclass of architecture `name` (imports only its hypers module)."""
+    package, _, hypers = _REGISTRY[canonical_name(name)]
+    return getattr(importlib.import_module(f"{package}.hypers"), hypers)
+
+
+def get_architecture_class(name: str) -> type["Architecture"]:
+    package, architecture, _ = _REGISTRY[canonical_name(name)]
+    import mace  # noqa: F401  - mace must be imported before anything imports e3nn
+
+    return getattr(importlib.import_module(f"{package}.model"), architecture)

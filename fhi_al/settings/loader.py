@@ -186,29 +186,13 @@ def build_reference(raw: Any) -> schema.ReferenceSettings:
 
 # ------------------------------------------------------------------------------------------------ ARCHITECTURE
 def hypers_class(model: str) -> type:
-    """The Hypers dataclass of an architecture, from its light `hypers` module when there is one.
-
-    Reading settings must not import torch or mace (slow, and nothing is validated faster that way), so the
-    architecture package's `hypers.py` is tried before the model class the registry points at.
-    """
+    """The Hypers dataclass of an architecture, from its torch-free `hypers` module."""
     from ..architectures import registry
 
-    name = registry.canonical_name(model)
-    package = registry._REGISTRY[name].split(":")[0].rsplit(".", 1)[0]  # noqa: SLF001
     try:
-        module = importlib.import_module(f"{package}.hypers")
+        return registry.hypers_class(model)
     except ModuleNotFoundError as error:
-        if error.name != f"{package}.hypers":
-            raise
-    else:
-        classes = [obj for attr, obj in vars(module).items()
-                   if attr.endswith("Hypers") and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__]
-        if len(classes) == 1:
-            return classes[0]
-    try:
-        return registry.get_architecture_class(name).Hypers
-    except ModuleNotFoundError as error:
-        raise SettingsError(f"architecture {name!r} is not available in this installation ({error.name} is "
+        raise SettingsError(f"architecture {model!r} is not available in this installation ({error.name} is "
                             f"missing)", where="ARCHITECTURE.model") from None
 
 

@@ -7,6 +7,7 @@ message on stderr (no traceback), a folder locked by another run exits 3, Ctrl-C
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -79,15 +80,52 @@ def procedure_module(step: str, prog: str) -> ModuleType:
                                f"version of fhi_al; the inputs are valid but nothing was run.")
 
 
-def _start_logging(context, step: str) -> None:
+def _start_logging(context, module: ModuleType, step: str) -> None:
     from .logs import configure_logging
     from .parallel import configure_threads
 
     configure_threads()
     log_dir = context.path(context.settings.mace.general.log_dir)
-    configure_logging(log_dir / f"{step}.log", level=context.log_level)
+    configure_logging(log_dir / f"{getattr(module, 'LOG_NAME', step)}.log", level=context.log_level)
     for note in context.settings.notes:
         log.info("settings: %s", note)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """The run folder's lock, held by rank 0 for the whole command; a refusal reaches every rank."""
+    from .parallel import root_only
+    from .restart import RunLock
+
+    lock = RunLock(run_dir)
+    root_only(lock.acquire)()
+    try:
+        yield
+    finally:
+        root_only(lock.release)()
+
+
+def run_step(module: ModuleType, context) -> None:
+    """Run one procedure: on every rank when it handles ranks itself, else through fhi_al.parallel, which
+    gives the ML rank the reference and label queue and makes the other ranks serve the reference."""
+    if getattr(module, "RUNS_ON_ALL_RANKS", False):
+        module.run(context)
+        return
+    from . import parallel
+    from .procedures.common import ledger_path
+    from .references.base import reference_from_settings
+    from .references.ledger import Ledger
+
+    al = context.settings.al.active_learning
+
+    def make_reference(comm, group_index: int):
+        work_dir = context.run_dir if group_index == 0 else context.run_dir / f"reference_group_{group_index}"
+        return reference_from_settings(context.settings, work_dir, comm, context.control)
+
+    make_reference.reference_name = context.settings.calculator
+    parallel.run_procedure(lambda services: module.run(context.with_services(services)),
+                           make_reference=make_reference, parallel=al.parallel, group_size=al.reference_group_size,
+                           timeout_s=al.reference_timeout_s, ledger=Ledger(ledger_path(context.run_dir)))
 
 
 def _report(message: str) -> None:
@@ -103,9 +141,10 @@ def run_procedures(prog: str, steps: Sequence[str], argv: Sequence[str] | None, 
     try:
         context = prepare_context(args.run_dir or Path.cwd(), log_level=args.log_level)
         modules = [procedure_module(step, prog) for step in steps]
-        for step, module in zip(steps, modules):
-            _start_logging(context, step)
-            module.run(context)
+        with run_lock(context.run_dir):
+            for step, module in zip(steps, modules):
+                _start_logging(context, module, step)
+                run_step(module, context)
     except InputError as error:
         _report(str(error))
         return EXIT_BAD_INPUT

@@ -5,6 +5,7 @@ Built by `fhi_al.cli` only after every input has been validated; procedures take
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ class RunContext:
     control: dict[str, Any] | None  # Aims parameters (fhi_al.inputs.aims_parameters) when the reference is aims
     comm: Any  # fhi_al.parallel.world(): SerialComm or MPIComm
     log_level: str = "INFO"
+    services: Any = None  # fhi_al.parallel.Services: the reference and the label queue, set by the CLI
+
+    def with_services(self, services: Any) -> "RunContext":
+        return dataclasses.replace(self, services=services)
 
     def path(self, relative: str | Path) -> Path:
         """A settings path (dataset_dir, model_dir, ...) resolved against the run folder."""

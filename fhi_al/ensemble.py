@@ -68,7 +68,7 @@ class Ensemble:
                 param.requires_grad_(False)
         dtype = next(models[0].parameters()).dtype
         architecture = MaceArchitecture(MaceHypers(r_max=float(models[0].r_max)), dtype=dtype).bind(models[0])
-        return cls(architecture, models)
+        return cls(architecture, [architecture.prepare_inference(model) for model in models])
 
     @property
     def models(self) -> list[torch.nn.Module]:

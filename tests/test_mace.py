@@ -125,3 +125,18 @@ def test_plain_mace_variant_has_no_shift_and_mace_defaults(run_dir, ethanol_data
     assert type(member.model.interactions[0]).__name__ == "RealAgnosticInteractionBlock"
     names = [group["name"] for group in member.optimizer.param_groups]
     assert names == ["embedding", "interactions_decay", "interactions_no_decay", "products", "readouts"]
+
+
+@pytest.mark.parametrize("max_L, correlation", [(0, 1), (1, 2), (2, 3)])
+def test_frozen_contractions_reproduce_mace(run_dir, ethanol_data, max_L, correlation):
+    hypers = MaceHypers(**{**TINY, "max_L": max_L, "correlation": correlation, "num_channels": 4})
+    trainer = Trainer(TrainingConfig(hypers=hypers, model="ScaleShiftMACE"), run_dir)
+    member = trainer.create_member("m_1", 1, *ethanol_data)
+    plain, fast = member.averaged_model(), member.inference_model()
+    assert any(type(m).__name__ == "FrozenContraction" for m in fast.modules())
+    assert not any(type(m).__name__ == "FrozenContraction" for m in plain.modules())
+    structures = ethanol_data[1] + emt_labelled(molecule("H2O"), 1, seed=5)
+    expected, result = predict(trainer, plain, structures), predict(trainer, fast, structures)
+    np.testing.assert_allclose(result["energy"], expected["energy"], rtol=1e-12)
+    np.testing.assert_allclose(result["forces"], expected["forces"], rtol=1e-10, atol=1e-12)
+    assert np.abs(expected["forces"]).max() > 1e-3

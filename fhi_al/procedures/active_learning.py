@@ -13,28 +13,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import VALID, al_destination
 from ..data.store import label_atoms, make_label_id
 from ..errors import InputError
 from ..md import BlowUpDetector
-from ..references.base import reference_from_settings, reference_name, reference_timeout_from_settings
+from ..references.base import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
 from . import al_reporting, reporting
-from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path, load_or_create_member,
-                     make_store, make_trainer, member_specs)
+from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, load_or_create_member, make_store,
+                     make_trainer, member_specs)
 from .initial_dataset import STAGE as INITIAL_STAGE
 from .initial_dataset import STEP as INITIAL_STEP
-from .labeling import LabelResult, SerialLabeler
+from ..labeling import LabelResult
 from .sampling import MDParameters
 from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make_trajectories
 
 log = logging.getLogger(__name__)
 
 STEP = "active_learning"
+LOG_NAME = "AL"  # logs/AL.log, as in the original tool
 STAGE = "al"
 RECORD_PATH = Path("restart") / "al" / "state.json"
 AL_TRAIN, AL_VALID = f"{STAGE}/train", f"{STAGE}/valid"
@@ -69,7 +69,6 @@ class ActiveLearning:
         with self.progress_bar() as self.bar:
             while not self.should_stop():
                 self.visit_trajectories()
-        self.labeler.close()
         self.converge_if_asked()
         self.export_models()
         self.write_final_datasets()
@@ -82,10 +81,9 @@ class ActiveLearning:
                              "first", where=str(self.run_dir))
 
     def start_or_resume(self) -> None:
-        self.reference = reference_from_settings(self.settings, self.run_dir, self.context.comm,
-                                                 getattr(self.context, "control", None))
-        self.labeler = SerialLabeler(self.reference, timeout_s=reference_timeout_from_settings(self.settings),
-                                     ledger=ledger_path(self.run_dir))
+        self.reference = self.context.services.reference
+        self.labeler = self.context.services.labeler
+        self.timeout_s = reference_timeout_from_settings(self.settings)
         self.trainer = make_trainer(self.settings, self.run_dir)
         self.members = {spec.tag: load_or_create_member(self.trainer, spec, *self.member_data(spec.tag))
                         for spec in self.specs}
@@ -132,7 +130,8 @@ class ActiveLearning:
             elif trajectory.status == TRAINING:
                 self.train_visit(trajectory)
             self.save_state()
-        for result in self.labeler.collect():
+        idle = all(t.status in (WAITING, FINISHED) for t in self.trajectories)
+        for result in self.labeler.wait() if idle else self.labeler.collect():
             self.receive_label(result)
 
     # ------------------------------------------------------------------------------------------ MD
@@ -178,7 +177,7 @@ class ActiveLearning:
 
         started = time.perf_counter()
         try:
-            _, forces = compute_label(self.reference, check.frame, timeout_s=self.labeler.timeout_s,
+            _, forces = compute_label(self.reference, check.frame, timeout_s=self.timeout_s,
                                       label_id=make_label_id("analysis", trajectory.index, check.md_step))
         except ReferenceError as error:
             log.warning("analysis point skipped: %s", error)

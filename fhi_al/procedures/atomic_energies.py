@@ -135,6 +135,10 @@ def _logging_to(path: Path) -> bool:
                for handler in logging.getLogger("fhi_al").handlers if hasattr(handler, "baseFilename"))
 
 
+# Every rank takes part in each isolated-atom calculation (FHI-aims is collective); no ML rank is needed.
+RUNS_ON_ALL_RANKS = True
+
+
 def run(context: Any) -> dict[str, float]:
     """FHI_AL-atomic-energies: E0 of every element of context.geometry with the configured reference.
 

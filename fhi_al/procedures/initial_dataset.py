@@ -18,13 +18,13 @@ from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
 from ..data.store import label_atoms, make_label_id
-from ..errors import ReferenceError
-from ..references.base import compute_label, reference_from_settings, reference_name, reference_timeout_from_settings
+from ..labeling import LabelResult, label_structure
+from ..references.base import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
 from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
-from .sampling import Frame, LangevinSampler, MDParameters, foundation_calculator
+from .sampling import LangevinSampler, MDParameters, foundation_calculator
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,15 @@ class InitialDataset:
                  self.state["epochs"])
 
     def start_or_resume(self) -> None:
-        self.reference = reference_from_settings(self.settings, self.run_dir, self.context.comm,
-                                                 getattr(self.context, "control", None))
+        self.reference = self.context.services.reference
+        self.labeler = self.context.services.labeler
         self.timeout_s = reference_timeout_from_settings(self.settings)
         self.sampler = self.make_sampler()
         self.trainer = make_trainer(self.settings, self.run_dir)
         self.members: dict[str, Any] = {}
         saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
-        self.state = saved or {"round": 0, "epochs": 0, "trained": [], "metrics": {}, "sampler": None}
+        self.state = saved or {"round": 0, "epochs": 0, "trained": [], "metrics": {}, "sampler": None,
+                               "pending": {}}
         if self.state["sampler"] is not None:
             self.sampler.restore(self.state["sampler"])
             log.info("Resuming the initial dataset at round %d (MD step %d, %d labels stored).",
@@ -83,6 +84,9 @@ class InitialDataset:
         self.stored_ids = all_label_ids(self.store)
         if self.stored_ids:
             self.attach_members()
+        for label_id, frame in self.state["pending"].items():  # in flight when the run stopped: ask again
+            if label_id not in self.stored_ids:
+                self.labeler.submit(label_id, self.frame_atoms(frame))
 
     def make_sampler(self) -> LangevinSampler:
         md = self.settings.al.md
@@ -110,14 +114,17 @@ class InitialDataset:
         return False
 
     def collect_round(self) -> None:
-        """Label frames until every member holds n_samples x (round + 1) frames."""
-        wanted = self.al.n_samples * (self.state["round"] + 1)
-        missing = sum(max(wanted - self.member_count(spec.tag), 0) for spec in self.specs)
-        with tqdm(total=missing, desc=f"round {self.state['round'] + 1}: labels", unit="label",
+        """Label frames until every member holds n_samples x (round + 1) frames. Frames of the foundation
+        model go to the labeler, so that in parallel mode sampling goes on while reference groups label."""
+        with tqdm(total=self.labels_missing(), desc=f"round {self.state['round'] + 1}: labels", unit="label",
                   disable=None, leave=False) as bar:
             while not self.round_complete():
-                if self.label_next_frame():
-                    bar.update(1)
+                stored = self.store_results(self.labeler.collect())
+                if self.labels_missing() > self.labeler.in_flight:
+                    stored += self.sample_frame()
+                else:
+                    stored += self.store_results(self.labeler.wait())
+                bar.update(stored)
         self.state["round"] += 1
         self.state["trained"] = [spec.tag for spec in self.specs]
         self.save_state()
@@ -164,36 +171,47 @@ class InitialDataset:
                                  "initial_learning_curve.png", title="Initial dataset")
 
     # ------------------------------------------------------------------------------------------ labels
-    def label_next_frame(self) -> bool:
-        """Sample, label and store one frame; False when the frame was skipped (failure or already stored)."""
+    def sample_frame(self) -> int:
+        """Sample one frame; label it at once (ab initio MD: the driver's results) or queue it. -> labels stored"""
         started = time.perf_counter()
         frame = self.sampler.next_frame()
         self.timings["md_s"] += time.perf_counter() - started
         label_id = make_label_id(STAGE, TRAJECTORY, frame.md_step)
         if label_id in self.stored_ids:  # stored before a kill, whose record was not yet saved
             self.save_state()
-            return False
-        try:
-            labelled = self.label(frame, label_id)
-        except ReferenceError as error:
-            log.warning("Reference failed on %s; frame skipped: %s", label_id, error)
-            self.save_state()
-            return False
-        self.store.append(self.destination(), labelled)
-        self.stored_ids.add(label_id)
+            return 0
+        self.state["pending"][label_id] = {"md_step": frame.md_step, "positions": frame.atoms.get_positions()}
         self.save_state()
-        return True
+        if self.al.initial_sampling == "aimd":
+            # The driving calculator is the reference: its results at this frame are the label (compute_label
+            # finds them cached in the calculator and does not recompute).
+            return self.store_results([label_structure(self.reference, label_id, frame.atoms,
+                                                       timeout_s=self.timeout_s, ledger=ledger_path(self.run_dir))])
+        self.labeler.submit(label_id, frame.atoms)
+        return 0
 
-    def label(self, frame: Frame, label_id: str):
-        started = time.perf_counter()
-        # In ab initio MD the driving calculator is the reference: its cached results at this frame are the
-        # label (compute_label finds them in the calculator and does not recompute).
-        energy, forces = compute_label(self.reference, frame.atoms, timeout_s=self.timeout_s, label_id=label_id,
-                                       ledger=ledger_path(self.run_dir))
-        self.timings["reference_s"] += time.perf_counter() - started
-        return label_atoms(frame.atoms, energy_eV=energy, forces_eV_per_A=forces, procedure=STAGE,
-                           trajectory=TRAJECTORY, md_step=frame.md_step, reference=reference_name(self.reference),
-                           label_id=label_id)
+    def store_results(self, results: list[LabelResult]) -> int:
+        stored = 0
+        for result in results:
+            frame = self.state["pending"].pop(result.label_id)
+            self.timings["reference_s"] += result.seconds
+            if not result.ok:
+                log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
+            elif result.label_id not in self.stored_ids:
+                labelled = label_atoms(self.frame_atoms(frame), energy_eV=result.energy_eV,
+                                       forces_eV_per_A=result.forces_eV_per_A, procedure=STAGE,
+                                       trajectory=TRAJECTORY, md_step=frame["md_step"],
+                                       reference=reference_name(self.reference), label_id=result.label_id)
+                self.store.append(self.destination(), labelled)
+                self.stored_ids.add(result.label_id)
+                stored += 1
+            self.save_state()
+        return stored
+
+    def frame_atoms(self, frame: dict[str, Any]):
+        atoms = self.context.geometry.copy()
+        atoms.set_positions(frame["positions"])
+        return atoms
 
     def destination(self) -> str:
         """The member with the fewest frames gets the next one; its split keeps valid_ratio."""
@@ -210,6 +228,10 @@ class InitialDataset:
 
     def num_labels(self) -> int:
         return sum(self.member_count(spec.tag) for spec in self.specs)
+
+    def labels_missing(self) -> int:
+        wanted = self.al.n_samples * (self.state["round"] + 1)
+        return sum(max(wanted - self.member_count(spec.tag), 0) for spec in self.specs)
 
     def round_complete(self) -> bool:
         wanted = self.al.n_samples * (self.state["round"] + 1)

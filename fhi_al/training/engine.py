@@ -62,15 +62,22 @@ class Member:
         """Context in which the model holds the EMA weights (a no-op without EMA)."""
         return self.ema.average_parameters() if self.ema is not None else nullcontext()
 
+    def averaged_model(self) -> torch.nn.Module:
+        """A frozen copy of the model with the EMA weights (the architecture's own modules, e.g. for export)."""
+        with self.averaged():
+            frozen = copy.deepcopy(self.model)
+        frozen.eval()
+        for param in frozen.parameters():
+            param.requires_grad_(False)
+        return frozen
+
     def inference_model(self) -> torch.nn.Module:
-        """A frozen copy with the EMA weights, for prediction; rebuilt only after the member changed."""
+        """The averaged model prepared for fast prediction (architecture hook `prepare_inference`); rebuilt
+        only after the member changed."""
         if self._inference is None or self._inference[0] != self.version:
-            with self.averaged():
-                frozen = copy.deepcopy(self.model)
-            frozen.eval()
-            for param in frozen.parameters():
-                param.requires_grad_(False)
-            self._inference = (self.version, frozen)
+            frozen = self.averaged_model()
+            prepare = getattr(self.architecture, "prepare_inference", None)
+            self._inference = (self.version, prepare(frozen) if prepare is not None else frozen)
         return self._inference[1]
 
 
@@ -322,7 +329,7 @@ class Trainer:
     def export(self, member: Member, path: str | Path | None = None) -> Path:
         """The member with EMA weights as `model/{tag}.model` (loadable by mace's MACECalculator for MACE)."""
         path = Path(path) if path is not None else self.model_path(member.tag)
-        self.architecture.export(member.inference_model(), path)
+        self.architecture.export(member.averaged_model(), path)
         log.info("exported %s to %s", member.tag, path)
         return path
 

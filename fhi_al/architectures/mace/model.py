@@ -101,6 +101,13 @@ class MaceArchitecture(Architecture):
         self.z_table = AtomicNumberTable([int(z) for z in model.atomic_numbers])
         return self
 
+    def prepare_inference(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Speed up a frozen prediction copy: product-basis weights contracted into the coupling tensors once."""
+        from .frozen import freeze_contractions
+
+        freeze_contractions(model)
+        return model
+
     def param_groups(self, model: torch.nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
         """mace_run_train's parameter groups: weight decay on interaction linears and products only."""
         decay, no_decay = [], []

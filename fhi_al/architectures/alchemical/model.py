@@ -1,0 +1,236 @@
+"""Alchemical SOAP-BPNN: atomic networks on compressed power spectra, E = sum_i E_i, forces = -dE/dR.
+
+E_i = E0(Z_i) + shift + scale * sum_c w_c(Z_i) MLP_c(p_i), with w = the centre's pseudo-species weights
+(contract_center_species) or a one-hot of its element; `AlchemicalArchitecture` plugs it into the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from ...durable import atomic_torch_save
+from ...errors import InputError
+from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetStatistics
+from .features import AlchemicalPowerSpectrum, NeighbourPairs, build_pairs
+from .hypers import AlchemicalHypers
+
+log = logging.getLogger(__name__)
+
+MAX_ATOMIC_NUMBER = 118
+EXPORT_FORMAT = "fhi_al.alchemical"
+MIN_ENERGY_SCALE_EV = 1.0e-6  # below this the training set carries no scale information: use 1 eV
+
+
+@dataclass
+class AlchemicalInputs:
+    """Model inputs of a batch: atoms of all structures concatenated, pair indices offset accordingly."""
+
+    positions_A: torch.Tensor  # [N, 3]
+    numbers: torch.Tensor  # [N] atomic numbers
+    pairs: NeighbourPairs
+    structure_index: torch.Tensor  # [N]
+    num_structures: int
+
+    def to(self, device: torch.device | str) -> "AlchemicalInputs":
+        return AlchemicalInputs(self.positions_A.to(device), self.numbers.to(device), self.pairs.to(device),
+                                self.structure_index.to(device), self.num_structures)
+
+
+@dataclass
+class AlchemicalSample:
+    """One featurised structure; labels are zeros with has_* False when the structure is unlabelled."""
+
+    positions_A: torch.Tensor
+    numbers: torch.Tensor
+    pairs: NeighbourPairs
+    energy_eV: float
+    forces_eV_per_A: torch.Tensor
+    has_energy: bool
+    has_forces: bool
+
+
+class MultiChannelMLP(torch.nn.Module):
+    """`num_channels` independent SiLU networks evaluated together: [N, F] -> [N, num_channels]."""
+
+    def __init__(self, *, num_channels: int, num_features: int, hidden_sizes: Sequence[int]):
+        super().__init__()
+        widths = [num_features] + [int(h) for h in hidden_sizes] + [1]
+        self.weights = torch.nn.ParameterList()
+        self.biases = torch.nn.ParameterList()
+        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+            bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default initialisation
+            self.weights.append(torch.nn.Parameter(torch.empty(num_channels, fan_in, fan_out).uniform_(-bound, bound)))
+            self.biases.append(torch.nn.Parameter(torch.empty(num_channels, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = torch.einsum("nf,cfo->nco", features, self.weights[0]) + self.biases[0]
+        for weight, bias in zip(self.weights[1:], self.biases[1:]):
+            hidden = torch.einsum("nci,cio->nco", torch.nn.functional.silu(hidden), weight) + bias
+        return hidden.squeeze(-1)
+
+
+class AlchemicalModel(torch.nn.Module):
+    """Compressed power spectrum + atomic networks; every statistics-derived number is a persistent buffer."""
+
+    def __init__(self, *, hypers: AlchemicalHypers, species: Sequence[int]):
+        super().__init__()
+        species = sorted(int(z) for z in species)
+        self.contract_center_species = bool(hypers.contract_center_species)
+        self.features = AlchemicalPowerSpectrum(
+            num_elements=len(species), num_pseudo_species=hypers.num_pseudo_species,
+            cutoff_A=hypers.cutoff_radius, basis_cutoff=hypers.basis_cutoff,
+            radial_basis_type=hypers.radial_basis_type, basis_scale_A=hypers.basis_scale,
+            trainable_basis=hypers.trainable_basis, normalize=hypers.normalize)
+        channels = hypers.num_pseudo_species if self.contract_center_species else len(species)
+        self.networks = MultiChannelMLP(num_channels=channels, num_features=self.features.num_features,
+                                        hidden_sizes=hypers.hidden_sizes)
+        index = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        index[torch.tensor(species)] = torch.arange(len(species))
+        self.register_buffer("atomic_numbers", torch.tensor(species, dtype=torch.long))
+        self.register_buffer("element_index_of_z", index)
+        self.register_buffer("atomic_energies_eV", torch.zeros(len(species)))
+        self.register_buffer("energy_shift_eV", torch.tensor(0.0))
+        self.register_buffer("energy_scale_eV", torch.tensor(1.0))
+
+    @property
+    def species(self) -> list[int]:
+        return [int(z) for z in self.atomic_numbers]
+
+    def element_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        index = self.element_index_of_z[numbers]
+        if bool((index < 0).any()):
+            unknown = sorted({int(z) for z in numbers[index < 0]})
+            raise InputError(f"elements {unknown} are not among the model's elements {self.species}; "
+                             f"add structures containing them to the training set", where="alchemical model")
+        return index
+
+    def centre_weights(self, element_index: torch.Tensor) -> torch.Tensor:
+        """[N, channels]: the centre's pseudo-species weights, or a one-hot of its element."""
+        if self.contract_center_species:
+            return self.features.pseudo_species_weights(element_index)
+        return torch.nn.functional.one_hot(element_index, len(self.species)).to(self.energy_scale_eV.dtype)
+
+    def atomic_energies(self, inputs: AlchemicalInputs, positions_A: torch.Tensor) -> torch.Tensor:
+        elements = self.element_index(inputs.numbers)
+        features = self.features(positions_A, elements, inputs.pairs)
+        output = (self.networks(features) * self.centre_weights(elements)).sum(-1)
+        return self.atomic_energies_eV[elements] + self.energy_shift_eV + self.energy_scale_eV * output
+
+    def forward(self, inputs: AlchemicalInputs, positions_A: torch.Tensor) -> torch.Tensor:
+        """Energy per structure [num_structures] in eV."""
+        atomic = self.atomic_energies(inputs, positions_A)
+        return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
+
+
+class AlchemicalArchitecture(Architecture):
+    name = "alchemical"
+    Hypers = AlchemicalHypers
+    checkpoint_version = 1
+
+    @property
+    def cutoff_A(self) -> float:
+        return float(self.hypers.cutoff_radius)
+
+    def empty_model(self, species: Sequence[int]) -> AlchemicalModel:
+        """A model of the right shape for `species` (weights random, statistics neutral): for loading states."""
+        return AlchemicalModel(hypers=self.hypers, species=species).to(self.dtype)
+
+    def build_model(self, stats: DatasetStatistics, *, seed: int) -> AlchemicalModel:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            model = self.empty_model(stats.species)
+        if self.hypers.normalize:  # fixed at build time: trained weights depend on it
+            model.features.density_scale.fill_(1.0 / math.sqrt(max(1.0, float(stats.num_neighbors_mean))))
+        self.update_statistics(model, stats)
+        return model
+
+    def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
+        """E0s, per-atom energy shift and force-RMS scale of the current training set; weights untouched."""
+        energies = [float(stats.atomic_energies_eV.get(z, 0.0)) for z in model.species]
+        model.atomic_energies_eV.copy_(torch.tensor(energies, dtype=model.atomic_energies_eV.dtype))
+        scale = float(stats.forces_rms)
+        if not np.isfinite(scale) or scale < MIN_ENERGY_SCALE_EV:
+            log.info("alchemical: training set gives energy scale %r; using 1 eV", scale)
+            scale = 1.0
+        model.energy_shift_eV.fill_(float(stats.per_atom_energy_mean))
+        model.energy_scale_eV.fill_(scale)
+
+    def featurize(self, atoms: Atoms) -> AlchemicalSample:
+        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
+        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
+        return AlchemicalSample(
+            positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
+            numbers=torch.tensor(atoms.numbers, dtype=torch.long),
+            pairs=build_pairs(atoms, cutoff_A=self.hypers.cutoff_radius, dtype=self.dtype),
+            energy_eV=float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
+            forces_eV_per_A=torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
+            has_energy=has_energy, has_forces=has_forces)
+
+    def collate(self, samples: Sequence[AlchemicalSample]) -> Batch:
+        atom_offsets = np.cumsum([0] + [len(s.numbers) for s in samples])
+        num_atoms = torch.tensor([len(s.numbers) for s in samples], dtype=torch.long)
+        structure_index = torch.repeat_interleave(torch.arange(len(samples)), num_atoms)
+        inputs = AlchemicalInputs(positions_A=torch.cat([s.positions_A for s in samples]),
+                                  numbers=torch.cat([s.numbers for s in samples]),
+                                  pairs=NeighbourPairs.concatenate([s.pairs for s in samples], atom_offsets),
+                                  structure_index=structure_index, num_structures=len(samples))
+        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
+                   for name in ("has_energy", "has_forces")}
+        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
+                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
+                     structure_index=structure_index, energy_weight=weights["has_energy"],
+                     forces_weight=weights["has_forces"])
+
+    def predict(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
+        inputs = batch.inputs
+        with torch.enable_grad():
+            positions = inputs.positions_A.detach().requires_grad_(True)
+            energy = model(inputs, positions)
+            (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=training)
+        if training:
+            return {"energy": energy, "forces": -gradient}
+        return {"energy": energy.detach(), "forces": -gradient.detach()}
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        payload = {"format": EXPORT_FORMAT, "checkpoint_version": self.checkpoint_version,
+                   "hypers": asdict(self.hypers), "species": model.species, "dtype": str(self.dtype),
+                   "state_dict": model.state_dict()}
+        atomic_torch_save(payload, path)
+
+
+def load_exported(path: str | Path) -> tuple[AlchemicalArchitecture, AlchemicalModel]:
+    """(architecture, model) from a file written by `AlchemicalArchitecture.export`."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise InputError("not an alchemical model exported by fhi_al", where=str(path))
+    dtype = getattr(torch, payload["dtype"].removeprefix("torch."))
+    architecture = AlchemicalArchitecture(AlchemicalHypers(**payload["hypers"]), dtype=dtype)
+    model = architecture.empty_model(payload["species"])
+    model.load_state_dict(payload["state_dict"])
+    return architecture, model.eval()
+
+
+class AlchemicalCalculator(Calculator):
+    """ASE calculator of one exported alchemical model (energy in eV, forces in eV/Å)."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, model_path: str | Path, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.architecture, self.model = load_exported(model_path)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        batch = self.architecture.collate([self.architecture.featurize(self.atoms)])
+        result = self.architecture.predict(self.model, batch)
+        energy = float(result["energy"][0])
+        self.results = {"energy": energy, "free_energy": energy, "forces": result["forces"].numpy().copy()}

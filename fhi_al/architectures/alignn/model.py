@@ -1,0 +1,248 @@
+"""ALIGNN with atom-wise energies: E = sum_i [E0(Z_i) + shift + scale * readout(h_i)], forces = -dE/dR.
+
+Bond lengths and angle cosines are computed from positions inside `forward` (so autograd gives forces); the
+graphs' indices come from `featurize`. `AlignnArchitecture` plugs the model into the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from ...durable import atomic_torch_save
+from ...errors import InputError
+from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetStatistics
+from .graph import BondGraph, build_graph, concatenate
+from .hypers import AlignnHypers
+from .layers import AlignnLayer, EdgeGatedGraphConv, GaussianBasis, MLPLayer, PolynomialEnvelope
+
+log = logging.getLogger(__name__)
+
+MAX_ATOMIC_NUMBER = 118
+EXPORT_FORMAT = "fhi_al.alignn"
+MIN_ENERGY_SCALE_EV = 1.0e-6  # below this the training set carries no scale information: use 1 eV
+COSINE_RANGE = (-1.0, 1.0)
+
+
+@dataclass
+class AlignnInputs:
+    """Model inputs of a batch: atoms of all structures concatenated, graph indices offset accordingly."""
+
+    positions_A: torch.Tensor  # [N, 3]
+    numbers: torch.Tensor  # [N] atomic numbers
+    graph: BondGraph
+    structure_index: torch.Tensor  # [N]
+    num_structures: int
+
+    def to(self, device: torch.device | str) -> "AlignnInputs":
+        return AlignnInputs(self.positions_A.to(device), self.numbers.to(device), self.graph.to(device),
+                            self.structure_index.to(device), self.num_structures)
+
+
+@dataclass
+class AlignnSample:
+    """One featurised structure; labels are zeros with has_* False when the structure is unlabelled."""
+
+    positions_A: torch.Tensor
+    numbers: torch.Tensor
+    graph: BondGraph
+    energy_eV: float
+    forces_eV_per_A: torch.Tensor
+    has_energy: bool
+    has_forces: bool
+
+
+def bond_geometry(positions_A: torch.Tensor, graph: BondGraph) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bond lengths [B] in Å, cosines of the angles at the shared atom [T]), differentiable in positions."""
+    vectors = positions_A[graph.bond_j] - positions_A[graph.bond_i] + graph.bond_shift_A
+    lengths = torch.linalg.norm(vectors, dim=-1)
+    src, dst = graph.triplet_src, graph.triplet_dst
+    cosines = (vectors[src] * vectors[dst]).sum(-1) / (lengths[src] * lengths[dst])
+    return lengths, cosines
+
+
+class AlignnModel(torch.nn.Module):
+    """Embeddings, ALIGNN layers, GCN layers and an atom-wise linear readout; statistics are buffers."""
+
+    def __init__(self, *, hypers: AlignnHypers, species: Sequence[int]):
+        super().__init__()
+        species = sorted(int(z) for z in species)
+        width, embed, norm = hypers.hidden_features, hypers.embedding_features, hypers.normalization
+        self.element_embedding = torch.nn.Embedding(len(species), embed)
+        self.atom_embedding = MLPLayer(embed, width, normalization=norm)
+        self.bond_embedding = torch.nn.Sequential(
+            GaussianBasis(low=0.0, high=hypers.cutoff, count=hypers.edge_input_features),
+            MLPLayer(hypers.edge_input_features, embed, normalization=norm),
+            MLPLayer(embed, width, normalization=norm))
+        self.angle_embedding = torch.nn.Sequential(
+            GaussianBasis(low=COSINE_RANGE[0], high=COSINE_RANGE[1], count=hypers.triplet_input_features),
+            MLPLayer(hypers.triplet_input_features, embed, normalization=norm),
+            MLPLayer(embed, width, normalization=norm))
+        self.envelope = PolynomialEnvelope(cutoff_A=hypers.cutoff, exponent=hypers.envelope_exponent)
+        self.alignn_layers = torch.nn.ModuleList(
+            AlignnLayer(width, normalization=norm) for _ in range(hypers.alignn_layers))
+        self.gcn_layers = torch.nn.ModuleList(
+            EdgeGatedGraphConv(width, normalization=norm) for _ in range(hypers.gcn_layers))
+        self.readout = torch.nn.Linear(width, 1)
+        index = torch.full((MAX_ATOMIC_NUMBER + 1,), -1, dtype=torch.long)
+        index[torch.tensor(species)] = torch.arange(len(species))
+        self.register_buffer("atomic_numbers", torch.tensor(species, dtype=torch.long))
+        self.register_buffer("species_index_of_z", index)
+        self.register_buffer("atomic_energies_eV", torch.zeros(len(species)))
+        self.register_buffer("energy_shift_eV", torch.tensor(0.0))
+        self.register_buffer("energy_scale_eV", torch.tensor(1.0))
+        # sums over neighbours are divided by these typical counts (set once, from the first training set)
+        self.register_buffer("bond_norm", torch.tensor(1.0))
+        self.register_buffer("angle_norm", torch.tensor(1.0))
+
+    @property
+    def species(self) -> list[int]:
+        return [int(z) for z in self.atomic_numbers]
+
+    def species_index(self, numbers: torch.Tensor) -> torch.Tensor:
+        index = self.species_index_of_z[numbers]
+        if bool((index < 0).any()):
+            unknown = sorted({int(z) for z in numbers[index < 0]})
+            raise InputError(f"elements {unknown} are not among the model's elements {self.species}; "
+                             f"add structures containing them to the training set", where="ALIGNN model")
+        return index
+
+    def atomic_energies(self, inputs: AlignnInputs, positions_A: torch.Tensor) -> torch.Tensor:
+        """Energy of every atom [N] in eV."""
+        graph = inputs.graph
+        species = self.species_index(inputs.numbers)
+        lengths, cosines = bond_geometry(positions_A, graph)
+        bond_weight = self.envelope(lengths)
+        angle_weight = bond_weight[graph.triplet_src] * bond_weight[graph.triplet_dst]
+        atoms = self.atom_embedding(self.element_embedding(species))
+        bonds, angles = self.bond_embedding(lengths), self.angle_embedding(cosines)
+        for layer in self.alignn_layers:
+            atoms, bonds, angles = layer(atoms, bonds, angles, graph=graph, bond_weight=bond_weight,
+                                         angle_weight=angle_weight, bond_norm=self.bond_norm,
+                                         angle_norm=self.angle_norm)
+        for layer in self.gcn_layers:
+            atoms, bonds = layer(atoms, bonds, src=graph.bond_i, dst=graph.bond_j, weight=bond_weight,
+                                 neighbour_norm=self.bond_norm)
+        output = self.readout(atoms).squeeze(-1)
+        return self.atomic_energies_eV[species] + self.energy_shift_eV + self.energy_scale_eV * output
+
+    def forward(self, inputs: AlignnInputs, positions_A: torch.Tensor) -> torch.Tensor:
+        """Energy per structure [num_structures] in eV."""
+        atomic = self.atomic_energies(inputs, positions_A)
+        return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
+
+
+class AlignnArchitecture(Architecture):
+    name = "ALIGNN"
+    Hypers = AlignnHypers
+    checkpoint_version = 1
+
+    @property
+    def cutoff_A(self) -> float:
+        return float(self.hypers.cutoff)
+
+    def empty_model(self, species: Sequence[int]) -> AlignnModel:
+        """A model of the right shape for `species` (weights random, statistics neutral): for loading states."""
+        return AlignnModel(hypers=self.hypers, species=species).to(self.dtype)
+
+    def build_model(self, stats: DatasetStatistics, *, seed: int) -> AlignnModel:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            model = self.empty_model(stats.species)
+        neighbours = max(1.0, float(stats.num_neighbors_mean))
+        model.bond_norm.fill_(neighbours)
+        model.angle_norm.fill_(max(1.0, neighbours - 1.0))  # other bonds of the same atom
+        self.update_statistics(model, stats)
+        return model
+
+    def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
+        """E0s, energy shift (mean per-atom energy) and scale (force RMS x 1 Å) from the current training set;
+        trained weights and the neighbour normalisation stay untouched."""
+        energies = [float(stats.atomic_energies_eV.get(z, 0.0)) for z in model.species]
+        model.atomic_energies_eV.copy_(torch.tensor(energies, dtype=model.atomic_energies_eV.dtype))
+        scale = float(stats.forces_rms)
+        if not np.isfinite(scale) or scale < MIN_ENERGY_SCALE_EV:
+            log.info("ALIGNN: training set gives energy scale %r; using 1 eV", scale)
+            scale = 1.0
+        model.energy_shift_eV.fill_(float(stats.per_atom_energy_mean))
+        model.energy_scale_eV.fill_(scale)
+
+    def featurize(self, atoms: Atoms) -> AlignnSample:
+        hypers = self.hypers
+        graph = build_graph(atoms, cutoff_A=hypers.cutoff, strategy=hypers.neighbor_strategy,
+                            max_neighbors=hypers.max_neighbors, dtype=self.dtype)
+        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
+        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
+        return AlignnSample(
+            positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
+            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph,
+            energy_eV=float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
+            forces_eV_per_A=torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
+            has_energy=has_energy, has_forces=has_forces)
+
+    def collate(self, samples: Sequence[AlignnSample]) -> Batch:
+        counts = [len(s.numbers) for s in samples]
+        num_atoms = torch.tensor(counts, dtype=torch.long)
+        structure_index = torch.repeat_interleave(torch.arange(len(samples)), num_atoms)
+        inputs = AlignnInputs(positions_A=torch.cat([s.positions_A for s in samples]),
+                              numbers=torch.cat([s.numbers for s in samples]),
+                              graph=concatenate([s.graph for s in samples], counts),
+                              structure_index=structure_index, num_structures=len(samples))
+        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
+                   for name in ("has_energy", "has_forces")}
+        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
+                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
+                     structure_index=structure_index, energy_weight=weights["has_energy"],
+                     forces_weight=weights["has_forces"])
+
+    def predict(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
+        inputs = batch.inputs
+        with torch.enable_grad():
+            positions = inputs.positions_A.detach().requires_grad_(True)
+            energy = model(inputs, positions)
+            (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=training)
+        if training:
+            return {"energy": energy, "forces": -gradient}
+        return {"energy": energy.detach(), "forces": -gradient.detach()}
+
+    def export(self, model: torch.nn.Module, path: Path) -> None:
+        payload = {"format": EXPORT_FORMAT, "checkpoint_version": self.checkpoint_version,
+                   "hypers": asdict(self.hypers), "species": model.species, "dtype": str(self.dtype),
+                   "state_dict": model.state_dict()}
+        atomic_torch_save(payload, path)
+
+
+def load_exported(path: str | Path) -> tuple[AlignnArchitecture, AlignnModel]:
+    """(architecture, model) from a file written by `AlignnArchitecture.export`."""
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise InputError("not an ALIGNN model exported by fhi_al", where=str(path))
+    dtype = getattr(torch, payload["dtype"].removeprefix("torch."))
+    architecture = AlignnArchitecture(AlignnHypers(**payload["hypers"]), dtype=dtype)
+    model = architecture.empty_model(payload["species"])
+    model.load_state_dict(payload["state_dict"])
+    return architecture, model.eval()
+
+
+class AlignnCalculator(Calculator):
+    """ASE calculator of one exported ALIGNN model (energy in eV, forces in eV/Å)."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, model_path: str | Path, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.architecture, self.model = load_exported(model_path)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        batch = self.architecture.collate([self.architecture.featurize(self.atoms)])
+        result = self.architecture.predict(self.model, batch)
+        energy = float(result["energy"][0])
+        self.results = {"energy": energy, "free_energy": energy, "forces": result["forces"].numpy().copy()}

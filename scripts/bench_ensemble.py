@@ -1,0 +1,152 @@
+"""Benchmark: an ensemble of 4 MACE models giving forces + uncertainty for K = 1, 4, 8 structures in one call
+vs mace's MACECalculator committee of the same 4 model files called once per structure, and vs one model.
+Writes scripts/results/bench_ensemble.{json,png}.
+
+Timings alternate between methods within every repeat so machine load affects all of them; medians reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import mace  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ase.build import molecule  # noqa: E402
+from ase.io import read  # noqa: E402
+from mace.calculators import MACECalculator  # noqa: E402
+
+from fhi_al.architectures.mace.hypers import MaceHypers  # noqa: E402
+from fhi_al.ensemble import EnsembleCalculator, ensemble_seeds  # noqa: E402
+from fhi_al.training.config import TrainingConfig  # noqa: E402
+from fhi_al.training.engine import Trainer, member_tag  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engine_vs_mace_train import HYPERS, TRAINING, make_data  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "scripts" / "results"
+NAME = "bench_ensemble"
+SIZE = 4
+KS = (1, 4, 8)
+DISPLACEMENT_A = 0.05
+
+
+def export_models(work: Path) -> list[Path]:
+    train, valid = make_data(work / "data")
+    config = TrainingConfig(name_exp="ens", hypers=MaceHypers(**HYPERS), model="MACE", **TRAINING)
+    trainer = Trainer(config, work)
+    paths = []
+    for seed in ensemble_seeds(1, SIZE):
+        member = trainer.create_member(member_tag("ens", seed), seed, read(train, ":10"), read(valid, ":"))
+        trainer.train(member, 1)
+        paths.append(trainer.export(member))
+    return paths
+
+
+def structures(count: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += rng.normal(scale=DISPLACEMENT_A, size=atoms.positions.shape)
+        out.append(atoms)
+    return out
+
+
+def per_structure_calls(calculator, batch) -> float:
+    """Seconds for evaluating forces of every structure of `batch` with one ASE call each."""
+    start = time.perf_counter()
+    for atoms in batch:
+        atoms = atoms.copy()
+        atoms.calc = calculator
+        atoms.get_forces()
+        if "forces_comm" in calculator.implemented_properties:
+            calculator.results.get("forces_comm")
+    return time.perf_counter() - start
+
+
+def batched_call(calculator: EnsembleCalculator, batch) -> float:
+    start = time.perf_counter()
+    results = calculator.calculate_batch(batch)
+    assert all("forces_uncertainty_max" in r for r in results)
+    return time.perf_counter() - start
+
+
+def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[float]]:
+    single = MACECalculator(model_paths=str(paths[0]), device="cpu", default_dtype="float64")
+    committee = MACECalculator(model_paths=[str(p) for p in paths], device="cpu", default_dtype="float64")
+    ensemble = EnsembleCalculator.from_files(paths)
+    pool = structures(max(KS) * calls, seed=5)
+    timings: dict[str, list[float]] = {"single_model": [], "mace_committee": [], "ensemble_ase_K1": []}
+    timings.update({f"ensemble_batch_K{k}": [] for k in KS})
+    for name in timings:  # warm-up
+        timings[name] = []
+    per_structure_calls(single, pool[:2]); per_structure_calls(committee, pool[:2]); batched_call(ensemble, pool[:8])
+    for _ in range(repeats):
+        timings["single_model"].append(per_structure_calls(single, pool[:calls]) / calls)
+        timings["mace_committee"].append(per_structure_calls(committee, pool[:calls]) / calls)
+        timings["ensemble_ase_K1"].append(per_structure_calls(ensemble, pool[:calls]) / calls)
+        for k in KS:
+            chunks = [pool[i * k:(i + 1) * k] for i in range(calls)]
+            elapsed = sum(batched_call(ensemble, chunk) for chunk in chunks)
+            timings[f"ensemble_batch_K{k}"].append(elapsed / (calls * k))  # seconds per structure
+    return timings
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["median_s_per_structure"])
+    values = [1e3 * result["median_s_per_structure"][n] for n in names]
+    fig, axis = plt.subplots(figsize=(7, 3.6))
+    axis.bar(range(len(names)), values, color=["grey", "tab:red"] + ["tab:blue"] * (len(names) - 2))
+    axis.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
+    axis.set_ylabel("ms per structure (forces)")
+    axis.set_title(f"4 members vs 1 model: {result['ratio_4_members_vs_single_model']:.2f}x; "
+                   f"K=8 vs committee throughput: {result['throughput_gain_vs_committee']['8']:.2f}x", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=4)
+    opts = parser.parse_args()
+    torch.set_num_threads(1)
+    work = Path("/tmp") / f"{NAME}_{os.getpid()}"
+    paths = export_models(work)
+    timings = measure(paths, opts.repeats, opts.calls)
+    median = {name: float(np.median(values)) for name, values in timings.items()}
+    committee = median["mace_committee"]
+    result = {
+        "hypers": HYPERS, "ensemble_size": SIZE, "structure": "ethanol (9 atoms)", "dtype": "float64", "threads": 1,
+        "repeats": opts.repeats, "calls_per_repeat": opts.calls, "timings_s_per_structure": timings,
+        "median_s_per_structure": median,
+        "ratio_4_members_vs_single_model": median["ensemble_batch_K1"] / median["single_model"],
+        "ratio_4_members_ase_vs_single_model": median["ensemble_ase_K1"] / median["single_model"],
+        "throughput_gain_vs_committee": {str(k): committee / median[f"ensemble_batch_K{k}"] for k in KS},
+        "targets": {"ratio_4_members_vs_single_model": 1.5, "throughput_gain_vs_committee_K8": 8.0},
+        "torch": torch.__version__, "mace": mace.__version__, "load_average": os.getloadavg(),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, RESULTS / f"{NAME}.png")
+    sys.stdout.write(json.dumps({k: result[k] for k in ("median_s_per_structure", "ratio_4_members_vs_single_model",
+                                                        "throughput_gain_vs_committee")}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -189,3 +189,17 @@ def test_learning_curve_plot(run_dir, data):
     assert len(read_history(trainer.history_path(member.tag))) == 2
     out = plot_histories([trainer.history_path(member.tag)], run_dir / "results" / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_type_weights_scale_the_loss(run_dir, data):
+    trainer, member = make(run_dir, data, config_type_weights={"Default": 1.0, "important": 3.0})
+    valid = [atoms.copy() for atoms in data[1]]
+    valid[0].info["config_type"] = "important"
+    pred = predict(trainer, member.inference_model(), valid)
+    weights = np.array([3.0, 1.0, 1.0])
+    natoms = np.array([len(a) for a in valid])
+    de = (pred["energy"] - np.array([a.info["REF_energy"] for a in valid])) / natoms
+    df = pred["forces"] - np.concatenate([a.arrays["REF_forces"] for a in valid])
+    per_atom_weight = np.repeat(weights, natoms)[:, None]
+    expected = 2.0 * np.mean(weights * de**2) + 10.0 * np.mean(per_atom_weight * df**2)
+    assert trainer.evaluate(member, valid)["loss"] == pytest.approx(expected, rel=1e-10)

@@ -293,6 +293,7 @@ class ActiveLearning:
         reporting.learning_curve({tag: reporting.read_history(self.trainer.history_path(tag)) for tag in self.members},
                                  results / "al_learning_curve.png", title="Active learning")
         al_reporting.uncertainty_traces(self.analysis_dir, results / "uncertainty_trace.png")
+        reporting.reference_usage(self.labeler, results, name="al")
         al_reporting.labels_per_trajectory(self.analysis_dir, results / "labels_per_trajectory.png")
         if self.al.analysis:
             al_reporting.calibration(self.analysis_dir, self.analysis_dir / "calibration.png")

@@ -167,8 +167,9 @@ class InitialDataset:
 
     def report(self) -> None:
         histories = {spec.tag: reporting.read_history(self.trainer.history_path(spec.tag)) for spec in self.specs}
-        reporting.learning_curve(histories, self.run_dir / self.trainer.config.results_dir /
-                                 "initial_learning_curve.png", title="Initial dataset")
+        results = self.run_dir / self.trainer.config.results_dir
+        reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
+        reporting.reference_usage(self.labeler, results, name="initial")
 
     # ------------------------------------------------------------------------------------------ labels
     def sample_frame(self) -> int:

@@ -72,3 +72,31 @@ def timing_table(timings_s: Mapping[str, float]) -> str:
     total = sum(timings_s.values()) or 1.0
     return ", ".join(f"{name.removesuffix('_s')} {value:.1f} s ({100 * value / total:.0f}%)"
                      for name, value in timings_s.items())
+
+
+def reference_usage(labeler: Any, folder: Path, *, name: str) -> None:
+    """Parallel mode: log how busy each reference group and the ML rank were, and draw the timeline (one
+    row per group) to `folder/{name}_reference_timeline.png` with the numbers in a JSON next to it."""
+    if not hasattr(labeler, "busy_fractions"):
+        return
+    from ..durable import atomic_write_json
+
+    fractions = labeler.busy_fractions()
+    log.info("Busy fraction of wall time: %s.", ", ".join(f"{key} {100 * value:.0f}%"
+                                                           for key, value in fractions.items()))
+    atomic_write_json(folder / f"{name}_reference_usage.json", {"busy_fractions": fractions,
+                                                                "timeline": labeler.timeline,
+                                                                "started_at": labeler.started_at})
+    if not labeler.timeline:
+        return
+    plt = _pyplot()
+    fig, axis = plt.subplots(figsize=(10, 1 + 0.5 * len(labeler.leaders)))
+    for entry in labeler.timeline:
+        axis.barh(entry["group"], entry["end"] - entry["start"], left=entry["start"] - labeler.started_at,
+                  height=0.6, color="tab:blue", edgecolor="white", linewidth=0.3)
+    axis.set_yticks(range(len(labeler.leaders)), [f"group {g}" for g in range(len(labeler.leaders))])
+    axis.set_xlabel("wall time (s)")
+    axis.set_title("Reference calculations per group (busy: " + ", ".join(
+        f"{100 * value:.0f}%" for key, value in fractions.items() if key.startswith("group")) + ")")
+    save_figure(fig, folder / f"{name}_reference_timeline.png")
+    plt.close(fig)

@@ -42,6 +42,7 @@ class TrainingConfig:
     clip_grad: float | None = 10.0
     energy_weight: float = 1.0
     forces_weight: float = 100.0
+    config_type_weights: dict[str, float] | None = None  # loss weight per atoms.info["config_type"]
     valid_skip: int = 1  # validate every valid_skip epochs (active_learning.valid_skip)
     # mace.misc
     device: str = "cpu"

@@ -189,8 +189,10 @@ class Trainer:
         member.model.train()
         total, count = 0.0, 0
         for start in range(0, len(order), self.config.batch_size):
-            batch = self.architecture.collate([samples[i] for i in order[start:start + self.config.batch_size]])
-            total += self._step(member, batch.to(self.device))
+            chosen = order[start:start + self.config.batch_size]
+            batch = self.architecture.collate([samples[i] for i in chosen])
+            weights = self._config_weights([member.train_atoms[i] for i in chosen])
+            total += self._step(member, batch.to(self.device), weights)
             count += 1
         member.epoch += 1
         member.version += 1
@@ -198,10 +200,10 @@ class Trainer:
             member.scheduler.step()
         return total / count
 
-    def _step(self, member: Member, batch) -> float:
+    def _step(self, member: Member, batch, weights: torch.Tensor | None) -> float:
         member.optimizer.zero_grad(set_to_none=True)
         pred = self.architecture.predict(member.model, batch, training=True)
-        loss = self.loss_fn(LossTargets.from_batch(batch), pred)
+        loss = self.loss_fn(LossTargets.from_batch(batch).scaled(weights), pred)
         loss.backward()
         if self.config.clip_grad:
             torch.nn.utils.clip_grad_norm_(member.model.parameters(), max_norm=self.config.clip_grad)
@@ -239,10 +241,10 @@ class Trainer:
         member.model.eval()
         with member.averaged():
             for start in range(0, len(samples), self.config.valid_batch_size):
-                batch = self.architecture.collate(samples[start:start + self.config.valid_batch_size])
-                batch = batch.to(self.device)
+                stop = start + self.config.valid_batch_size
+                batch = self.architecture.collate(samples[start:stop]).to(self.device)
                 pred = self.architecture.predict(member.model, batch, training=False)
-                targets.append(LossTargets.from_batch(batch))
+                targets.append(LossTargets.from_batch(batch).scaled(self._config_weights(atoms[start:stop])))
                 energies.append(pred["energy"].detach())
                 forces.append(pred["forces"].detach())
         all_targets = LossTargets.concatenate(targets)
@@ -299,6 +301,14 @@ class Trainer:
                 sample = self._samples[key] = self.architecture.featurize(atoms)
             out.append(sample)
         return out
+
+    def _config_weights(self, atoms_list: Sequence[Atoms]) -> torch.Tensor | None:
+        """Loss weight of each structure from TRAINING.config_type_weights (None when all weights are 1)."""
+        table = self.config.config_type_weights
+        if not table or all(value == 1.0 for value in table.values()):
+            return None
+        return torch.tensor([table.get(a.info.get("config_type", "Default"), 1.0) for a in atoms_list],
+                            dtype=self.config.dtype, device=self.device)
 
     def refresh_statistics(self, member: Member) -> bool:
         """Recompute E0s, neighbour counts and scales when the training set changed since the last time."""

@@ -35,6 +35,14 @@ class LossTargets:
                    energy_weight=batch.energy_weight if batch.energy_weight is not None else ones,
                    forces_weight=batch.forces_weight if batch.forces_weight is not None else ones)
 
+    def scaled(self, factors: torch.Tensor | None) -> "LossTargets":
+        """These targets with every structure's loss weight multiplied by `factors` [num_structures]."""
+        if factors is None:
+            return self
+        factors = factors.to(self.weight.dtype)
+        return LossTargets(energy=self.energy, forces=self.forces, ptr=self.ptr, weight=self.weight * factors,
+                           energy_weight=self.energy_weight, forces_weight=self.forces_weight)
+
     @classmethod
     def concatenate(cls, parts: list["LossTargets"]) -> "LossTargets":
         sizes = torch.cat([part.ptr[1:] - part.ptr[:-1] for part in parts])

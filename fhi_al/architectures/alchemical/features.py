@@ -96,7 +96,7 @@ class AlchemicalPowerSpectrum(torch.nn.Module):
         parts = []
         for l, (radial_l, angular_l) in enumerate(zip(radial, angular)):
             terms = (weights[:, :, None, None] * radial_l[:, None, :, None] * angular_l[:, None, None, :])
-            terms = terms.reshape(terms.shape[0], -1, 2 * l + 1)
+            terms = terms.reshape(terms.shape[0], self.num_pseudo_species * radial_l.shape[-1], 2 * l + 1)
             density = terms.new_zeros(num_atoms, terms.shape[1], 2 * l + 1).index_add(0, pairs.centre, terms)
             spectrum = torch.einsum("nkm,nqm->nkq", density, density) / math.sqrt(2 * l + 1)
             rows, cols = getattr(self, f"triu_rows_{l}"), getattr(self, f"triu_cols_{l}")

@@ -1,5 +1,5 @@
-"""Faster MACE inference with frozen weights: the product basis weights are contracted into mace's coupling
-tensors once, so each evaluation only contracts node features (per element, as batched matrix products).
+"""Faster MACE inference with frozen weights: the product-basis weights are contracted into mace's coupling
+tensors once, and each evaluation contracts node features with them as a few dense batched matrix products.
 
 Used for ensemble prediction copies only; exported files and training keep mace's own modules.
 """
@@ -7,6 +7,7 @@ Used for ensemble prediction copies only; exported files and training keep mace'
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 from mace.modules.symmetric_contraction import Contraction
@@ -17,8 +18,10 @@ log = logging.getLogger(__name__)
 class FrozenContraction(torch.nn.Module):
     """Same result as mace's `Contraction(x, y)` for fixed weights.
 
-    mace computes sum_k U[..., i, k] W[e, k, c] for every atom; here T[e, c, ..., i] = sum_k U W is
-    computed once per correlation order, and the atoms of each element contract their features with it.
+    mace evaluates ((T_3 x + T_2) x + T_1) x with T_nu = sum_k U_nu[..., k] W_nu[e, k, c] recomputed for every
+    atom and a large per-atom intermediate. Expanded, the result is sum_nu T_nu . x^(x)nu; here the T_nu are
+    computed once and, per element, the terms of order >= 2 are matrix products of T_nu (rows: output
+    component and first ell index) with outer powers of the features, followed by one contraction with x.
     """
 
     def __init__(self, contraction: Contraction):
@@ -27,36 +30,38 @@ class FrozenContraction(torch.nn.Module):
         weights = [contraction.weights_max] + list(contraction.weights)  # orders correlation, ..., 1
         with torch.no_grad():
             for offset, weight in enumerate(weights):
-                coupling = contraction.U_tensors(correlation - offset)
-                tensor = torch.einsum("...k,ekc->ec...", coupling, weight.detach())
-                self.register_buffer(f"coupled_{offset}", tensor.contiguous())
-        self.orders = len(weights)
+                order = correlation - offset
+                coupled = torch.einsum("...k,ekc->ec...", contraction.U_tensors(order), weight.detach())
+                elements, channels = coupled.shape[:2]
+                self.ell = coupled.shape[-1]
+                self.out_dims = tuple(coupled.shape[2:coupled.dim() - order])
+                rows = math.prod(self.out_dims) * self.ell
+                self.register_buffer(f"coupled_{order}",
+                                     coupled.reshape(elements, channels, rows, self.ell ** (order - 1)).contiguous())
+        self.correlation = correlation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]."""
         elements = y.argmax(dim=-1)
         atoms, channels = x.shape[:2]
-        first = self.coupled_0
-        out_dims = tuple(first.shape[2:-1])  # after the first contraction
-        result = x.new_zeros((atoms, channels) + tuple(first.shape[2:first.dim() - self.orders]))
+        result = x.new_zeros((atoms, channels) + self.out_dims)
         for element in torch.unique(elements).tolist():
             index = (elements == element).nonzero().squeeze(-1)
-            features = x.index_select(0, index)  # [n, c, i]
-            result.index_copy_(0, index, self._contract_element(element, features, out_dims))
+            result.index_copy_(0, index, self._contract_element(element, x.index_select(0, index)))
         return result.reshape(atoms, -1)
 
-    def _contract_element(self, element: int, features: torch.Tensor, out_dims: tuple[int, ...]) -> torch.Tensor:
+    def _contract_element(self, element: int, features: torch.Tensor) -> torch.Tensor:
         count, channels, ell = features.shape
-        first = self.coupled_0[element].reshape(channels, -1, ell)  # [c, M, i]
-        out = torch.bmm(first, features.permute(1, 2, 0))  # [c, M, n]
-        out = out.permute(2, 0, 1).reshape((count, channels) + out_dims)
-        for order in range(1, self.orders):
-            coupled = getattr(self, f"coupled_{order}")[element]  # [c, ..., i]
-            summed = coupled.unsqueeze(0) + out  # [n, c, ..., i]
-            kept = summed.shape[2:-1]
-            out = torch.bmm(summed.reshape(count * channels, -1, ell), features.reshape(count * channels, ell, 1))
-            out = out.reshape((count, channels) + kept)
-        return out
+        x = features.permute(1, 2, 0)  # [c, ell, n]
+        rows = self.coupled_1[element]  # [c, rows, 1]: first order, no power of x
+        power = x
+        for order in range(2, self.correlation + 1):
+            rows = rows + torch.bmm(getattr(self, f"coupled_{order}")[element], power)  # [c, rows, n]
+            if order < self.correlation:
+                power = (power.unsqueeze(2) * x.unsqueeze(1)).reshape(channels, -1, count)
+        rows = rows.reshape(channels, -1, ell, rows.shape[-1])  # [c, out, ell, n or 1]
+        out = (rows * x.unsqueeze(1)).sum(dim=2)  # [c, out, n]
+        return out.permute(2, 0, 1).reshape((count, channels) + self.out_dims)
 
 
 def freeze_contractions(model: torch.nn.Module) -> int:

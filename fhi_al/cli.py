@@ -57,6 +57,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     from .parallel import world
     from .settings import load_run_settings
 
+    comm = world()
     run_dir = check_run_dir(run_dir)
     settings = load_run_settings(run_dir)
     geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
@@ -64,7 +65,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     if settings.calculator == "aims":
         control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
                                           settings.al.active_learning.species_dir, geometry)
-    return RunContext(run_dir=run_dir, settings=settings, geometry=geometry, control=control, comm=world(),
+    return RunContext(run_dir=run_dir, settings=settings, geometry=geometry, control=control, comm=comm,
                       log_level=log_level or settings.mace.misc.log_level)
 
 

@@ -57,18 +57,19 @@ class Ensemble:
 
     @classmethod
     def from_files(cls, paths: Sequence[str | Path]) -> "Ensemble":
-        """MACE `.model` files as written by Trainer.export or mace_run_train."""
-        from .architectures.mace.hypers import MaceHypers
-        from .architectures.mace.model import MaceArchitecture
+        """Model files as written by Trainer.export (any architecture) or mace_run_train."""
+        from .architectures.registry import load_exported
 
-        models = [torch.load(path, map_location="cpu", weights_only=False) for path in paths]
-        for model in models:
+        loaded = [load_exported(path) for path in paths]
+        architecture = loaded[0][0]
+        models = []
+        for _, model in loaded:
             model.eval()
             for param in model.parameters():
                 param.requires_grad_(False)
-        dtype = next(models[0].parameters()).dtype
-        architecture = MaceArchitecture(MaceHypers(r_max=float(models[0].r_max)), dtype=dtype).bind(models[0])
-        return cls(architecture, [architecture.prepare_inference(model) for model in models])
+            prepare = getattr(architecture, "prepare_inference", None)
+            models.append(prepare(model) if prepare else model)
+        return cls(architecture, models)
 
     @property
     def models(self) -> list[torch.nn.Module]:

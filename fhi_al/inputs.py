@@ -150,7 +150,7 @@ def read_geometry(path: Path) -> Atoms:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # ASE's aims I/O moving to a plugin
-            atoms = read(path, format="aims")
+            atoms = read(path, format="aims", parallel=False)
     except Exception as error:  # noqa: BLE001 - any reader failure is a garbled file for the user
         raise InputError(f"ASE's FHI-aims reader cannot read it: {type(error).__name__}: {error}",
                          where=str(path)) from None

@@ -93,9 +93,18 @@ def _launched_by_mpi() -> bool:
     return any(name in os.environ for name in markers)
 
 
+def isolate_ase_from_mpi() -> None:
+    """ASE broadcasts file reads and writes over its own world communicator once mpi4py is loaded; every
+    rank decision in fhi_al is made here, so ASE gets a one-process communicator on every rank."""
+    import ase.parallel
+
+    ase.parallel.world = ase.parallel.DummyMPI()
+
+
 @functools.lru_cache(maxsize=1)
 def world() -> Comm:
     """The job's communicator (cached). Without an MPI launcher no MPI library is initialised."""
+    isolate_ase_from_mpi()
     if os.environ.get("FHI_AL_NO_MPI") == "1" or not _launched_by_mpi():
         return SerialComm()
     from mpi4py import MPI

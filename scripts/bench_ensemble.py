@@ -92,8 +92,7 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
     pool = structures(max(KS) * calls, seed=5)
     timings: dict[str, list[float]] = {"single_model": [], "mace_committee": [], "ensemble_ase_K1": []}
     timings.update({f"ensemble_batch_K{k}": [] for k in KS})
-    for name in timings:  # warm-up
-        timings[name] = []
+    # warm-up
     per_structure_calls(single, pool[:2]); per_structure_calls(committee, pool[:2]); batched_call(ensemble, pool[:8])
     for _ in range(repeats):
         timings["single_model"].append((per_structure_calls(single, pool[:calls]) / calls).tolist())
@@ -142,8 +141,8 @@ def main() -> int:
         "clock": "process CPU time (headline); wall clock in median_wall_s_per_structure",
         "median_s_per_structure": median, "median_wall_s_per_structure": median_wall,
         "wall_ratio_4_members_vs_single_model": median_wall["ensemble_batch_K1"] / median_wall["single_model"],
-        "wall_throughput_gain_vs_committee": {str(k): median_wall["mace_committee"] / median_wall[f"ensemble_batch_K{k}"]
-                                              for k in KS},
+        "wall_throughput_gain_vs_committee": {
+            str(k): median_wall["mace_committee"] / median_wall[f"ensemble_batch_K{k}"] for k in KS},
         "ratio_4_members_vs_single_model": median["ensemble_batch_K1"] / median["single_model"],
         "ratio_4_members_ase_vs_single_model": median["ensemble_ase_K1"] / median["single_model"],
         "throughput_gain_vs_committee": {str(k): committee / median[f"ensemble_batch_K{k}"] for k in KS},

@@ -88,6 +88,10 @@ class Architecture(abc.ABC):
         """Refresh statistics-derived buffers (E0s, avg_num_neighbors, scale/shift) without touching
         trained weights. Called before every training session because the data grows."""
 
+    def initialize_from_samples(self, model: torch.nn.Module, samples: Sequence[Any]) -> None:
+        """Fit data-dependent parts of a new model once (e.g. feature normalisation) from the training
+        samples; saved with the model, so a resumed member keeps them. Default: nothing to fit."""
+
     @abc.abstractmethod
     def featurize(self, atoms: Atoms) -> Any:
         """A per-structure sample (cacheable, CPU tensors) with the reference labels if present."""

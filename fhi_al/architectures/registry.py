@@ -50,3 +50,28 @@ def get_architecture_class(name: str) -> type["Architecture"]:
     import mace  # noqa: F401  - mace must be imported before anything imports e3nn
 
     return getattr(importlib.import_module(f"{package}.model"), architecture)
+
+
+def load_exported(path) -> tuple["Architecture", object]:
+    """(architecture, model) of a model file written by any architecture's `export` (or mace_run_train)."""
+    import torch
+
+    from ..errors import InputError
+
+    import mace  # noqa: F401  - before e3nn
+
+    stored = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(stored, torch.nn.Module) and type(stored).__module__.startswith("mace."):
+        from .mace.hypers import MaceHypers
+        from .mace.model import MaceArchitecture
+
+        dtype = next(stored.parameters()).dtype
+        return MaceArchitecture(MaceHypers(r_max=float(stored.r_max)), dtype=dtype).bind(stored), stored
+    for package, _, _ in dict.fromkeys(_REGISTRY.values()):
+        if package.endswith(".mace"):
+            continue
+        try:
+            return importlib.import_module(f"{package}.model").load_exported(path)
+        except InputError:
+            continue
+    raise InputError("not a model file of any fhi_al architecture", where=str(path))

@@ -59,13 +59,17 @@ def mean_num_neighbors(atoms_list: Sequence[Atoms], *, cutoff_A: float) -> float
     return float(np.mean(counts)) if counts else 0.0
 
 
+_DEGENERATE_WARNED: list[bool] = []
+
+
 def least_squares_atomic_energies(species: Sequence[int], counts: np.ndarray,
                                   energies_eV: np.ndarray) -> dict[int, float]:
     """E0 per element by least squares of the total energies on the element counts (mace's `average`).
 
     With a single composition the problem is degenerate and the minimum-norm solution is returned."""
     solution, _, rank, _ = np.linalg.lstsq(counts, energies_eV, rcond=None)
-    if rank < len(species):
+    if rank < len(species) and not _DEGENERATE_WARNED:
+        _DEGENERATE_WARNED.append(True)  # once per process: the same data keeps the same degeneracy
         log.warning("E0s by least squares are degenerate (%d compositions for %d elements): energies carry an "
                     "arbitrary per-element split; prefer isolated-atom energies (FHI_AL-atomic-energies)",
                     rank, len(species))

@@ -70,7 +70,7 @@ def label_atoms(atoms: Atoms, *, energy_eV: float, forces_eV_per_A: np.ndarray,
 def frames_to_text(frames: Sequence[Atoms]) -> str:
     """Extended-XYZ text of `frames`, calculators and MD momenta left out."""
     buffer = io.StringIO()
-    ase.io.write(buffer, [_storable(atoms) for atoms in frames], format=EXTXYZ)
+    ase.io.write(buffer, [_storable(atoms) for atoms in frames], format=EXTXYZ, parallel=False)
     return buffer.getvalue()
 
 
@@ -145,7 +145,7 @@ class DatasetStore:
         if not data:
             return []
         try:
-            frames = ase.io.read(io.StringIO(data.decode("utf-8")), index=":", format=EXTXYZ)
+            frames = ase.io.read(io.StringIO(data.decode("utf-8")), index=":", format=EXTXYZ, parallel=False)
         except Exception as exc:  # noqa: BLE001 - any parse failure means the file is damaged
             raise CorruptDatasetError(f"cannot parse extxyz ({exc})", where=str(path)) from exc
         return [_normalised(atoms) for atoms in frames]

@@ -103,7 +103,9 @@ TRAINING_MOVED_TO_ARCHITECTURE = ("scaling",)
 class MaceMiscSettings:
     device: str = option("cpu", "Torch device for training and inference.", choices=["cpu", "cuda"])
     keep_checkpoints: bool = option(False, "Keep every checkpoint instead of only the latest one per member.")
-    restart_latest: bool = option(False, "Resume training from the latest checkpoint rather than the best one.")
+    restart_latest: bool = option(False, "When a member is created and a checkpoint of it exists, resume from "
+                                         "that latest checkpoint instead of starting anew (the procedures always "
+                                         "resume their members).")
     log_level: str = option("INFO", "Level of the log files (the --log-level option overrides it).",
                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     error_table: str = option("PerAtomMAE", "Metrics reported in the error tables.",
@@ -133,18 +135,21 @@ class ActiveLearningSettings:
                         minimum=-1.0, exclusive_minimum=True)
     converge_initial: bool = option(False, "Train the initial ensemble to convergence before active learning.")
     converge_al: bool = option(True, "Train the final ensemble to convergence after active learning.")
-    converge_best: bool = option(True, "Converge from the best (lowest validation loss) checkpoint.")
+    converge_best: bool = option(True, "With converge_al, converge only the member with the lowest validation "
+                                       "loss instead of all members.")
     scheduler_initial: bool = option(True, "Use the learning-rate scheduler during the initial dataset.")
     max_initial_epochs: int = option(100, "Most epochs trained while building the initial dataset.", minimum=1)
     max_epochs_worker: int = option(2, "Epochs trained after each new label during active learning.",
                                     minimum=1, aliases=["epochs_per_worker"])
     max_final_epochs: int = option(500, "Most epochs of the final convergence.", minimum=1,
                                    aliases=["max_convergence_epochs"])
-    intermediate_epochs: int = option(5, "Epochs trained between initial-dataset sampling rounds.", minimum=1,
+    intermediate_epochs: int = option(5, "Epochs trained between initial-dataset sampling rounds, and per "
+                                         "training visit of a trajectory during active learning.", minimum=1,
                                       aliases=["intermediate_epochs_al"])
     patience: int = option(50, "Convergence stops after this many validation checks without improvement.",
                            minimum=1, aliases=["convergence_patience"])
-    margin: float = option(0.002, "Smallest decrease of the validation loss that counts as an improvement.",
+    margin: float = option(0.002, "Smallest relative decrease of the validation loss that counts as an "
+                                  "improvement during convergence (0.002 = 0.2%).",
                            minimum=0.0)
     max_MD_steps: int = option(100000, "Active learning stops after this many MLFF MD steps per trajectory.",
                                minimum=1)
@@ -168,8 +173,9 @@ class ActiveLearningSettings:
     initial_foundational_size: str = option("small", "MACE-MP model for mace-mp0 sampling: small, medium, "
                                                      "large or the path of a model file.")
     parallel: bool = option(False, "Parallel mode: rank 0 trains and runs MD while the other ranks label.")
-    uncert_not_crossed_limit: int = option(50000, "MLFF MD steps a trajectory may run without crossing the "
-                                                  "threshold before it is treated as converged.", minimum=1)
+    uncert_not_crossed_limit: int = option(50000, "Uncertainty checks a trajectory may make without crossing the "
+                                                  "threshold; after that its next frame goes to the reference "
+                                                  "anyway.", minimum=1)
     reference_group_size: int = option(1, "Parallel mode: MPI ranks per reference group.", minimum=1)
     reference_timeout_s: float | None = option(None, "A reference call running longer fails (null = no limit).",
                                                minimum=0.0, exclusive_minimum=True, unit="s")
@@ -178,8 +184,8 @@ class ActiveLearningSettings:
         minimum=0.0, exclusive_minimum=True, unit="eV/Å")
     uncertainty_reduction: str = option("max", "How per-atom force uncertainties reduce to one number.",
                                         choices=["max", "mean"])
-    threshold_window: int | None = option(None, "Checks in the moving average of the threshold "
-                                                "(null = all checks so far).", minimum=1)
+    threshold_window: int | None = option(None, "Checks (all trajectories together) in the moving average of "
+                                                "the threshold (null = the last 400).", minimum=1)
     threshold_warmup_checks: int = option(10, "Uncertainty checks before the threshold is used.", minimum=0)
     reset_optimizer_after: int | None = option(None, "Reset a member's optimiser after this many validation "
                                                      "checks without improvement (null = never).", minimum=1)

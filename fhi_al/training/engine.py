@@ -126,6 +126,7 @@ class Trainer:
         train_atoms = list(train_atoms)
         stats = self._statistics(train_atoms)
         model = self.architecture.build_model(stats, seed=seed).to(self.device)
+        self.architecture.initialize_from_samples(model, self.samples(train_atoms))
         member = self._assemble(tag, seed, model, stats, train_atoms, list(valid_atoms))
         member.stats_fingerprint = self._fingerprint(train_atoms)
         log.info("member %s: %s with %d parameters, %d train / %d valid structures", tag, self.architecture.name,

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-import mace  # noqa: F401  - before e3nn
+import mace  # noqa: F401  - mace before e3nn
 import numpy as np
 import torch
 from ase import Atoms

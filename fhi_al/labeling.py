@@ -48,6 +48,8 @@ def label_structure(calc: Any, label_id: str, atoms: Atoms, *, timeout_s: float 
 class SerialLabeler:
     """Computes each label when it is submitted."""
 
+    asynchronous = False
+
     def __init__(self, calc: Any, *, timeout_s: float | None = None, ledger: Any = None):
         self.calc = calc
         self.timeout_s = timeout_s

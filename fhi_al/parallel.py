@@ -288,6 +288,8 @@ class GroupLabeler:
     """Parallel mode, ML rank: a queue of structures served by the reference groups, collected as they
     finish (non-blocking). Keeps a timeline of every group's busy intervals and the ML rank's waiting time."""
 
+    asynchronous = True  # submit() returns at once; results come later through collect()/wait()
+
     def __init__(self, comm: Comm, leaders: Sequence[int], *, timeout_s: float | None = None):
         from collections import deque
 

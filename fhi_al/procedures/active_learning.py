@@ -69,6 +69,7 @@ class ActiveLearning:
         with self.progress_bar() as self.bar:
             while not self.should_stop():
                 self.visit_trajectories()
+        self.drain_labels()
         self.converge_if_asked()
         self.export_models()
         self.write_final_datasets()
@@ -203,6 +204,12 @@ class ActiveLearning:
         trajectory.labels += 1
         self.state["labels"] += 1
         self.save_state()
+
+    def drain_labels(self) -> None:
+        """Labels still on their way when a stop criterion was met are stored too: none is lost."""
+        while self.labeler.in_flight:
+            for result in self.labeler.wait():
+                self.receive_label(result)
 
     def store_label(self, trajectory: Trajectory, result: LabelResult) -> None:
         frame = trajectory.atoms.copy()

@@ -59,7 +59,9 @@ class InitialDataset:
         while not self.finished():
             if not self.state["trained"]:  # a round whose training was interrupted is finished first
                 self.collect_round()
+            self.prefetch_next_round()
             self.train_round()
+        self.drain_labels()
         self.converge_if_asked()
         self.export_models()
         self.report()
@@ -128,6 +130,20 @@ class InitialDataset:
         self.state["round"] += 1
         self.state["trained"] = [spec.tag for spec in self.specs]
         self.save_state()
+
+    def prefetch_next_round(self) -> None:
+        """Parallel mode: queue the next round's frames before training, so the reference groups work while
+        the ML rank trains (the labels are stored when they arrive)."""
+        if not getattr(self.labeler, "asynchronous", False) or self.al.initial_sampling == "aimd":
+            return
+        while self.labeler.in_flight < self.al.n_samples * len(self.specs):
+            self.sample_frame()
+
+    def drain_labels(self) -> None:
+        """Labels still on their way when the stop criterion was met are stored too: none is lost."""
+        while self.labeler.in_flight:
+            self.store_results(self.labeler.wait())
+        self.attach_members()
 
     def train_round(self) -> None:
         """Each member trains intermediate_epochs with warm start; checkpoint and record after each."""

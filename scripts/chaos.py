@@ -1,0 +1,317 @@
+"""Chaos test: FHI_AL (GFN2-xTB, water, tiny settings) SIGKILLed at random moments and rerun, N cycles,
+in serial mode or in parallel mode under `mpiexec -n 3`; after every kill the datasets are checked
+against the reference ledger (logs/reference_ledger.jsonl, one fsynced line per completed label).
+
+Invariants checked after every cycle (the run is dead, nothing is repaired before the check):
+  - every label in the ledger is in the datasets (data/initial, data/al) exactly once, or its frame is still
+    pending in a restart record (computed, not yet acknowledged: it must be stored by a later run);
+  - no label is stored twice; every dataset file parses with ase.io (extxyz); no NaN in any label;
+  - every checkpoint loads with torch.load.
+A run that ends before its kill is checked as final: exit 0 and every ledger label stored. Then a fresh
+folder (the next "episode") starts. After the last cycle an uninterrupted rerun must finish with exit 0.
+
+Usage: python scripts/chaos.py --mode serial --cycles 20 [--seed 0] [--expected-s 60]
+Writes scripts/results/chaos_{mode}.json and chaos_{mode}.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+RESULTS = REPO / "scripts" / "results"
+sys.path.insert(0, str(REPO / "tests"))
+
+from workflow import make_run_folder  # noqa: E402
+
+CHAOS_AL = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
+                                "max_MD_steps": 60, "max_epochs_worker": 2}}
+MPI_RANKS = 3
+MIN_DELAY_S = 1.0
+RUN_TIMEOUT_S = 900.0
+DATA_STAGES = ("initial", "al")  # data/final is rewritten whole at the end, from the members' sets
+RECORDS = ("restart/initial_ds/state.json", "restart/al/state.json")
+LEDGER = Path("logs") / "reference_ledger.jsonl"
+
+
+# ------------------------------------------------------------------------------------------ running
+def command(mode: str, folder: Path) -> list[str]:
+    fhi_al = [str(BIN / "FHI_AL"), "--run-dir", str(folder)]
+    if mode == "parallel":
+        return [str(BIN / "mpiexec"), "-n", str(MPI_RANKS), *fhi_al]
+    return fhi_al
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+
+
+def start(mode: str, folder: Path, log_path: Path) -> subprocess.Popen:
+    handle = open(log_path, "ab")
+    # A new session: the whole tree (mpiexec, its proxy, every rank) shares one process group to kill.
+    return subprocess.Popen(command(mode, folder), stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+                            start_new_session=True)
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+    deadline = time.monotonic() + 10
+    while _group_alive(process.pid) and time.monotonic() < deadline:  # ranks reparented after the kill
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_until(process: subprocess.Popen, delay_s: float) -> int | None:
+    """Exit status if the run ends within `delay_s`, else None after SIGKILLing its process group."""
+    try:
+        return process.wait(timeout=delay_s)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        return None
+
+
+# ------------------------------------------------------------------------------------------ checks
+def ledger_ids(folder: Path) -> list[str]:
+    from fhi_al.references.ledger import ledger_label_ids
+
+    return ledger_label_ids(folder / LEDGER)
+
+
+def dataset_files(folder: Path) -> list[Path]:
+    return sorted(p for stage in DATA_STAGES for p in (folder / "data" / stage).glob("*.xyz"))
+
+
+def read_datasets(folder: Path) -> tuple[list[str], list[str], int]:
+    """(stored label ids, problems, frames with non-finite labels) of every dataset file, read with ase.io."""
+    from ase.io import read
+
+    ids, problems, non_finite = [], [], 0
+    for path in dataset_files(folder):
+        if path.stat().st_size == 0:
+            continue
+        try:
+            frames = read(path, index=":", format="extxyz")
+        except Exception as error:  # noqa: BLE001 - any parse failure is a damaged file
+            problems.append(f"{path.relative_to(folder)}: unparsable ({type(error).__name__}: {error})")
+            continue
+        for atoms in frames:
+            ids.append(str(atoms.info.get("label_id")))
+            forces = atoms.arrays.get("REF_forces")
+            if forces is None or not np.isfinite(forces).all() or not math.isfinite(atoms.info["REF_energy"]):
+                non_finite += 1
+    return ids, problems, non_finite
+
+
+def pending_ids(folder: Path) -> set[str]:
+    """Label ids whose frames are waiting for (or holding) a label in a restart record."""
+    from fhi_al.restart import load_record
+
+    pending: set[str] = set()
+    for name in RECORDS:
+        record = load_record(folder / name)
+        if not record:
+            continue
+        pending |= set((record.get("pending") or {}).keys())
+        for trajectory in record.get("trajectories") or []:
+            if trajectory.get("pending"):
+                pending.add(trajectory["pending"]["label_id"])
+    return pending
+
+
+def checkpoint_problems(folder: Path) -> tuple[int, list[str]]:
+    import torch
+
+    paths = sorted((folder / "checkpoints").glob("*.pt"))
+    problems = []
+    for path in paths:
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001
+            problems.append(f"{path.name}: {type(error).__name__}: {error}")
+    return len(paths), problems
+
+
+def check(folder: Path, *, final: bool) -> dict:
+    """Invariants of a run folder after a kill (final=False) or after a completed run (final=True)."""
+    ledger = set(ledger_ids(folder))
+    stored, problems, non_finite = read_datasets(folder)
+    stored_set = set(stored)
+    duplicated = sorted({i for i in stored if stored.count(i) > 1})
+    pending = pending_ids(folder)
+    unacknowledged = sorted((ledger - stored_set) & pending)
+    lost = sorted(ledger - stored_set - (set() if final else pending))
+    n_checkpoints, bad_checkpoints = checkpoint_problems(folder)
+    return {"labels_in_ledger": len(ledger), "labels_stored": len(stored), "lost": lost, "duplicated": duplicated,
+            "unacknowledged": unacknowledged, "stored_not_in_ledger": sorted(stored_set - ledger),
+            "file_problems": problems, "non_finite_frames": non_finite, "checkpoints": n_checkpoints,
+            "checkpoint_problems": bad_checkpoints}
+
+
+def violations(result: dict) -> list[str]:
+    keys = ("lost", "duplicated", "stored_not_in_ledger", "file_problems", "checkpoint_problems")
+    found = [f"{key}: {result[key]}" for key in keys if result[key]]
+    if result["non_finite_frames"]:
+        found.append(f"non-finite frames: {result['non_finite_frames']}")
+    return found
+
+
+# ------------------------------------------------------------------------------------------ the loop
+def chaos(*, mode: str, cycles: int, seed: int, expected_s: float, workdir: Path, verbose: bool = True) -> dict:
+    rng = np.random.default_rng(seed)
+    episode, folder = 0, None
+    rows: list[dict] = []
+    started = time.perf_counter()
+
+    def new_folder() -> Path:
+        path = make_run_folder(workdir / f"episode_{episode}",
+                               al={"ACTIVE_LEARNING": {**CHAOS_AL["ACTIVE_LEARNING"], "parallel": mode == "parallel"}})
+        return path
+
+    folder = new_folder()
+    for cycle in range(cycles):
+        delay_s = float(rng.uniform(MIN_DELAY_S, expected_s))
+        t0 = time.perf_counter()
+        process = start(mode, folder, workdir / f"episode_{episode}.out")
+        status = run_until(process, delay_s)
+        result = check(folder, final=status == 0)
+        row = {"cycle": cycle, "episode": episode, "kill_after_s": round(delay_s, 2),
+               "killed": status is None, "exit_status": status, "seconds": round(time.perf_counter() - t0, 1),
+               **result, "violations": violations(result) + ([f"exit status {status}"] if status not in (None, 0)
+                                                              else [])}
+        rows.append(row)
+        if verbose:
+            print_row(row)
+        if status is not None:  # the run finished before its kill: start a fresh folder
+            episode += 1
+            folder = new_folder()
+    final = final_run(mode, folder, workdir / f"episode_{episode}.out")
+    if verbose:
+        print(f"final uninterrupted run of episode {episode}: exit {final['exit_status']} in {final['seconds']} s, "
+              f"{final['labels_stored']} labels stored, lost {len(final['lost'])}, "
+              f"duplicated {len(final['duplicated'])}, violations {final['violations']}")
+    return summarise(mode=mode, seed=seed, expected_s=expected_s, rows=rows, final=final,
+                     wall_s=time.perf_counter() - started)
+
+
+def final_run(mode: str, folder: Path, log_path: Path) -> dict:
+    t0 = time.perf_counter()
+    process = start(mode, folder, log_path)
+    try:
+        status = process.wait(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        kill_group(process)
+        status = None
+    result = check(folder, final=True)
+    done = sorted(p.name for p in (folder / "restart" / "done").glob("*.done"))
+    problems = violations(result) + ([] if status == 0 else [f"exit status {status}"])
+    if done != ["active_learning.done", "initial_dataset.done"]:
+        problems.append(f"completion markers: {done}")
+    return {"exit_status": status, "seconds": round(time.perf_counter() - t0, 1), "markers": done, **result,
+            "violations": problems}
+
+
+def summarise(*, mode, seed, expected_s, rows, final, wall_s) -> dict:
+    all_rows = rows + [final]
+    return {
+        "mode": mode, "mpi_ranks": MPI_RANKS if mode == "parallel" else 1, "seed": seed, "cycles": len(rows),
+        "kills": sum(r["killed"] for r in rows), "completed_before_kill": sum(not r["killed"] for r in rows),
+        "episodes": 1 + sum(not r["killed"] for r in rows), "expected_run_s": expected_s,
+        "kill_times_s": [r["kill_after_s"] for r in rows if r["killed"]],
+        "labels_lost": sorted({i for r in all_rows for i in r["lost"]}),
+        "labels_duplicated": sorted({i for r in all_rows for i in r["duplicated"]}),
+        "unacknowledged_at_kill": sum(len(r["unacknowledged"]) for r in rows),
+        "violations": sum(len(r["violations"]) for r in all_rows),
+        "final_status": final["exit_status"], "final": final, "rows": rows, "wall_s": round(wall_s, 1),
+        "settings": CHAOS_AL,
+    }
+
+
+def print_row(row: dict) -> None:
+    what = "killed" if row["killed"] else f"exit {row['exit_status']}"
+    print(f"{row['cycle']:>5} {row['episode']:>7} {row['kill_after_s']:>7.1f} {what:>9} {row['labels_in_ledger']:>7} "
+          f"{row['labels_stored']:>7} {len(row['unacknowledged']):>7} {len(row['lost']):>5} "
+          f"{len(row['duplicated']):>5} {row['checkpoints']:>6}  {'; '.join(row['violations']) or 'ok'}", flush=True)
+
+
+HEADER = (f"{'cycle':>5} {'episode':>7} {'kill_s':>7} {'outcome':>9} {'ledger':>7} {'stored':>7} {'unack':>7} "
+          f"{'lost':>5} {'dup':>5} {'ckpts':>6}  checks")
+
+
+def plot(summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = [r["cycle"] for r in rows]
+    ax.plot(x, [r["labels_in_ledger"] for r in rows], "o-", label="labels in ledger")
+    ax.plot(x, [r["labels_stored"] for r in rows], "s--", label="labels stored")
+    ax.bar(x, [len(r["lost"]) + len(r["duplicated"]) for r in rows], color="red", label="lost + duplicated")
+    for r in rows:
+        if not r["killed"]:
+            ax.axvline(r["cycle"], color="green", alpha=0.3)
+    ax.set_xlabel("cycle (green: run finished before its kill, new folder)")
+    ax.set_ylabel("labels")
+    ax.set_title(f"chaos, {summary['mode']} mode: {summary['kills']} SIGKILLs, "
+                 f"{len(summary['labels_lost'])} lost, {len(summary['labels_duplicated'])} duplicated")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("serial", "parallel"), default="serial")
+    parser.add_argument("--cycles", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--expected-s", type=float, default=None,
+                        help="expected duration of an uninterrupted run; kill delays are drawn uniformly in "
+                             f"[{MIN_DELAY_S}, expected] (default: 60 serial, 90 parallel)")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default scripts/results/chaos_MODE.json)")
+    args = parser.parse_args(argv)
+    expected_s = args.expected_s or (60.0 if args.mode == "serial" else 90.0)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos_{args.mode}_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"chaos {args.mode}: {args.cycles} cycles in {workdir}\n{HEADER}", flush=True)
+    summary = chaos(mode=args.mode, cycles=args.cycles, seed=args.seed, expected_s=expected_s, workdir=workdir)
+    out = args.out or RESULTS / f"chaos_{args.mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1) + "\n")
+    plot(summary, out.with_suffix(".png"))
+    print(f"{summary['kills']} kills, {len(summary['labels_lost'])} labels lost, "
+          f"{len(summary['labels_duplicated'])} duplicated, {summary['violations']} violations, final exit "
+          f"{summary['final_status']}; wrote {out}")
+    return 0 if summary["violations"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,6 +22,7 @@ import mace  # noqa: E402,F401  - before anything imports e3nn
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from ase.build import molecule  # noqa: E402
+from ase.data import atomic_numbers  # noqa: E402
 from ase.io import read  # noqa: E402
 
 from fhi_al.architectures.registry import hypers_class  # noqa: E402
@@ -100,12 +101,10 @@ def labelled_split() -> tuple[list, list]:
     return [frames[i] for i in order[:N_TRAIN]], [frames[i] for i in order[N_TRAIN:N_TRAIN + N_TEST]]
 
 
-def atomic_energies_eV() -> dict[int, float]:
+def atomic_energies_eV(work: Path) -> dict[int, float]:
     """Isolated-atom GFN2-xTB energies as E0s (a single composition leaves least-squares E0s degenerate)."""
-    factory = reference_factory(name="xtb", run_dir=RESULTS)
+    factory = reference_factory(name="xtb", run_dir=work)
     energies = isolated_atom_energies(["H", "C", "O"], calculator_factory=factory)
-    from ase.data import atomic_numbers
-
     return {atomic_numbers[symbol]: energy for symbol, energy in energies.items()}
 
 
@@ -183,7 +182,7 @@ def main() -> int:
     torch.set_num_threads(1)
     RESULTS.mkdir(parents=True, exist_ok=True)
     train, test = labelled_split()
-    e0s = atomic_energies_eV()
+    e0s = atomic_energies_eV(args.work)
     rows = []
     for name in args.models:
         rows.append(benchmark(name, train, test, e0s, args.work, args.epochs))

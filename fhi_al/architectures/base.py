@@ -40,6 +40,8 @@ class DatasetStatistics:
     forces_rms: float  # eV/Å
     per_type_forces_rms: dict[int, float] = field(default_factory=dict)
     num_structures: int = 0
+    # E0 per element by least squares of the total energies, whatever atomic_energies_eV holds, eV
+    per_type_energy_shifts: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +111,17 @@ class Architecture(abc.ABC):
     @abc.abstractmethod
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """Write a stand-alone model file (for MACE: loadable by mace.calculators.MACECalculator)."""
+
+    def atomic_energies(self, model: torch.nn.Module, inputs: Any,
+                        positions_A: torch.Tensor) -> torch.Tensor | None:
+        """Optional engine hook: per-atom energies [num_atoms] (eV) of a collated batch's `inputs` as a
+        differentiable function of `positions_A`; lets the engine apply per-element energy scales.
+        Default None: the architecture only gives structure energies."""
+        return None
+
+    def positions(self, inputs: Any) -> torch.Tensor | None:
+        """Optional engine hook: the atom positions [num_atoms, 3] of a collated batch's `inputs`."""
+        return getattr(inputs, "positions_A", None)
 
     def hypers_dict(self) -> Mapping[str, Any]:
         from dataclasses import asdict

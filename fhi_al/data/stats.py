@@ -24,13 +24,15 @@ def compute_statistics(atoms_list: Sequence[Atoms], *, cutoff_A: float,
                        atomic_energies: Mapping[int, float] | None = None) -> DatasetStatistics:
     """Statistics of `atoms_list` (labelled structures): E0s (given or least squares), mean number of
     neighbours within `cutoff_A` (over atoms with at least one, as mace counts), per-atom interaction
-    energy mean/std and force RMS (overall and per element)."""
+    energy mean/std and force RMS (overall and per element), and least-squares E0s
+    (`per_type_energy_shifts`, also when `atomic_energies` are given)."""
     if not atoms_list:
         raise InputError("cannot compute statistics of an empty training set", where="training set")
     species = sorted({int(z) for atoms in atoms_list for z in atoms.numbers})
     energies, forces = zip(*(reference_labels(atoms) for atoms in atoms_list))
     counts = np.array([[np.count_nonzero(atoms.numbers == z) for z in species] for atoms in atoms_list], float)
-    e0s, source = _atomic_energies(species, counts, np.array(energies), atomic_energies)
+    fitted = least_squares_atomic_energies(species, counts, np.array(energies), warn=atomic_energies is None)
+    e0s, source = _atomic_energies(species, counts, np.array(energies), atomic_energies, fitted)
     e0_vector = np.array([e0s[z] for z in species])
     per_atom = (np.array(energies) - counts @ e0_vector) / counts.sum(axis=1)
     all_forces = np.concatenate(forces)
@@ -42,7 +44,7 @@ def compute_statistics(atoms_list: Sequence[Atoms], *, cutoff_A: float,
         per_atom_energy_std=float(per_atom.std(ddof=1)) if len(per_atom) > 1 else 0.0,
         forces_rms=_rms(all_forces),
         per_type_forces_rms={z: _rms(all_forces[all_numbers == z]) for z in species},
-        num_structures=len(atoms_list))
+        num_structures=len(atoms_list), per_type_energy_shifts=fitted)
 
 
 def mean_num_neighbors(atoms_list: Sequence[Atoms], *, cutoff_A: float) -> float:
@@ -63,12 +65,12 @@ _DEGENERATE_WARNED: list[bool] = []
 
 
 def least_squares_atomic_energies(species: Sequence[int], counts: np.ndarray,
-                                  energies_eV: np.ndarray) -> dict[int, float]:
+                                  energies_eV: np.ndarray, *, warn: bool = True) -> dict[int, float]:
     """E0 per element by least squares of the total energies on the element counts (mace's `average`).
 
     With a single composition the problem is degenerate and the minimum-norm solution is returned."""
     solution, _, rank, _ = np.linalg.lstsq(counts, energies_eV, rcond=None)
-    if rank < len(species) and not _DEGENERATE_WARNED:
+    if warn and rank < len(species) and not _DEGENERATE_WARNED:
         _DEGENERATE_WARNED.append(True)  # once per process: the same data keeps the same degeneracy
         log.warning("E0s by least squares are degenerate (%d compositions for %d elements): energies carry an "
                     "arbitrary per-element split; prefer isolated-atom energies (FHI_AL-atomic-energies)",
@@ -76,9 +78,9 @@ def least_squares_atomic_energies(species: Sequence[int], counts: np.ndarray,
     return {int(z): float(e) for z, e in zip(species, solution)}
 
 
-def _atomic_energies(species, counts, energies, given):
+def _atomic_energies(species, counts, energies, given, fitted):
     if given is None:
-        return least_squares_atomic_energies(species, counts, energies), SOURCE_LEAST_SQUARES
+        return dict(fitted), SOURCE_LEAST_SQUARES
     given = {int(z): float(e) for z, e in given.items()}
     missing = [z for z in species if z not in given]
     if missing:

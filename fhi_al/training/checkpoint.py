@@ -59,7 +59,8 @@ def restore_training_state(member: Any, state: dict[str, Any]) -> None:
 def statistics_from_state(state: dict[str, Any]) -> DatasetStatistics:
     raw = dict(state["statistics"])
     raw["atomic_energies_eV"] = {int(z): float(e) for z, e in raw["atomic_energies_eV"].items()}
-    raw["per_type_forces_rms"] = {int(z): float(e) for z, e in raw.get("per_type_forces_rms", {}).items()}
+    for name in ("per_type_forces_rms", "per_type_energy_shifts"):
+        raw[name] = {int(z): float(e) for z, e in raw.get(name, {}).items()}
     return DatasetStatistics(**raw)
 
 

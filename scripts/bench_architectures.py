@@ -14,9 +14,13 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# mace's TorchScript annotations and e3nn's constants loading warn once per model build: noise for a benchmark
+warnings.filterwarnings("ignore", message="The TorchScript type system")
+warnings.filterwarnings("ignore", message="Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
 
 import mace  # noqa: E402,F401  - before anything imports e3nn
 import numpy as np  # noqa: E402
@@ -64,7 +68,7 @@ HYPERS = {
                    invariant_neurons=32),
     "ALIGNN": dict(cutoff=CUTOFF_A, alignn_layers=2, gcn_layers=1, hidden_features=32, embedding_features=16,
                    edge_input_features=20, triplet_input_features=10),
-    "aenet": dict(rad_order=10, rad_cutoff=CUTOFF_A, ang_order=4, ang_cutoff=3.5, hidden_sizes=[32, 32]),
+    "aenet": dict(rad_order=10, rad_cutoff=CUTOFF_A, ang_order=4, ang_cutoff=3.5, hidden_sizes=[64, 64]),
     "alchemical": dict(num_pseudo_species=4, cutoff_radius=CUTOFF_A, basis_cutoff=100.0, hidden_sizes=[32, 32]),
 }
 MEV = 1000.0

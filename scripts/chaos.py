@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from workflow import make_run_folder  # noqa: E402
 
 CHAOS_AL = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
-                                "max_MD_steps": 60, "max_epochs_worker": 2}}
+                                "max_MD_steps": 100, "max_epochs_worker": 2}}
 MPI_RANKS = 3
 MIN_DELAY_S = 1.0
 RUN_TIMEOUT_S = 900.0
@@ -60,30 +60,47 @@ def child_env() -> dict:
 
 def start(mode: str, folder: Path, log_path: Path) -> subprocess.Popen:
     handle = open(log_path, "ab")
-    # A new session: the whole tree (mpiexec, its proxy, every rank) shares one process group to kill.
     return subprocess.Popen(command(mode, folder), stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
                             start_new_session=True)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (mpiexec's proxy and ranks live in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
 def kill_group(process: subprocess.Popen) -> None:
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    """SIGKILL the run's whole process tree at once, as a node failure or a scheduler would."""
+    tree = descendants(process.pid)
+    for pid in [process.pid, *tree]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     process.wait()
     deadline = time.monotonic() + 10
-    while _group_alive(process.pid) and time.monotonic() < deadline:  # ranks reparented after the kill
+    while any(_alive(pid) for pid in tree) and time.monotonic() < deadline:
         time.sleep(0.1)
 
 
-def _group_alive(pgid: int) -> bool:
+def _alive(pid: int) -> bool:
     try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return state != "Z"
 
 
 def run_until(process: subprocess.Popen, delay_s: float) -> int | None:
@@ -294,11 +311,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--expected-s", type=float, default=None,
                         help="expected duration of an uninterrupted run; kill delays are drawn uniformly in "
-                             f"[{MIN_DELAY_S}, expected] (default: 60 serial, 90 parallel)")
+                             f"[{MIN_DELAY_S}, expected] (default: 40 serial, 50 parallel)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default scripts/results/chaos_MODE.json)")
     args = parser.parse_args(argv)
-    expected_s = args.expected_s or (60.0 if args.mode == "serial" else 90.0)
+    expected_s = args.expected_s or (40.0 if args.mode == "serial" else 50.0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos_{args.mode}_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"chaos {args.mode}: {args.cycles} cycles in {workdir}\n{HEADER}", flush=True)

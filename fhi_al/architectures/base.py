@@ -116,12 +116,14 @@ class Architecture(abc.ABC):
                         positions_A: torch.Tensor) -> torch.Tensor | None:
         """Optional engine hook: per-atom energies [num_atoms] (eV) of a collated batch's `inputs` as a
         differentiable function of `positions_A`; lets the engine apply per-element energy scales.
-        Default None: the architecture only gives structure energies."""
-        return None
+        Default: the model's own `atomic_energies(inputs, positions_A)` method if it has one, else None."""
+        method = getattr(model, "atomic_energies", None)
+        return method(inputs, positions_A) if callable(method) else None
 
     def positions(self, inputs: Any) -> torch.Tensor | None:
         """Optional engine hook: the atom positions [num_atoms, 3] of a collated batch's `inputs`."""
-        return getattr(inputs, "positions_A", None)
+        found = getattr(inputs, "positions_A", None)
+        return found if found is not None else getattr(inputs, "positions", None)
 
     def hypers_dict(self) -> Mapping[str, Any]:
         from dataclasses import asdict

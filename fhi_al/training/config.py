@@ -32,8 +32,12 @@ class TrainingConfig:
     lr: float = 0.01
     weight_decay: float = 5e-7
     amsgrad: bool = True
-    optimizer: str = "adam"  # adam | adamw
-    scheduler: str = "ReduceLROnPlateau"  # ReduceLROnPlateau | ExponentialLR | none
+    optimizer: str = "adam"  # adam | adamw | sgd
+    momentum: float = 0.9  # sgd
+    scheduler: str = "ReduceLROnPlateau"  # plateau (ReduceLROnPlateau) | exponential (ExponentialLR) | onecycle | none
+    min_lr: float = 0.0
+    warmup_steps: int = 0  # onecycle
+    onecycle_total_steps: int = 1000
     lr_factor: float = 0.8
     scheduler_patience: int = 50
     lr_scheduler_gamma: float = 0.9993
@@ -44,6 +48,27 @@ class TrainingConfig:
     forces_weight: float = 100.0
     config_type_weights: dict[str, float] | None = None  # loss weight per atoms.info["config_type"]
     valid_skip: int = 1  # validate every valid_skip epochs (active_learning.valid_skip)
+    force_alpha: float | None = None  # aenet: loss = (1 - alpha) E-term + alpha F-term (replaces the weights)
+    criterion: str = "mse"  # mse | l1 | huber
+    huber_delta: float = 0.01
+    energy_loss: str = "per_atom"  # per_atom | total
+    energy_target: str = "total"  # total | cohesive (minus ARCHITECTURE.atomic_energies)
+    force_fraction: float = 1.0
+    force_sampling: str = "random"  # random | fixed
+    force_resample_num_epochs: int = 1
+    force_min_structures_per_epoch: int = 1
+    n_early_stopping: int | None = None
+    checkpoint_interval: int | None = None
+    max_checkpoints: int | None = None
+    save_best: bool = False
+    resume_from: str | None = None
+    max_energy: float | None = None  # eV/atom, of (E - sum E0)/N
+    max_forces: float | None = None  # eV/Å, largest atomic force
+    write_predictions: bool = False
+    training_plots: bool = True
+    cache_featurization: bool = True
+    cache_max_structures: int | None = None
+    num_workers: int = 0
     # mace.misc
     device: str = "cpu"
     keep_checkpoints: bool = False
@@ -52,6 +77,14 @@ class TrainingConfig:
     model: str = "MACE"
     atomic_energies: dict[int, float] | None = None
     hypers: Any = None  # the architecture's Hypers instance; None means its defaults
+    hypers_statistics: dict[str, str] | None = None  # hyperparameter -> training-set statistic name
+    energy_shift: Any = None  # engine per-element shift E0_t: number, {Z: eV} or a statistic reference
+    energy_scale: Any = None  # engine per-element scale alpha_t
+    energy_shift_trainable: bool = False
+    energy_scale_trainable: bool = False
+    zbl: bool = False
+    zbl_cutoff: float = 1.0  # Å
+    zbl_switch_width: float = 0.5  # Å
 
     @property
     def dtype(self) -> torch.dtype:

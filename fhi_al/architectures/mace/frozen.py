@@ -41,14 +41,19 @@ class FrozenContraction(torch.nn.Module):
         self.correlation = correlation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]."""
+        """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements].
+        Out of place (atoms grouped by element, then put back in order) so that torch.vmap can batch it."""
         elements = y.argmax(dim=-1)
-        atoms, channels = x.shape[:2]
-        result = x.new_zeros((atoms, channels) + self.out_dims)
+        atoms = x.shape[0]
+        parts, indices = [], []
         for element in torch.unique(elements).tolist():
             index = (elements == element).nonzero().squeeze(-1)
-            result.index_copy_(0, index, self._contract_element(element, x.index_select(0, index)))
-        return result.reshape(atoms, -1)
+            parts.append(self._contract_element(element, x.index_select(0, index)))
+            indices.append(index)
+        order = torch.cat(indices)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(atoms, device=order.device)
+        return torch.cat(parts).index_select(0, inverse).reshape(atoms, -1)
 
     def _contract_element(self, element: int, features: torch.Tensor) -> torch.Tensor:
         count, channels, ell = features.shape

@@ -1,13 +1,15 @@
 """Console scripts FHI_AL, FHI_AL-initial-ds, FHI_AL-al and FHI_AL-atomic-energies: parse, validate, dispatch.
 
 Every input is validated before anything is written; user errors exit with status 2 and a one-paragraph
-message on stderr (no traceback), a folder locked by another run exits 3, Ctrl-C exits 130.
+message on stderr (no traceback), a folder locked by another run exits 3, Ctrl-C exits 130. A full disk
+(or quota) while writing exits 2 as well: free space and rerun the same command to resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import logging
 import os
@@ -21,6 +23,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, FhiAlErr
 log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PROCEDURE_PACKAGE = "fhi_al.procedures"
 
@@ -158,6 +161,13 @@ def run_procedures(prog: str, steps: Sequence[str], argv: Sequence[str] | None, 
     except KeyboardInterrupt:
         _report("interrupted; rerun the same command to resume")
         return EXIT_INTERRUPTED
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        log.error("%s stopped: %s", prog, error)
+        _report(f"{error.filename or 'a file of the run folder'}: cannot write ({error.strerror}); free disk space "
+                f"(or raise the quota) and rerun the same command to resume, everything stored so far is kept")
+        return EXIT_BAD_INPUT
     except FhiAlError as error:
         log.exception("%s failed", prog)
         _report(str(error))

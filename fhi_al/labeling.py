@@ -66,6 +66,10 @@ class SerialLabeler:
         done, self._done = self._done, []
         return done
 
+    def cancel_queued(self) -> list[str]:
+        """Nothing is ever queued here."""
+        return []
+
     def wait(self) -> list[LabelResult]:
         """Finished labels; here every submitted label is finished already."""
         return self.collect()

@@ -343,6 +343,12 @@ class GroupLabeler:
         self.waited_s += time.perf_counter() - started
         return self.collect()
 
+    def cancel_queued(self) -> list[str]:
+        """Forget structures not yet sent to a group (their labels were never computed); -> their ids."""
+        cancelled = [task[0] for task in self.queue]
+        self.queue.clear()
+        return cancelled
+
     def compute_now(self, label_id: str, atoms: Any) -> Any:
         """One calculation whose result is needed before going on (ab initio MD step); other results stay
         queued for `collect`."""

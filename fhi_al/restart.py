@@ -254,8 +254,8 @@ class RunLock:
                                  f"host cannot check; if that run is over, delete {self.path}")
         if _holder_alive(pid, holder.get("start_ticks")):
             raise RunLockedError(f"{self.path.parent} is in use by a running fhi_al process (PID {pid}, "
-                                 f"started {time.ctime(holder.get('started_at', 0))}); wait for it to finish "
-                                 f"or stop it, then run again")
+                                 f"started {time.ctime(holder.get('started_at', 0))}, lock file {self.path}); "
+                                 f"wait for it to finish or stop it, then run again")
         log.warning("%s: taking over a stale lock left by process %d, which is no longer running",
                     self.path.parent, pid)
 

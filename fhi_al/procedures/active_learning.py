@@ -193,7 +193,8 @@ class ActiveLearning:
         trajectory = next(t for t in self.trajectories if t.pending and t.pending["label_id"] == result.label_id)
         self.timings["reference_s"] += result.seconds
         if not result.ok:
-            log.warning("trajectory %d: reference failed, frame skipped: %s", trajectory.index, result.error)
+            log.warning("trajectory %d: reference failed on %s, frame skipped: %s", trajectory.index,
+                        result.label_id, result.error)
             trajectory.pending, trajectory.status = None, RUNNING
             self.save_state()
             return
@@ -206,7 +207,13 @@ class ActiveLearning:
         self.save_state()
 
     def drain_labels(self) -> None:
-        """Labels still on their way when a stop criterion was met are stored too: none is lost."""
+        """At the end, frames not yet sent to the reference are dropped; labels being computed are stored
+        when they arrive, so none that was computed is lost."""
+        cancelled = set(self.labeler.cancel_queued())
+        for trajectory in self.trajectories:
+            if trajectory.pending and trajectory.pending["label_id"] in cancelled:
+                trajectory.pending, trajectory.status = None, RUNNING
+        self.save_state()
         while self.labeler.in_flight:
             for result in self.labeler.wait():
                 self.receive_label(result)
@@ -275,12 +282,14 @@ class ActiveLearning:
         if not self.al.converge_al:
             return
         tags = [self.best_member()] if self.al.converge_best else list(self.members)
+        started = time.perf_counter()
         for tag in tags:
             log.info("Converging %s on the final data (at most %d epochs).", tag, self.al.max_final_epochs)
             metrics = self.trainer.converge(self.members[tag], self.al.max_final_epochs, self.al.patience,
                                             self.al.margin)
             if metrics is not None:
                 self.state["metrics"][tag] = metrics
+        self.timings["training_s"] += time.perf_counter() - started
 
     def best_member(self) -> str:
         return min(self.members, key=lambda tag: self.state["metrics"].get(tag, {}).get("loss", float("inf")))
@@ -305,6 +314,7 @@ class ActiveLearning:
         if self.al.analysis:
             al_reporting.calibration(self.analysis_dir, self.analysis_dir / "calibration.png")
         wall_s = time.perf_counter() - self.started
+        self.timings["other_s"] = max(wall_s - sum(self.timings.values()), 0.0)
         log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
                  "(%s).", self.state["labels"], self.ensemble_mae(), wall_s, reporting.timing_table(self.timings))
 

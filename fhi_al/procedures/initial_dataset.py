@@ -19,12 +19,13 @@ from tqdm import tqdm
 from ..data.splits import n_valid_to_add
 from ..data.store import label_atoms, make_label_id
 from ..labeling import LabelResult, label_structure
+from ..parallel import RemoteReference
 from ..references.base import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
 from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
-from .sampling import LangevinSampler, MDParameters, foundation_calculator
+from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,11 @@ class InitialDataset:
         md = self.settings.al.md
         rng = np.random.default_rng(md.seed)
         if self.al.initial_sampling == "aimd":
-            driver, name = self.reference, "ab initio MD"
+            # A local reference gets the label guards (timeout, NaN) for the MD steps too; the cached results
+            # of its last step are still the label of the frame (see sample_frame).
+            local = not isinstance(self.reference, RemoteReference)
+            driver = GuardedReference(self.reference, timeout_s=self.timeout_s) if local else self.reference
+            name = "ab initio MD"
         else:
             dtype = self.settings.mace.general.default_dtype
             driver, name = foundation_calculator(self.al.initial_foundational_size, dtype=dtype), "foundation MD"
@@ -140,7 +145,11 @@ class InitialDataset:
             self.sample_frame()
 
     def drain_labels(self) -> None:
-        """Labels still on their way when the stop criterion was met are stored too: none is lost."""
+        """At the end, frames not yet sent to the reference are dropped; labels being computed are stored
+        when they arrive, so none that was computed is lost."""
+        for label_id in self.labeler.cancel_queued():
+            self.state["pending"].pop(label_id, None)
+        self.save_state()
         while self.labeler.in_flight:
             self.store_results(self.labeler.wait())
         self.attach_members()

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator
+from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import InputError, ReferenceError
 from ..md import BlowUpDetector, LastGoodFrame, initialize_velocities, make_langevin, md_state, restore_md_state
@@ -109,6 +109,27 @@ class LangevinSampler:
         self.failures = int(state.get("failures", 0))
         self.last_good.record(self.atoms, step=self.step)
         self.atoms.calc.reset()
+
+
+class GuardedReference(Calculator):
+    """A local reference driving ab initio MD with the guards of a label: a call that exceeds `timeout_s`,
+    fails in the library or returns NaN/inf raises ReferenceError, which the sampler turns into a reset.
+    (A remote reference in parallel mode is guarded on its reference group already.)"""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, calc: Calculator, *, timeout_s: float | None):
+        super().__init__()
+        self.calc = calc
+        self.timeout_s = timeout_s
+        self.fhi_al_name = getattr(calc, "fhi_al_name", type(calc).__name__)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from ..references.base import compute_label
+
+        super().calculate(atoms, properties, system_changes)
+        energy, forces = compute_label(self.calc, self.atoms, timeout_s=self.timeout_s)
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
 
 
 def foundation_calculator(size_or_path: str, *, dtype: str = "float64") -> Calculator:

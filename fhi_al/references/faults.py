@@ -87,10 +87,11 @@ class FaultInjectingCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         fault = self._draw()
         formula = self.atoms.get_chemical_formula()
+        if fault is not None:  # logged here too, so a test can match every fault with its handling
+            log.warning("injected fault %s (call %d) on %s", fault, self.counts["calls"], formula)
         if fault == "error":
             raise ReferenceError("injected fault: reference error", calculator=self.fhi_al_name, structure=formula)
         if fault == "hang":
-            log.debug("injected fault: hanging for %s s on %s", self.spec.hang_s, formula)
             time.sleep(self.spec.hang_s)
         results = dict(evaluate(self.inner, self.atoms, ("energy", "forces")))
         if fault == "nan":

@@ -203,6 +203,9 @@ def build_architecture(raw: Any) -> schema.ArchitectureSettings:
     common_keys = field_names(schema.ArchitectureCommon)
     common = build_section(schema.ArchitectureCommon, {k: raw.pop(k) for k in common_keys if k in raw},
                            "ARCHITECTURE")
+    from ..training import statistics_refs
+
+    statistics = statistics_refs.extract_references(raw, section="ARCHITECTURE")
     from ..architectures import registry
 
     model = registry.canonical_name(common.model)
@@ -212,7 +215,27 @@ def build_architecture(raw: Any) -> schema.ArchitectureSettings:
     unused = schema.ARCHITECTURE_UNUSED + schema.TRAINING_MOVED_TO_ARCHITECTURE + tuple(common_keys)
     hypers = build_section(hypers_cls, raw, "ARCHITECTURE", accepted_unused=unused)
     energies = normalise_atomic_energies(common.atomic_energies)
-    return schema.ArchitectureSettings(model=model, atomic_energies=energies, hypers=hypers)
+    unknown = sorted(set(statistics) - set(field_names(hypers_cls)))
+    if unknown:
+        raise SettingsError(f"unknown key {unknown[0]!r}.{suggest(unknown[0], field_names(hypers_cls))}",
+                            where=f"ARCHITECTURE.{unknown[0]}")
+    engine = {name: _per_element(getattr(common, name), name) for name in ("energy_shift", "energy_scale")}
+    flags = {name: getattr(common, name) for name in ("energy_shift_trainable", "energy_scale_trainable", "zbl",
+                                                      "zbl_cutoff", "zbl_switch_width")}
+    return schema.ArchitectureSettings(model=model, atomic_energies=energies, hypers=hypers,
+                                       hypers_statistics=statistics, **engine, **flags)
+
+
+def _per_element(value: Any, name: str) -> Any:
+    """An engine shift/scale: a number, a statistic reference (checked) or element -> value by atomic number."""
+    from ..training import statistics_refs
+
+    if isinstance(value, str):
+        statistics_refs.parse_reference(value, where=f"ARCHITECTURE.{name}")
+        return value
+    if isinstance(value, dict):
+        return normalise_atomic_energies(value, where=f"ARCHITECTURE.{name}")
+    return value
 
 
 def normalise_atomic_energies(raw: dict | None,

@@ -45,6 +45,22 @@ class ArchitectureCommon:
     atomic_energies: dict[Any, float] | None = option(
         None, "Isolated-atom energies E0 keyed by element symbol or atomic number (FHI_AL-atomic-energies "
               "prints this block); null = fitted to the training set by least squares.", unit="eV")
+    energy_shift: dict[Any, float] | float | str | None = option(
+        None, "Engine per-element energy shift E0_t in E_i = α_t·Ẽ_i + E0_t, added to any architecture: one "
+              "number, a mapping element -> eV, or a statistic such as ${training_data_stats:per_type_energy_shifts}; "
+              "null = no engine shift (the architecture's own E0s). Isolated-atom energies are the recommended "
+              "shifts; the mean per-atom energy as shift often trains poorly.", unit="eV")
+    energy_shift_trainable: bool = option(False, "Train the engine's per-element shifts.")
+    energy_scale: dict[Any, float] | float | str | None = option(
+        None, "Engine per-element scale α_t of the architecture's atomic energy: one number, a mapping element -> "
+              "value, or a statistic such as ${training_data_stats:forces_rms}; null = 1. Different values per "
+              "element need per-atom energies (every architecture but MACE).")
+    energy_scale_trainable: bool = option(False, "Train the engine's per-element scales.")
+    zbl: bool = option(False, "Add the ZBL screened nuclear repulsion pair potential to the model's energy.")
+    zbl_cutoff: float = option(1.0, "Distance at which the ZBL repulsion has been switched off; keep it below the "
+                                    "shortest bond of the system.", minimum=0.0, exclusive_minimum=True, unit="Å")
+    zbl_switch_width: float = option(0.5, "Width of the smooth switch from full ZBL to zero, ending at zbl_cutoff.",
+                                     minimum=0.0, exclusive_minimum=True, unit="Å")
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,14 @@ class ArchitectureSettings:
     model: str
     atomic_energies: dict[int, float] | None
     hypers: Any
+    hypers_statistics: dict[str, str] = field(default_factory=dict)  # hyperparameter -> statistic name
+    energy_shift: Any = None
+    energy_shift_trainable: bool = False
+    energy_scale: Any = None
+    energy_scale_trainable: bool = False
+    zbl: bool = False
+    zbl_cutoff: float = 1.0
+    zbl_switch_width: float = 0.5
 
 
 ARCHITECTURE_UNUSED = ("E0s", "compute_avg_num_neighbors", "use_multihead_model", "num_multihead_heads",
@@ -67,9 +91,17 @@ class TrainingSettings:
     lr: float = option(0.01, "Learning rate.", minimum=0.0, exclusive_minimum=True)
     weight_decay: float = option(5.0e-7, "L2 weight decay of the optimiser.", minimum=0.0)
     amsgrad: bool = option(True, "Use the AMSGrad variant of Adam/AdamW.")
-    optimizer: str = option("adam", "Optimiser.", choices=["adam", "adamw"])
-    scheduler: str = option("ReduceLROnPlateau", "Learning-rate scheduler.",
-                            choices=["ReduceLROnPlateau", "ExponentialLR", "none"])
+    optimizer: str = option("adam", "Optimiser.", choices=["adam", "adamw", "sgd"])
+    momentum: float = option(0.9, "sgd: momentum.", minimum=0.0, maximum=1.0, exclusive_maximum=True)
+    scheduler: str = option("ReduceLROnPlateau", "Learning-rate scheduler: plateau (alias ReduceLROnPlateau), "
+                                                 "exponential (alias ExponentialLR, per epoch), onecycle (linear "
+                                                 "warm-up, then cosine decay, per optimizer step) or none.",
+                            choices=["ReduceLROnPlateau", "ExponentialLR", "plateau", "exponential", "onecycle",
+                                     "none"])
+    min_lr: float = option(0.0, "plateau and onecycle: lowest learning rate.", minimum=0.0)
+    warmup_steps: int = option(0, "onecycle: optimizer steps of linear warm-up to lr.", minimum=0)
+    onecycle_total_steps: int = option(1000, "onecycle: optimizer step at which the cosine decay reaches min_lr "
+                                             "(constant afterwards).", minimum=1)
     lr_factor: float = option(0.8, "ReduceLROnPlateau: factor applied to the learning rate on a plateau.",
                               minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True)
     scheduler_patience: int = option(5, "ReduceLROnPlateau: validation checks without improvement before "
@@ -86,6 +118,49 @@ class TrainingSettings:
     energy_weight: float = option(1.0, "Weight of the energy term of the loss.", minimum=0.0)
     forces_weight: float = option(1000.0, "Weight of the forces term of the loss.", minimum=0.0)
     config_type_weights: dict[str, float] = option({"Default": 1.0}, "Loss weight per config_type of a structure.")
+    force_alpha: float | None = option(None, "aenet's weighting: loss = (1 - α)·energy term + α·force term; "
+                                             "replaces energy_weight/forces_weight when set.", minimum=0.0,
+                                       maximum=1.0)
+    criterion: str = option("mse", "Error function of both loss terms.", choices=["mse", "l1", "huber"])
+    huber_delta: float = option(0.01, "huber: where the error turns from quadratic to linear.", minimum=0.0,
+                                exclusive_minimum=True)
+    energy_loss: str = option("per_atom", "Energy term on the energy per atom or on the total energy.",
+                              choices=["per_atom", "total"])
+    energy_target: str = option("total", "cohesive: the engine subtracts ARCHITECTURE.atomic_energies and the "
+                                         "architecture learns the cohesive energy (needs atomic_energies).",
+                                choices=["total", "cohesive"])
+    force_fraction: float = option(1.0, "Fraction of the training structures whose forces enter the loss in an "
+                                        "epoch.", minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    force_sampling: str = option("random", "force_fraction < 1: structures redrawn (random) or always the same "
+                                           "(fixed).", choices=["random", "fixed"])
+    force_resample_num_epochs: int = option(1, "force_sampling random: epochs between new draws.", minimum=1)
+    force_min_structures_per_epoch: int = option(1, "force_fraction < 1: at least this many structures with "
+                                                    "forces per epoch.", minimum=0)
+    n_early_stopping: int | None = option(None, "Stop a training session after this many validations without a "
+                                                "new best loss (null = never).", minimum=1)
+    checkpoint_interval: int | None = option(None, "Also checkpoint every this many epochs within a session "
+                                                   "(null = only where the procedures do).", minimum=1)
+    max_checkpoints: int | None = option(None, "Checkpoints kept per member (null = 1, or all with "
+                                               "MISC.keep_checkpoints).", minimum=1)
+    save_best: bool = option(False, "Keep checkpoints/{tag}_best.pt of the lowest validation loss.")
+    resume_from: str | None = option(None, "New members start from this checkpoint file, or from their latest "
+                                           "checkpoint in this folder.")
+    max_energy: float | None = option(None, "Drop training/validation structures whose (E - Σ E0)/N exceeds this "
+                                            "(E0 = ARCHITECTURE.atomic_energies, else 0); the count is logged.",
+                                      unit="eV/atom")
+    max_forces: float | None = option(None, "Drop structures with an atomic force larger than this.",
+                                      minimum=0.0, exclusive_minimum=True, unit="eV/Å")
+    write_predictions: bool = option(False, "After each training session write results/{tag}_predictions_"
+                                            "{train,valid}.extxyz and .csv (predicted vs reference).")
+    training_plots: bool = option(True, "After each training session plot results/{tag}_curves.png (training "
+                                        "and validation RMSE) and results/{tag}_parity.png.")
+    cache_featurization: bool = option(True, "Keep featurized structures (neighbour graphs, descriptors) in memory "
+                                             "across epochs and sessions, keyed by content.")
+    cache_max_structures: int | None = option(None, "Most cached structures, least recently used dropped first "
+                                                    "(null = no limit).", minimum=1)
+    num_workers: int = option(0, "Worker processes that collate batches; on CPU they overlap only the collation "
+                                 "with training (samples come from the cache), so 0 (in-process) is usually best.",
+                              minimum=0)
 
 
 TRAINING_UNUSED = ("valid_fraction", "train_path", "valid_path", "test_path", "max_num_epochs", "patience",

@@ -14,11 +14,13 @@ import torch
 
 from ..architectures.base import DatasetStatistics
 from ..durable import atomic_torch_save
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 SUFFIX = ".pt"
+BEST_SUFFIX = "_best.pt"  # the member at its lowest validation loss (save_best)
 _EPOCH = re.compile(r"_epoch-(\d+)\.pt$")
 
 
@@ -39,6 +41,7 @@ def member_state(member: Any) -> dict[str, Any]:
         "scheduler": member.scheduler.state_dict() if member.scheduler is not None else None,
         "ema": member.ema.state_dict() if member.ema is not None else None,
         "shuffle_rng": member.rng.get_state(),
+        "stale_validations": member.stale_validations,
     }
 
 
@@ -54,6 +57,7 @@ def restore_training_state(member: Any, state: dict[str, Any]) -> None:
     member.epoch = int(state["epoch"])
     member.best_valid_loss = float(state["best_valid_loss"])
     member.optimizer_steps = int(state.get("optimizer_steps", 0))
+    member.stale_validations = int(state.get("stale_validations", 0))
 
 
 def statistics_from_state(state: dict[str, Any]) -> DatasetStatistics:
@@ -73,6 +77,9 @@ class CheckpointIO:
 
     def path(self, tag: str, epoch: int) -> Path:
         return self.directory / f"{tag}_epoch-{epoch}{SUFFIX}"
+
+    def best_path(self, tag: str) -> Path:
+        return self.directory / f"{tag}{BEST_SUFFIX}"
 
     def paths(self, tag: str) -> list[Path]:
         """Checkpoints of `tag`, oldest epoch first."""
@@ -98,21 +105,38 @@ def glob_escape(text: str) -> str:
 
 # --- handler: the facade --------------------------------------------------------------------------------
 class CheckpointHandler:
-    """save(member) writes the newest checkpoint and, unless `keep`, removes the older ones of that tag."""
+    """save(member) writes the newest checkpoint and keeps the `keep_last` newest of that tag (None = all)."""
 
-    def __init__(self, directory: str | Path, *, keep: bool = False):
+    def __init__(self, directory: str | Path, *, keep_last: int | None = 1):
         self.io = CheckpointIO(directory)
-        self.keep = keep
+        self.keep_last = keep_last
 
     def save(self, member: Any) -> Path:
         path = self.io.path(member.tag, member.epoch)
         self.io.write(member_state(member), path)
-        if not self.keep:
-            for old in self.io.paths(member.tag):
+        if self.keep_last is not None:
+            for old in self.io.paths(member.tag)[:-self.keep_last]:
                 if old != path:
                     old.unlink(missing_ok=True)
         log.debug("checkpoint %s", path)
         return path
+
+    def save_best(self, member: Any) -> Path:
+        path = self.io.best_path(member.tag)
+        self.io.write(member_state(member), path)
+        log.debug("best checkpoint %s (validation loss %.4g)", path, member.best_valid_loss)
+        return path
+
+    def resolve(self, location: Path, tag: str) -> Path:
+        """A checkpoint file, or the latest checkpoint of `tag` in the folder `location` (resume_from)."""
+        if location.is_dir():
+            paths = CheckpointIO(location).paths(tag)
+            if not paths:
+                raise InputError(f"no checkpoint of {tag!r} in this folder", where=str(location))
+            return paths[-1]
+        if not location.is_file():
+            raise InputError("no such checkpoint file or folder", where=str(location))
+        return location
 
     def latest_path(self, tag: str) -> Path | None:
         paths = self.io.paths(tag)

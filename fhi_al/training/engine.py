@@ -19,15 +19,17 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..architectures.base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, DatasetStatistics
+from ..architectures.base import Architecture, DatasetStatistics
 from ..architectures.registry import canonical_name, get_architecture_class
 from ..data.stats import compute_statistics
 from ..durable import append_durable
 from ..errors import InputError
-from . import optim
+from . import optim, session, statistics_refs
 from .checkpoint import CheckpointHandler, restore_training_state, statistics_from_state
 from .config import TrainingConfig
+from .head import HeadedArchitecture, HeadSpec, base_architecture
 from .metrics import LossTargets, error_metrics, make_loss
+from .selection import OutlierFilter, SampleCache, force_selection, structure_key
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class Member:
     history: list[dict[str, Any]] = field(default_factory=list)
     version: int = 0  # bumped whenever weights or statistics change; keys the inference copy
     stats_fingerprint: str | None = None
+    stale_validations: int = 0  # validations in a row without a new best loss (early stopping)
+    last_train_errors: dict[str, float] | None = None  # running errors of the last epoch (training weights)
     _inference: tuple[int, torch.nn.Module] | None = field(default=None, repr=False)
 
     def averaged(self):
@@ -93,29 +97,26 @@ def make_architecture(config: TrainingConfig) -> Architecture:
     return cls(config.hypers if config.hypers is not None else cls.Hypers(), dtype=config.dtype, **kwargs)
 
 
-def structure_key(atoms: Atoms) -> str:
-    """Content hash of a labelled structure (geometry, cell and labels): the featurization cache key."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in (atoms.numbers, atoms.positions, np.asarray(atoms.cell), atoms.pbc,
-                  np.asarray(atoms.info.get(REF_ENERGY_KEY, np.nan), float),
-                  np.asarray(atoms.arrays.get(REF_FORCES_KEY, np.zeros(0)), float)):
-        digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()
-
-
 class Trainer:
     """Trains members of one architecture. All files go under `run_dir` (checkpoints, results, model)."""
 
     def __init__(self, config: TrainingConfig, run_dir: str | Path = "."):
         self.config = config.with_hypers()
         self.run_dir = Path(run_dir)
-        self.architecture = make_architecture(self.config)
-        self.checkpoints = CheckpointHandler(self.run_dir / self.config.checkpoints_dir,
-                                             keep=self.config.keep_checkpoints)
-        self.loss_fn = make_loss(energy_weight=self.config.energy_weight, forces_weight=self.config.forces_weight,
-                                 dtype=self.config.dtype)
+        self.head_spec = HeadSpec.from_config(self.config)
+        architecture = make_architecture(self.config)
+        self.architecture = HeadedArchitecture(architecture, self.head_spec) if self.head_spec.active else architecture
+        keep_last = self.config.max_checkpoints or (None if self.config.keep_checkpoints else 1)
+        self.checkpoints = CheckpointHandler(self.run_dir / self.config.checkpoints_dir, keep_last=keep_last)
+        c = self.config
+        self.loss_fn = make_loss(energy_weight=c.energy_weight, forces_weight=c.forces_weight, dtype=c.dtype,
+                                 criterion=c.criterion, huber_delta=c.huber_delta, energy_loss=c.energy_loss,
+                                 force_alpha=c.force_alpha)
         self.device = torch.device(self.config.device)
-        self._samples: dict[str, Any] = {}
+        # through a lambda so that the architecture's current featurize is used
+        self.cache = SampleCache(lambda atoms: self.architecture.featurize(atoms), enabled=c.cache_featurization,
+                                 max_entries=c.cache_max_structures)
+        self.outliers = OutlierFilter(self.config)
 
     # --- members ---------------------------------------------------------------------------------------
     def create_member(self, tag: str, seed: int, train_atoms: Sequence[Atoms],
@@ -123,20 +124,29 @@ class Trainer:
         """A new member (or, with restart_latest and a checkpoint of `tag`, the checkpointed one)."""
         if self.config.restart_latest and self.checkpoints.latest_path(tag) is not None:
             return self.load_member(tag, train_atoms=train_atoms, valid_atoms=valid_atoms)
+        if self.config.resume_from:
+            path = self.checkpoints.resolve(self.run_dir / self.config.resume_from, tag)
+            return self.load_member(tag, train_atoms=train_atoms, valid_atoms=valid_atoms, path=path)
         train_atoms = list(train_atoms)
-        stats = self._statistics(train_atoms)
-        model = self.architecture.build_model(stats, seed=seed).to(self.device)
-        self.architecture.initialize_from_samples(model, self.samples(train_atoms))
+        used = self.outliers.apply(train_atoms, label=f"{tag} training set")
+        stats = self._statistics(used)
+        self._resolve_hypers(stats)
+        if isinstance(self.architecture, HeadedArchitecture):
+            model = self.architecture.build_model(stats, seed=seed, train_atoms=used).to(self.device)
+        else:
+            model = self.architecture.build_model(stats, seed=seed).to(self.device)
+        self.architecture.initialize_from_samples(model, self.samples(used))
         member = self._assemble(tag, seed, model, stats, train_atoms, list(valid_atoms))
-        member.stats_fingerprint = self._fingerprint(train_atoms)
+        member.stats_fingerprint = self._fingerprint(used)
         log.info("member %s: %s with %d parameters, %d train / %d valid structures", tag, self.architecture.name,
                  sum(p.numel() for p in model.parameters()), len(train_atoms), len(member.valid_atoms))
         return member
 
     def load_member(self, tag: str, *, train_atoms: Sequence[Atoms] | None = None,
-                    valid_atoms: Sequence[Atoms] | None = None) -> Member:
-        """The member of `tag` from its latest checkpoint (model, optimizer, scheduler, EMA, epoch)."""
-        state = self.checkpoints.load_latest(tag)
+                    valid_atoms: Sequence[Atoms] | None = None, path: Path | None = None) -> Member:
+        """The member of `tag` from its latest checkpoint, or from the checkpoint file `path` (model,
+        optimizer, scheduler, EMA, epoch)."""
+        state = self.checkpoints.io.read(path) if path is not None else self.checkpoints.load_latest(tag)
         if state is None:
             raise InputError(f"no checkpoint for {tag!r}", where=str(self.checkpoints.io.directory))
         saved = state["architecture"]
@@ -145,12 +155,14 @@ class Trainer:
                              f"{saved['name']}, this code reads {self.architecture.checkpoint_version}",
                              where=str(self.checkpoints.latest_path(tag)))
         stats = statistics_from_state(state)
+        self._resolve_hypers(stats)
         model = self.architecture.build_model(stats, seed=int(state["seed"])).to(self.device)
         member = self._assemble(tag, int(state["seed"]), model, stats, list(train_atoms or []),
                                 list(valid_atoms or []))
         restore_training_state(member, state)
         self.architecture.update_statistics(member.model, stats)
-        log.info("member %s resumed from %s at epoch %d", tag, self.checkpoints.latest_path(tag), member.epoch)
+        log.info("member %s resumed from %s at epoch %d", tag, path or self.checkpoints.latest_path(tag),
+                 member.epoch)
         return member
 
     def _assemble(self, tag, seed, model, stats, train_atoms, valid_atoms) -> Member:
@@ -180,31 +192,67 @@ class Trainer:
             train_loss = self._train_epoch(member, use_scheduler=use_scheduler)
             if member.epoch % valid_skip == 0:
                 metrics = self.validate(member, use_scheduler=use_scheduler, train_loss=train_loss)
+            self._interval_checkpoint(member)
+            if self._early_stop(member):
+                break
+        self.end_session(member)
         return metrics
 
+    def _early_stop(self, member: Member) -> bool:
+        limit = self.config.n_early_stopping
+        if limit is None or member.stale_validations < limit:
+            return False
+        log.info("%s: early stopping at epoch %d after %d validations without improvement", member.tag,
+                 member.epoch, member.stale_validations)
+        return True
+
+    def _interval_checkpoint(self, member: Member) -> None:
+        interval = self.config.checkpoint_interval
+        if interval and member.epoch % interval == 0:
+            self.save_checkpoint(member)
+
+    def train_set(self, member: Member) -> list[Atoms]:
+        """The member's training structures this session uses (outliers dropped)."""
+        return self.outliers.apply(member.train_atoms, label=f"{member.tag} training set")
+
+    def valid_set(self, member: Member) -> list[Atoms]:
+        return self.outliers.apply(member.valid_atoms, label=f"{member.tag} validation set")
+
+    def force_mask(self, member: Member, atoms_list: Sequence[Atoms]) -> np.ndarray | None:
+        """0/1 per structure of `atoms_list`: whose forces enter the loss in the member's current epoch."""
+        c = self.config
+        return force_selection(atoms_list, fraction=c.force_fraction, sampling=c.force_sampling,
+                               minimum=c.force_min_structures_per_epoch, seed=member.seed, epoch=member.epoch,
+                               resample_epochs=c.force_resample_num_epochs)
+
     def _train_epoch(self, member: Member, *, use_scheduler: bool) -> float:
-        samples = self.samples(member.train_atoms)
+        atoms_list = self.train_set(member)
+        samples = self.samples(atoms_list)
         if not samples:
             raise InputError("no training structures", where=f"member {member.tag}")
         order = torch.randperm(len(samples), generator=member.rng).tolist()
+        mask = self.force_mask(member, atoms_list)
         member.model.train()
-        total, count = 0.0, 0
-        for start in range(0, len(order), self.config.batch_size):
-            chosen = order[start:start + self.config.batch_size]
-            batch = self.architecture.collate([samples[i] for i in chosen])
-            weights = self._config_weights([member.train_atoms[i] for i in chosen])
-            total += self._step(member, batch.to(self.device), weights)
-            count += 1
+        errors = session.RunningErrors()
+        batches = [order[start:start + self.config.batch_size] for start in range(0, len(order), self.config.batch_size)]
+        for chosen, batch in zip(batches, session.batches(self.architecture, samples, batches, self.config.num_workers)):
+            weights = self._config_weights([atoms_list[i] for i in chosen])
+            force_mask = torch.as_tensor(mask[chosen]) if mask is not None else None
+            errors.add(*self._step(member, batch.to(self.device), weights, force_mask, use_scheduler=use_scheduler))
         member.epoch += 1
         member.version += 1
-        if use_scheduler and member.scheduler is not None and not optim.is_plateau(member.scheduler):
+        member.last_train_errors = errors.summary()
+        if (use_scheduler and member.scheduler is not None and not optim.is_plateau(member.scheduler)
+                and not optim.steps_per_batch(member.scheduler)):
             member.scheduler.step()
-        return total / count
+        return errors.mean_loss()
 
-    def _step(self, member: Member, batch, weights: torch.Tensor | None) -> float:
+    def _step(self, member: Member, batch, weights: torch.Tensor | None, force_mask: torch.Tensor | None = None,
+              *, use_scheduler: bool = False) -> tuple:
         member.optimizer.zero_grad(set_to_none=True)
         pred = self.architecture.predict(member.model, batch, training=True)
-        loss = self.loss_fn(LossTargets.from_batch(batch).scaled(weights), pred)
+        targets = LossTargets.from_batch(batch).scaled(weights)
+        loss = self.loss_fn(targets.with_force_mask(force_mask), pred)
         loss.backward()
         if self.config.clip_grad:
             torch.nn.utils.clip_grad_norm_(member.model.parameters(), max_norm=self.config.clip_grad)
@@ -212,20 +260,28 @@ class Trainer:
         if member.ema is not None:
             member.ema.update()
         member.optimizer_steps += 1
-        return float(loss.detach())
+        if use_scheduler and optim.steps_per_batch(member.scheduler):
+            member.scheduler.step()
+        return float(loss.detach()), targets, {key: value.detach() for key, value in pred.items()}
 
     def validate(self, member: Member, *, use_scheduler: bool = False,
                  train_loss: float | None = None) -> dict[str, float] | None:
         """Metrics on the member's validation set (EMA weights), appended to results/{tag}_history.jsonl."""
-        if not member.valid_atoms:
+        valid = self.valid_set(member)
+        if not valid:
             return None
         started = time.perf_counter()
-        metrics = self.evaluate(member, member.valid_atoms)
+        metrics = self.evaluate(member, valid)
         if use_scheduler and optim.is_plateau(member.scheduler):
             member.scheduler.step(metrics["loss"])
+        improved = metrics["loss"] < member.best_valid_loss
         member.best_valid_loss = min(member.best_valid_loss, metrics["loss"])
+        member.stale_validations = 0 if improved else member.stale_validations + 1
+        if improved and self.config.save_best:
+            self.checkpoints.save_best(member)
+        train_errors = {f"train_{k}": v for k, v in (getattr(member, "last_train_errors", None) or {}).items()}
         record = {"tag": member.tag, "epoch": member.epoch, "lr": optim.current_lr(member.optimizer),
-                  "train_loss": train_loss, **metrics, "n_train": len(member.train_atoms),
+                  "train_loss": train_loss, **metrics, **train_errors, "n_train": len(member.train_atoms),
                   "n_valid": len(member.valid_atoms), "valid_seconds": time.perf_counter() - started,
                   "time": time.time()}
         member.history.append(record)
@@ -237,6 +293,12 @@ class Trainer:
     def evaluate(self, member: Member, atoms: Sequence[Atoms]) -> dict[str, float]:
         """Loss and errors of the member (EMA weights) on labelled `atoms`: energy_mae_per_atom,
         energy_rmse_per_atom (eV/atom), forces_mae, forces_rmse (eV/Å), loss."""
+        all_targets, pred = self.predict_labelled(member, atoms)
+        loss = float(self.loss_fn(all_targets, pred))
+        return {"loss": loss, **error_metrics(all_targets, pred)}
+
+    def predict_labelled(self, member: Member, atoms: Sequence[Atoms]) -> tuple[LossTargets, dict]:
+        """(targets, predictions {'energy', 'forces'}) of the member (EMA weights) on labelled `atoms`."""
         samples = self.samples(atoms)
         targets, energies, forces = [], [], []
         member.model.eval()
@@ -248,10 +310,7 @@ class Trainer:
                 targets.append(LossTargets.from_batch(batch).scaled(self._config_weights(atoms[start:stop])))
                 energies.append(pred["energy"].detach())
                 forces.append(pred["forces"].detach())
-        all_targets = LossTargets.concatenate(targets)
-        pred = {"energy": torch.cat(energies), "forces": torch.cat(forces)}
-        loss = float(self.loss_fn(all_targets, pred))
-        return {"loss": loss, **error_metrics(all_targets, pred)}
+        return LossTargets.concatenate(targets), {"energy": torch.cat(energies), "forces": torch.cat(forces)}
 
     def converge(self, member: Member, max_epochs: int, patience: int, margin: float, *,
                  valid_skip: int | None = None) -> dict[str, float] | None:
@@ -279,7 +338,12 @@ class Trainer:
             member.best_valid_loss = best_loss
         log.info("%s converged after %d epochs: best validation loss %.4g", member.tag, done, best_loss)
         self.save_checkpoint(member)
+        self.end_session(member)
         return best_metrics
+
+    def end_session(self, member: Member) -> None:
+        """Predictions (write_predictions) and plots (training_plots) of the session in results/."""
+        session.report(self, member)
 
     def _snapshot(self, member: Member) -> dict[str, Any]:
         return {"model": _detached_copy(member.model.state_dict()),
@@ -294,14 +358,7 @@ class Trainer:
     # --- data ------------------------------------------------------------------------------------------
     def samples(self, atoms_list: Sequence[Atoms]) -> list[Any]:
         """Featurized samples, cached per structure content (new structures are featurized once)."""
-        out = []
-        for atoms in atoms_list:
-            key = structure_key(atoms)
-            sample = self._samples.get(key)
-            if sample is None:
-                sample = self._samples[key] = self.architecture.featurize(atoms)
-            out.append(sample)
-        return out
+        return [self.cache.get(atoms) for atoms in atoms_list]
 
     def _config_weights(self, atoms_list: Sequence[Atoms]) -> torch.Tensor | None:
         """Loss weight of each structure from TRAINING.config_type_weights (None when all weights are 1)."""
@@ -313,14 +370,25 @@ class Trainer:
 
     def refresh_statistics(self, member: Member) -> bool:
         """Recompute E0s, neighbour counts and scales when the training set changed since the last time."""
-        fingerprint = self._fingerprint(member.train_atoms)
+        used = self.train_set(member)
+        fingerprint = self._fingerprint(used)
         if fingerprint == member.stats_fingerprint:
             return False
-        member.stats = self._statistics(member.train_atoms)
-        self.architecture.update_statistics(member.model, member.stats)
+        member.stats = self._statistics(used)
+        self._resolve_hypers(member.stats)
+        if isinstance(self.architecture, HeadedArchitecture):
+            self.architecture.refresh(member.model, member.stats, used)
+        else:
+            self.architecture.update_statistics(member.model, member.stats)
         member.stats_fingerprint = fingerprint
         member.version += 1
         return True
+
+    def _resolve_hypers(self, stats: DatasetStatistics) -> None:
+        """Hyperparameters given as ${training_data_stats:NAME} take the values of `stats`."""
+        if self.config.hypers_statistics:
+            inner = base_architecture(self.architecture)
+            inner.hypers = statistics_refs.resolve_hypers(self.config.hypers, self.config.hypers_statistics, stats)
 
     def _statistics(self, train_atoms: Sequence[Atoms]) -> DatasetStatistics:
         return compute_statistics(train_atoms, cutoff_A=self.architecture.cutoff_A,

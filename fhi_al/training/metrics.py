@@ -35,6 +35,18 @@ class LossTargets:
                    energy_weight=batch.energy_weight if batch.energy_weight is not None else ones,
                    forces_weight=batch.forces_weight if batch.forces_weight is not None else ones)
 
+    def with_force_mask(self, mask: torch.Tensor | None) -> "LossTargets":
+        """These targets with the forces term of structures where `mask` [num_structures] is 0 switched off
+        and the others up-weighted by (all atoms)/(selected atoms), so the term keeps its scale."""
+        if mask is None:
+            return self
+        num_atoms = (self.ptr[1:] - self.ptr[:-1]).to(self.weight.dtype)
+        mask = mask.to(self.weight.dtype)
+        selected = float((mask * num_atoms).sum())
+        factor = float(num_atoms.sum()) / selected if selected > 0 else 0.0
+        return LossTargets(energy=self.energy, forces=self.forces, ptr=self.ptr, weight=self.weight,
+                           energy_weight=self.energy_weight, forces_weight=self.forces_weight * mask * factor)
+
     def scaled(self, factors: torch.Tensor | None) -> "LossTargets":
         """These targets with every structure's loss weight multiplied by `factors` [num_structures]."""
         if factors is None:
@@ -51,9 +63,52 @@ class LossTargets:
                                for name in ("energy", "forces", "weight", "energy_weight", "forces_weight")})
 
 
-def make_loss(*, energy_weight: float, forces_weight: float, dtype: torch.dtype) -> torch.nn.Module:
-    """mace's WeightedEnergyForcesLoss: w_E * mean(((E-E_ref)/N)^2) + w_F * mean((F-F_ref)^2)."""
-    return WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight).to(dtype)
+CRITERIA = ("mse", "l1", "huber")
+ENERGY_LOSSES = ("per_atom", "total")
+
+
+def make_loss(*, energy_weight: float, forces_weight: float, dtype: torch.dtype, criterion: str = "mse",
+              huber_delta: float = 0.01, energy_loss: str = "per_atom",
+              force_alpha: float | None = None) -> torch.nn.Module:
+    """mace's WeightedEnergyForcesLoss, w_E * mean(((E-E_ref)/N)^2) + w_F * mean((F-F_ref)^2), for the
+    defaults; otherwise EnergyForcesLoss with the criterion, energy form and weighting asked for."""
+    if criterion == "mse" and energy_loss == "per_atom" and force_alpha is None:
+        return WeightedEnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight).to(dtype)
+    if force_alpha is not None:
+        energy_weight, forces_weight = 1.0 - force_alpha, force_alpha
+    return EnergyForcesLoss(energy_weight=energy_weight, forces_weight=forces_weight, criterion=criterion,
+                            huber_delta=huber_delta, per_atom=energy_loss == "per_atom")
+
+
+class EnergyForcesLoss(torch.nn.Module):
+    """w_E * mean_s(weight_s * c(ΔE_s [/N_s])) + w_F * mean_atoms,xyz(weight_s(i) * c(ΔF_i)); c = the criterion.
+    With c = squared error, per-atom energies and mace's weights this is mace's WeightedEnergyForcesLoss."""
+
+    def __init__(self, *, energy_weight: float, forces_weight: float, criterion: str = "mse",
+                 huber_delta: float = 0.01, per_atom: bool = True):
+        super().__init__()
+        if criterion not in CRITERIA:
+            raise ValueError(f"unknown criterion {criterion!r}; use one of {CRITERIA}")
+        self.energy_weight, self.forces_weight = float(energy_weight), float(forces_weight)
+        self.criterion, self.huber_delta, self.per_atom = criterion, float(huber_delta), per_atom
+
+    def _error(self, difference: torch.Tensor) -> torch.Tensor:
+        if self.criterion == "mse":
+            return difference.square()
+        if self.criterion == "l1":
+            return difference.abs()
+        return torch.nn.functional.huber_loss(difference, torch.zeros_like(difference), reduction="none",
+                                              delta=self.huber_delta)
+
+    def forward(self, ref: LossTargets, pred: dict[str, torch.Tensor]) -> torch.Tensor:
+        num_atoms = ref.ptr[1:] - ref.ptr[:-1]
+        de = ref.energy - pred["energy"]
+        if self.per_atom:
+            de = de / num_atoms
+        energy_term = (ref.weight * ref.energy_weight * self._error(de)).mean()
+        atom_weight = torch.repeat_interleave(ref.weight * ref.forces_weight, num_atoms).unsqueeze(-1)
+        forces_term = (atom_weight * self._error(ref.forces - pred["forces"])).mean()
+        return self.energy_weight * energy_term + self.forces_weight * forces_term
 
 
 def error_metrics(targets: LossTargets, pred: dict[str, torch.Tensor]) -> dict[str, float]:

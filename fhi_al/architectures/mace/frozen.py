@@ -6,8 +6,8 @@ Used for ensemble prediction copies only; exported files and training keep mace'
 
 from __future__ import annotations
 
+import itertools
 import logging
-import math
 
 import torch
 from mace.modules.symmetric_contraction import Contraction
@@ -19,54 +19,69 @@ class FrozenContraction(torch.nn.Module):
     """Same result as mace's `Contraction(x, y)` for fixed weights.
 
     mace evaluates ((T_3 x + T_2) x + T_1) x with T_nu = sum_k U_nu[..., k] W_nu[e, k, c] recomputed for every
-    atom and a large per-atom intermediate. Expanded, the result is sum_nu T_nu . x^(x)nu; here the T_nu are
-    computed once and, per element, the terms of order >= 2 are matrix products of T_nu (rows: output
-    component and first ell index) with outer powers of the features, followed by one contraction with x.
+    atom. Expanded, the result is sum_nu T_nu . x^(x)nu, a polynomial in the features of each channel: here the
+    T_nu are computed once and symmetrised onto the monomials x_i1 ... x_inu (i1 <= ... <= inu) that the
+    coupling (mace's U tensors, independent of the weights) allows, so each evaluation is one gather-product
+    of the features and one batched matrix product with the coefficients of all elements.
     """
 
     def __init__(self, contraction: Contraction):
         super().__init__()
         correlation = contraction.correlation
         weights = [contraction.weights_max] + list(contraction.weights)  # orders correlation, ..., 1
+        columns, blocks = [], []
         with torch.no_grad():
             for offset, weight in enumerate(weights):
                 order = correlation - offset
-                coupled = torch.einsum("...k,ekc->ec...", contraction.U_tensors(order), weight.detach())
+                coupling = contraction.U_tensors(order)  # [out..., ell x order, k]
+                self.ell = coupling.shape[-2]
+                self.out_dims = tuple(coupling.shape[:coupling.dim() - order - 1])
+                tuples, key = _sorted_tuples(self.ell, order)
+                # monomials the coupling allows (structural: the same for any weights)
+                allowed = _symmetrise(coupling.reshape(-1, self.ell ** order, coupling.shape[-1]).transpose(1, 2),
+                                      key, len(tuples)).ne(0).flatten(0, 1).any(0).nonzero().squeeze(-1)
+                coupled = torch.einsum("...k,ekc->ec...", coupling, weight.detach())  # [e, c, out..., ell x order]
                 elements, channels = coupled.shape[:2]
-                self.ell = coupled.shape[-1]
-                self.out_dims = tuple(coupled.shape[2:coupled.dim() - order])
-                rows = math.prod(self.out_dims) * self.ell
-                self.register_buffer(f"coupled_{order}",
-                                     coupled.reshape(elements, channels, rows, self.ell ** (order - 1)).contiguous())
+                coupled = _symmetrise(coupled.reshape(elements, channels, -1, self.ell ** order), key, len(tuples))
+                blocks.append(coupled.index_select(-1, allowed))  # [e, c, out, F_nu]
+                padded = [t + (self.ell,) * (correlation - order) for t in tuples]  # index ell: a factor 1
+                columns.append(torch.tensor(padded, dtype=torch.long).index_select(0, allowed))
+        coefficients = torch.cat(blocks, dim=-1)  # [e, c, out, F]
+        elements, channels, outputs, _ = coefficients.shape
+        # [c, F, e * out]: one batched product over channels gives every element's output
+        self.register_buffer("coefficients", coefficients.permute(1, 3, 0, 2).reshape(channels, -1,
+                                                                                        elements * outputs)
+                             .contiguous())
+        self.register_buffer("monomials", torch.cat(columns).T.contiguous())  # [correlation, F]
+        self.num_elements, self.num_outputs = elements, outputs
         self.correlation = correlation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements].
-        Out of place (atoms grouped by element, then put back in order) so that torch.vmap can batch it."""
-        elements = y.argmax(dim=-1)
-        atoms = x.shape[0]
-        parts, indices = [], []
-        for element in torch.unique(elements).tolist():
-            index = (elements == element).nonzero().squeeze(-1)
-            parts.append(self._contract_element(element, x.index_select(0, index)))
-            indices.append(index)
-        order = torch.cat(indices)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(atoms, device=order.device)
-        return torch.cat(parts).index_select(0, inverse).reshape(atoms, -1)
+        """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]. Out of place, so
+        torch.vmap can batch it over stacked members."""
+        atoms, channels = x.shape[:2]
+        extended = torch.cat([x, x.new_ones((atoms, channels, 1))], dim=-1)
+        monomials = extended[..., self.monomials[0]]
+        for factor in range(1, self.correlation):
+            monomials = monomials * extended[..., self.monomials[factor]]  # [atoms, c, F]
+        every = torch.bmm(monomials.transpose(0, 1), self.coefficients)  # [c, atoms, e * out]
+        every = every.reshape(channels, atoms, self.num_elements, self.num_outputs)
+        index = y.argmax(dim=-1).reshape(1, atoms, 1, 1).expand(channels, atoms, 1, self.num_outputs)
+        out = every.gather(2, index).squeeze(2)  # [c, atoms, out]
+        return out.transpose(0, 1).reshape(atoms, -1)
 
-    def _contract_element(self, element: int, features: torch.Tensor) -> torch.Tensor:
-        count, channels, ell = features.shape
-        x = features.permute(1, 2, 0)  # [c, ell, n]
-        rows = self.coupled_1[element]  # [c, rows, 1]: first order, no power of x
-        power = x
-        for order in range(2, self.correlation + 1):
-            rows = rows + torch.bmm(getattr(self, f"coupled_{order}")[element], power)  # [c, rows, n]
-            if order < self.correlation:
-                power = (power.unsqueeze(2) * x.unsqueeze(1)).reshape(channels, -1, count)
-        rows = rows.reshape(channels, -1, ell, rows.shape[-1])  # [c, out, ell, n or 1]
-        out = (rows * x.unsqueeze(1)).sum(dim=2)  # [c, out, n]
-        return out.permute(2, 0, 1).reshape((count, channels) + self.out_dims)
+
+def _sorted_tuples(ell: int, order: int) -> tuple[list[tuple[int, ...]], torch.Tensor]:
+    """Non-decreasing index tuples of length `order` and, for every tuple of range(ell)^order, its number."""
+    tuples = list(itertools.combinations_with_replacement(range(ell), order))
+    number = {t: n for n, t in enumerate(tuples)}
+    key = [number[tuple(sorted(t))] for t in itertools.product(range(ell), repeat=order)]
+    return tuples, torch.tensor(key, dtype=torch.long)
+
+
+def _symmetrise(tensor: torch.Tensor, key: torch.Tensor, count: int) -> torch.Tensor:
+    """Sum the last axis (all index tuples) onto the sorted tuples numbered by `key`."""
+    return tensor.new_zeros(tensor.shape[:-1] + (count,)).index_add_(-1, key, tensor)
 
 
 def freeze_contractions(model: torch.nn.Module) -> int:

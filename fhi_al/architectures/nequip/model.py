@@ -1,11 +1,11 @@
 """NequIP-style equivariant network plugged into the engine: neighbour lists, batching, statistics, forces = -dE/dR.
 
-Exported files are the whole module pickled (torch.save), read back with `load_exported` or `NequipCalculator`.
+Exported files hold hypers, species and the state dict (loadable with weights_only=True), read back with
+`load_exported` or `NequipCalculator`.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MIN_ENERGY_SCALE_EV = 1.0e-6  # below this the training set carries no scale information: use 1 eV
 MIN_AVG_NEIGHBORS = 1.0  # structures without neighbours must not blow up the message normalisation
+EXPORT_FORMAT = "fhi_al.nequip"
 SHIFT_KEY, SCALE_KEY = "ARCHITECTURE.per_type_energy_shift", "ARCHITECTURE.per_type_energy_scale"
 
 
@@ -140,11 +141,12 @@ class NequipArchitecture(Architecture):
 
     # --- files -------------------------------------------------------------------------------------------
     def export(self, model: torch.nn.Module, path: Path) -> None:
-        """The whole module pickled (it carries its hypers and statistics buffers)."""
-        standalone = copy.deepcopy(model).cpu()
-        for param in standalone.parameters():
-            param.requires_grad_(True)
-        atomic_torch_save(standalone, path)
+        """Hypers, species and state dict (weights and statistics buffers); plain data, so that loaders of
+        every architecture can probe the file with weights_only=True."""
+        payload = {"format": EXPORT_FORMAT, "checkpoint_version": self.checkpoint_version,
+                   "hypers": dict(model.hypers_dict), "species": model.species, "dtype": str(self.dtype),
+                   "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()}}
+        atomic_torch_save(payload, path)
 
 
 def _per_type(setting: Any, species: Sequence[int], from_stats: dict[int, float], where: str) -> list[float]:
@@ -163,11 +165,13 @@ def _per_type(setting: Any, species: Sequence[int], from_stats: dict[int, float]
 
 def load_exported(path: str | Path) -> tuple[NequipArchitecture, NequipModel]:
     """(architecture, model) from a file written by `NequipArchitecture.export`."""
-    model = torch.load(Path(path), map_location="cpu", weights_only=False)
-    if not isinstance(model, NequipModel):
+    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise InputError("not a NequIP model exported by fhi_al", where=str(path))
-    dtype = model.energy_shift_eV.dtype
-    architecture = NequipArchitecture(NequipHypers(**model.hypers_dict), dtype=dtype)
+    dtype = getattr(torch, payload["dtype"].removeprefix("torch."))
+    architecture = NequipArchitecture(NequipHypers(**payload["hypers"]), dtype=dtype)
+    model = architecture.empty_model(payload["species"])
+    model.load_state_dict(payload["state_dict"])
     return architecture, model.eval()
 
 

@@ -32,6 +32,7 @@ import chaos  # noqa: E402
 SHORT = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 2, "max_MD_steps": 60}}
 LABEL_ID = re.compile(r"\b(initial|al)-t\d+-s\d+\b")
 MD_STEP = re.compile(r"ab initio MD step \d+")
+INJECTED = "fhi_al.references.faults: injected fault"
 TARGET_K = 300.0
 MD = MDParameters(temperature_K=TARGET_K, timestep_fs=0.5, friction_per_fs=0.01)
 
@@ -88,10 +89,10 @@ def fault_run(folder: Path, command: str, faults: str) -> subprocess.CompletedPr
 
 def fault_events(lines: list[str]) -> list[tuple[str, str]]:
     """(injected fault line, the warning right after it) pairs: each fault must be handled at once."""
-    warnings = [line for line in lines if " WARNING " in line and ("injected fault" in line or "failed" in line
+    warnings = [line for line in lines if " WARNING " in line and (INJECTED in line or "failed" in line
                                                                     or "frame skipped" in line)]
     return [(line, warnings[i + 1] if i + 1 < len(warnings) else "")
-            for i, line in enumerate(warnings) if "injected fault" in line]
+            for i, line in enumerate(warnings) if INJECTED in line]
 
 
 def assert_every_fault_handled_and_named(folder: Path) -> dict[str, int]:
@@ -99,7 +100,7 @@ def assert_every_fault_handled_and_named(folder: Path) -> dict[str, int]:
     kinds = {"error": 0, "nan": 0, "hang": 0}
     for fault, handled in events:
         kinds[re.search(r"injected fault (\w+)", fault).group(1)] += 1
-        assert "injected fault" not in handled, f"fault not handled before the next one:\n{fault}\n{handled}"
+        assert handled and INJECTED not in handled, f"fault not handled before the next one:\n{fault}\n{handled}"
         assert LABEL_ID.search(handled) or MD_STEP.search(handled), f"no structure named:\n{handled}"
     return kinds
 
@@ -107,7 +108,7 @@ def assert_every_fault_handled_and_named(folder: Path) -> dict[str, int]:
 @pytest.mark.slow
 def test_ten_percent_reference_errors_and_nan_forces(tmp_path):
     folder = make_run_folder(tmp_path / "run", al={"ACTIVE_LEARNING": {
-        **SHORT["ACTIVE_LEARNING"], "max_MD_steps": 100, "reference_timeout_s": 5.0}})
+        **SHORT["ACTIVE_LEARNING"], "reference_timeout_s": 5.0}})
     result = fault_run(folder, "FHI_AL", "error=0.1,nan=0.05,seed=4")
     assert result.returncode == 0, result.stderr[-3000:]
     kinds = assert_every_fault_handled_and_named(folder)
@@ -257,7 +258,8 @@ def test_second_run_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
     assert f"taking over a stale lock left by process {first.pid}" in rerun.stderr
     assert not lock.exists()
     ids = [a.info["label_id"] for a in all_frames(folder)]
-    assert len(ids) == len(set(ids)) == 6  # 2 members x 3 samples x 1 round
+    assert len(ids) == len(set(ids))
+    assert sum(i.startswith("initial-") for i in ids) == 6  # 2 members x 3 samples x 1 round
 
 
 # ------------------------------------------------------------------------------------------ disk full

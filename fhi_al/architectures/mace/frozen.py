@@ -14,6 +14,8 @@ from mace.modules.symmetric_contraction import Contraction
 
 log = logging.getLogger(__name__)
 
+CHUNK_BYTES = 2**21  # monomials of at most this size are built at a time (fits in a core's cache)
+
 
 class FrozenContraction(torch.nn.Module):
     """Same result as mace's `Contraction(x, y)` for fixed weights.
@@ -48,27 +50,35 @@ class FrozenContraction(torch.nn.Module):
                 columns.append(torch.tensor(padded, dtype=torch.long).index_select(0, allowed))
         coefficients = torch.cat(blocks, dim=-1)  # [e, c, out, F]
         elements, channels, outputs, _ = coefficients.shape
-        # [c, F, e * out]: one batched product over channels gives every element's output
-        self.register_buffer("coefficients", coefficients.permute(1, 3, 0, 2).reshape(channels, -1,
-                                                                                        elements * outputs)
-                             .contiguous())
+        # [c, e * out, F]: one batched product over channels gives every element's output
+        self.register_buffer("coefficients", coefficients.permute(1, 0, 2, 3).reshape(channels, elements * outputs,
+                                                                                        -1).contiguous())
         self.register_buffer("monomials", torch.cat(columns).T.contiguous())  # [correlation, F]
         self.num_elements, self.num_outputs = elements, outputs
         self.correlation = correlation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]. Out of place, so
-        torch.vmap can batch it over stacked members."""
-        atoms, channels = x.shape[:2]
-        extended = torch.cat([x, x.new_ones((atoms, channels, 1))], dim=-1)
-        monomials = extended[..., self.monomials[0]]
+        """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]."""
+        atoms = x.shape[0]
+        out = self.contract(x.permute(1, 2, 0), y.argmax(dim=-1), self.coefficients)  # [c, out, atoms]
+        return out.permute(2, 0, 1).reshape(atoms, -1)
+
+    def contract(self, features: torch.Tensor, elements: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """features [c, ell, atoms] (atoms last: the gathers copy whole rows), elements [atoms] (indices),
+        coefficients [c, e * out, F] (this module's, or several members' stacked along c) -> [c, out, atoms]."""
+        channels, _, atoms = features.shape
+        chunk = max(1, CHUNK_BYTES // (features.element_size() * atoms * self.monomials.shape[1]))
+        if channels > chunk:  # large batches: channel chunks keep the monomials in cache
+            return torch.cat([self.contract(features[start:start + chunk], elements,
+                                            coefficients[start:start + chunk])
+                              for start in range(0, channels, chunk)])
+        extended = torch.cat([features, features.new_ones((channels, 1, atoms))], dim=1)
+        monomials = extended.index_select(1, self.monomials[0])
         for factor in range(1, self.correlation):
-            monomials = monomials * extended[..., self.monomials[factor]]  # [atoms, c, F]
-        every = torch.bmm(monomials.transpose(0, 1), self.coefficients)  # [c, atoms, e * out]
-        every = every.reshape(channels, atoms, self.num_elements, self.num_outputs)
-        index = y.argmax(dim=-1).reshape(1, atoms, 1, 1).expand(channels, atoms, 1, self.num_outputs)
-        out = every.gather(2, index).squeeze(2)  # [c, atoms, out]
-        return out.transpose(0, 1).reshape(atoms, -1)
+            monomials = monomials * extended.index_select(1, self.monomials[factor])  # [c, F, atoms]
+        every = torch.bmm(coefficients, monomials).reshape(channels, self.num_elements, self.num_outputs, atoms)
+        index = elements.reshape(1, 1, 1, atoms).expand(channels, 1, self.num_outputs, atoms)
+        return every.gather(1, index).squeeze(1)
 
 
 def _sorted_tuples(ell: int, order: int) -> tuple[list[tuple[int, ...]], torch.Tensor]:

@@ -55,32 +55,77 @@ def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 class StackedMace:
     """M frozen MACE prediction copies evaluated together; `__call__(inputs)` -> energies [M, graphs] and
-    forces [M, nodes, 3] for a mace batch (dict of AtomicData tensors), equal to each member's own output."""
+    forces [M, nodes, 3] for a mace batch (dict of AtomicData tensors), equal to each member's own output.
+
+    Each member keeps its own copy of the positions so that one backward pass of the summed energies gives
+    every member's forces. The layers run under torch.vmap over the stacked parameters; the symmetric
+    contractions (gathers that vmap would turn into slow general gathers) run outside it, with the member
+    axis folded into the channels.
+    """
 
     def __init__(self, models: Sequence[torch.nn.Module]):
         self.template = _MemberForward(copy.deepcopy(models[0]))
         states = [_state(model) for model in models]
-        self.stacked: dict[str, torch.Tensor] = {}
+        stacked: dict[str, torch.Tensor] = {}
         for name, tensor in states[0].items():
             if all(torch.equal(state[name], tensor) for state in states[1:]):
                 continue  # identical in all members (mace's U matrices, masks, radial basis): not stacked
-            self.stacked[f"model.{name}"] = torch.stack([state[name].detach() for state in states])
+            stacked[f"model.{name}"] = torch.stack([state[name].detach() for state in states])
+        self.size = len(models)
+        first = models[0]
+        self.contractions = [
+            [(c, stacked.pop(f"model.products.{i}.symmetric_contractions.contractions.{j}.coefficients"))
+             for j, c in enumerate(product.symmetric_contractions.contractions)]
+            for i, product in enumerate(first.products)]
+        self.stages = {"embed": _subset(stacked, ("node_embedding", "radial_embedding", "spherical_harmonics",
+                                                   "atomic_energies_fn")),
+                       "energy": _subset(stacked, ("scale_shift",))}
+        for index in range(len(first.interactions)):
+            self.stages[f"interaction{index}"] = _subset(stacked, (f"interactions.{index}",))
+            self.stages[f"product{index}"] = _subset(stacked, (f"products.{index}", f"readouts.{index}"))
         self.avg_num_neighbors = torch.tensor(
             [[float(block.avg_num_neighbors) for block in model.interactions] for model in models],
-            dtype=torch.get_default_dtype() if not states[0] else next(iter(states[0].values())).dtype)
-        self.size = len(models)
+            dtype=first.r_max.dtype)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         positions = inputs["positions"].detach().expand(self.size, -1, -1).clone().requires_grad_(True)
         graph = _Graph(inputs)
-
-        def member(stacked, positions_m, avg_num_neighbors):
-            return torch.func.functional_call(self.template, stacked, (positions_m, avg_num_neighbors, graph),
-                                              strict=False, tie_weights=False)
-
-        e0, interaction = torch.vmap(member, in_dims=(0, 0, 0))(self.stacked, positions, self.avg_num_neighbors)
+        e0, node_feats, edge_attrs, edge_feats, cutoff = self._stage("embed", positions, graph)
+        node_energies = []
+        for index, contractions in enumerate(self.contractions):
+            features, sc = self._stage(f"interaction{index}", node_feats, edge_attrs, edge_feats, cutoff,
+                                       self.avg_num_neighbors[:, index], graph)
+            contracted = torch.cat([contract_members(c, coefficients, features, graph.elements)
+                                    for c, coefficients in contractions], dim=-1)
+            node_feats, node_energy = self._stage(f"product{index}", contracted, sc, graph)
+            node_energies.append(node_energy)
+        (interaction,) = self._stage("energy", torch.stack(node_energies, dim=-1), graph)
         (gradient,) = torch.autograd.grad(interaction.sum(), positions)
         return (e0 + interaction).detach(), -gradient
+
+    def _stage(self, stage: str, *args):
+        """One stage of every member's forward pass, vectorised over the member axis of tensor arguments."""
+        in_dims = tuple(0 if isinstance(arg, torch.Tensor) else None for arg in args)
+
+        def member(params, *member_args):
+            return torch.func.functional_call(self.template, params, (stage,) + member_args, strict=False,
+                                              tie_weights=False)
+
+        return torch.vmap(member, in_dims=(0,) + in_dims)(self.stages[stage], *args)
+
+
+def contract_members(contraction: FrozenContraction, coefficients: torch.Tensor, features: torch.Tensor,
+                     elements: torch.Tensor) -> torch.Tensor:
+    """FrozenContraction of every member: features [M, atoms, c, ell], coefficients [M, c, e * out, F] ->
+    [M, atoms, c * out]."""
+    members, atoms, channels, ell = features.shape
+    folded = features.permute(0, 2, 3, 1).reshape(members * channels, ell, atoms)
+    out = contraction.contract(folded, elements, coefficients.flatten(0, 1))  # [M c, out, atoms]
+    return out.reshape(members, channels, -1, atoms).permute(0, 3, 1, 2).reshape(members, atoms, -1)
+
+
+def _subset(stacked: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    return {name: t for name, t in stacked.items() if name.removeprefix("model.").startswith(prefixes)}
 
 
 class _Graph:
@@ -88,6 +133,7 @@ class _Graph:
 
     def __init__(self, inputs: dict[str, torch.Tensor]):
         self.node_attrs = inputs["node_attrs"]
+        self.elements = self.node_attrs.argmax(dim=-1)
         self.edge_index = inputs["edge_index"]
         self.shifts = inputs["shifts"]
         self.batch = inputs["batch"]
@@ -96,42 +142,56 @@ class _Graph:
 
 
 class _MemberForward(torch.nn.Module):
-    """ScaleShiftMACE.forward of one member (energies only; geometry from the member's own positions) written
+    """ScaleShiftMACE.forward of one member in stages (energies only; geometry from the member's own positions),
     without in-place updates so that torch.vmap can batch it over stacked member parameters."""
 
     def __init__(self, model: ScaleShiftMACE):
         super().__init__()
         self.model = model
 
-    def forward(self, positions: torch.Tensor, avg_num_neighbors: torch.Tensor,
-                graph: _Graph) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, stage: str, *args):
+        if stage.startswith("interaction"):
+            return self.interaction(int(stage.removeprefix("interaction")), *args)
+        if stage.startswith("product"):
+            return self.product(int(stage.removeprefix("product")), *args)
+        return getattr(self, stage)(*args)
+
+    def embed(self, positions: torch.Tensor, graph: _Graph):
         model = self.model
         sender, receiver = graph.edge_index[0], graph.edge_index[1]
         vectors = positions[receiver] - positions[sender] + graph.shifts
         lengths = torch.linalg.norm(vectors, dim=-1, keepdim=True)
         node_e0 = model.atomic_energies_fn(graph.node_attrs)[:, 0]
         e0 = scatter_sum(node_e0, graph.batch, graph.num_graphs)
-        node_feats = model.node_embedding(graph.node_attrs)
-        edge_attrs = model.spherical_harmonics(vectors)
         edge_feats, cutoff = model.radial_embedding(lengths, graph.node_attrs, graph.edge_index,
                                                     model.atomic_numbers)
-        node_energies = []
-        for index, (interaction, product, readout) in enumerate(
-                zip(model.interactions, model.products, model.readouts)):
-            sc = None
-            if isinstance(interaction, RealAgnosticResidualInteractionBlock):
-                sc = interaction.skip_tp(node_feats, graph.node_attrs)
-            node_feats = interaction.linear_up(node_feats)
-            tp_weights = interaction.conv_tp_weights(edge_feats)
-            if cutoff is not None:
-                tp_weights = tp_weights * cutoff
-            messages = interaction.conv_tp(node_feats[sender], edge_attrs, tp_weights)
-            message = scatter_sum(messages, receiver, graph.num_nodes)
-            message = interaction.linear(message) / avg_num_neighbors[index]
-            if sc is None:
-                message = interaction.skip_tp(message, graph.node_attrs)
-            node_feats = product(node_feats=interaction.reshape(message), sc=sc, node_attrs=graph.node_attrs)
-            node_energies.append(readout(node_feats)[:, 0])
+        if cutoff is None:
+            cutoff = torch.ones_like(lengths)  # multiplying by 1 is exact
+        return (e0, model.node_embedding(graph.node_attrs), model.spherical_harmonics(vectors), edge_feats,
+                cutoff)
+
+    def interaction(self, index: int, node_feats, edge_attrs, edge_feats, cutoff, avg_num_neighbors,
+                    graph: _Graph):
+        block = self.model.interactions[index]
+        residual = isinstance(block, RealAgnosticResidualInteractionBlock)
+        sc = block.skip_tp(node_feats, graph.node_attrs) if residual else torch.zeros(())
+        node_feats = block.linear_up(node_feats)
+        tp_weights = block.conv_tp_weights(edge_feats) * cutoff
+        messages = block.conv_tp(node_feats[graph.edge_index[0]], edge_attrs, tp_weights)
+        message = scatter_sum(messages, graph.edge_index[1], graph.num_nodes)
+        message = block.linear(message) / avg_num_neighbors
+        if not residual:
+            message = block.skip_tp(message, graph.node_attrs)
+        return block.reshape(message), sc
+
+    def product(self, index: int, contracted, sc, graph: _Graph):
+        product = self.model.products[index]
+        node_feats = product.linear(contracted)
+        if product.use_sc and sc.dim() > 0:
+            node_feats = node_feats + sc
+        return node_feats, self.model.readouts[index](node_feats)[:, 0]
+
+    def energy(self, node_energies, graph: _Graph):
         heads = torch.zeros_like(graph.batch)
-        node_inter = model.scale_shift(torch.stack(node_energies).sum(dim=0), heads)
-        return e0, scatter_sum(node_inter, graph.batch, graph.num_graphs)
+        node_inter = self.model.scale_shift(node_energies.sum(dim=-1), heads)
+        return (scatter_sum(node_inter, graph.batch, graph.num_graphs),)

@@ -1,0 +1,492 @@
+"""Benchmark: test-set error of fhi_al's active-learning ensemble vs ensembles trained on N random reference-MD
+frames, against the number of reference labels, plus the uncertainty calibration of analysis mode (issue 8).
+
+One command runs everything and writes scripts/results/learning_efficiency_{tag}.{json,png} and copies the
+plots to readme_figs/:
+
+    .venv/bin/python scripts/bench_learning_efficiency.py --quick                       # ethanol, xTB, ~25 min
+    .venv/bin/python scripts/bench_learning_efficiency.py --molecule H2O --quick
+    .venv/bin/python scripts/bench_learning_efficiency.py --set c_x=0.2 --variant cx0.2 --quick
+
+Stages: (1) the FHI_AL run starts in its own process in a work folder (settings from settings/quick_example,
+adapted: MISC.keep_checkpoints true so that every training session leaves a checkpoint, analysis on);
+(2) meanwhile the test set (reference Langevin MD at T and T + 200 K, frames far apart; cached as extxyz under
+scripts/results/) and a separate reference MD pool at T (cached) are generated and the baseline ensembles are
+trained on N random pool frames each (same hypers, same trainer, converged); (3) after the run, its saved
+checkpoints are evaluated on the test set and placed on the label axis by the reference ledger (labels whose
+data existed when that training session ended). Reruns reuse the caches and the finished run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import mace  # noqa: E402,F401  (before anything imports e3nn)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from ase.build import molecule as ase_molecule  # noqa: E402
+from ase.io import read, write  # noqa: E402
+
+from fhi_al.ensemble import Ensemble  # noqa: E402
+from fhi_al.md import initialize_velocities, make_langevin  # noqa: E402
+from fhi_al.references.base import compute_label, make_reference  # noqa: E402
+from fhi_al.settings import load_run_settings  # noqa: E402
+from fhi_al.training.config import TrainingConfig  # noqa: E402
+from fhi_al.training.engine import HISTORY_SUFFIX, Trainer, member_tag  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "scripts" / "results"
+FIGS = REPO / "readme_figs"
+EXAMPLE = REPO / "settings" / "quick_example"
+VENV_BIN = REPO / ".venv" / "bin"
+NAME = "learning_efficiency"
+WORK_ROOT = Path("/tmp") / "fhi_al_bench_learning_efficiency"
+
+TIMESTEP_FS = 0.5
+FRICTION_PER_FS = 0.01
+HOT_OFFSET_K = 200.0  # the second test temperature is T + this
+TEST_STRIDE = 40  # MD steps between test frames
+POOL_STRIDE = 20  # MD steps between frames of the baseline's reference-MD pool
+EQUILIBRATION_STEPS = 200
+TEST_SEED, POOL_SEED = 1001, 2002
+VALID_FRACTION = 0.1  # baseline train/valid split (90/10)
+ENSEMBLE_SIZE = 2
+POLL_S = 5.0
+EVAL_CHUNK = 50  # test frames per batched ensemble prediction
+MAX_CHECKPOINT_POINTS = 30  # fhi_al checkpoints evaluated (log-spaced in labels, always the last)
+REFERENCE_OPTIONS = {"xtb": {"method": "GFN2-xTB"}, "pyscf": {}}
+
+# Full and quick configurations: baseline training budget and the active-learning run's length.
+FULL = dict(test_frames=300, baseline_sizes=[25, 50, 100, 200, 500], seeds=2, epochs=300, patience=30,
+            structure_epochs=20000, min_epochs=30,
+            al={"max_MD_steps": 4000, "max_set_size": 500, "max_final_epochs": 200, "patience": 30})
+QUICK = dict(test_frames=150, baseline_sizes=[25, 50, 100, 200], seeds=1, epochs=60, patience=10,
+             structure_epochs=1200, min_epochs=8,
+             al={"max_MD_steps": 600, "max_set_size": 200, "max_final_epochs": 40, "patience": 10})
+
+
+# ------------------------------------------------------------------------------------------ reference MD
+def reference_md_frames(reference: str, atoms0, *, temperature_K: float, n_frames: int, stride: int,
+                        seed: int) -> list:
+    """Labelled frames of a Langevin MD with the reference, `stride` steps apart after equilibration."""
+    calc = make_reference(name=reference, options=REFERENCE_OPTIONS[reference])
+    atoms = atoms0.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(seed)
+    initialize_velocities(atoms, temperature_K, rng)
+    dyn = make_langevin(atoms, temperature_K=temperature_K, timestep_fs=TIMESTEP_FS,
+                        friction_per_fs=FRICTION_PER_FS, rng=rng)
+    dyn.run(EQUILIBRATION_STEPS)
+    frames = []
+    for index in range(n_frames):
+        dyn.run(stride)
+        energy, forces = compute_label(calc, atoms)
+        frame = atoms.copy()
+        frame.calc = None
+        frame.set_momenta(None)
+        frame.info.update({"REF_energy": float(energy), "config_type": "Default",
+                           "temperature_K": float(temperature_K), "md_step": EQUILIBRATION_STEPS + (index + 1) * stride})
+        frame.arrays["REF_forces"] = np.array(forces)
+        frames.append(frame)
+    return frames
+
+
+def cached_frames(path: Path, make) -> list:
+    if path.is_file():
+        frames = read(path, ":")
+        print(f"reusing {path.name} ({len(frames)} frames)", flush=True)
+        return frames
+    started = time.perf_counter()
+    frames = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.xyz")
+    write(tmp, frames, format="extxyz")
+    os.replace(tmp, path)
+    print(f"wrote {path.name} ({len(frames)} frames, {time.perf_counter() - started:.0f} s)", flush=True)
+    return frames
+
+
+def test_set(args, atoms0) -> list:
+    half = args.test_frames // 2
+    path = RESULTS / f"{NAME}_testset_{args.molecule}_{args.reference}_{args.temperature_K:g}K_{2 * half}.xyz"
+
+    def make():
+        frames = []
+        for k, temperature in enumerate((args.temperature_K, args.temperature_K + HOT_OFFSET_K)):
+            frames += reference_md_frames(args.reference, atoms0, temperature_K=temperature, n_frames=half,
+                                          stride=TEST_STRIDE, seed=TEST_SEED + k)
+        return frames
+
+    return cached_frames(path, make)
+
+
+def pool_set(args, atoms0) -> list:
+    n = max(args.baseline_sizes)
+    path = RESULTS / f"{NAME}_pool_{args.molecule}_{args.reference}_{args.temperature_K:g}K_{n}.xyz"
+    return cached_frames(path, lambda: reference_md_frames(args.reference, atoms0, temperature_K=args.temperature_K,
+                                                             n_frames=n, stride=POOL_STRIDE, seed=POOL_SEED))
+
+
+# ------------------------------------------------------------------------------------------ the fhi_al run
+def prepare_run(args, atoms0, run_dir: Path) -> None:
+    """Work folder with geometry.in and the quick example's settings adapted to this benchmark."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write(run_dir / "geometry.in", atoms0, format="aims")
+    mace_settings = yaml.safe_load((EXAMPLE / "mace_settings.yaml").read_text())
+    al_settings = yaml.safe_load((EXAMPLE / "active_learning_settings.yaml").read_text())
+    mace_settings["GENERAL"]["name_exp"] = args.molecule.lower()
+    mace_settings.setdefault("MISC", {})["keep_checkpoints"] = True
+    al = al_settings["ACTIVE_LEARNING"]
+    al.update(args.config["al"])
+    al["analysis"] = True
+    al["ensemble_size"] = ENSEMBLE_SIZE
+    for item in args.set:
+        key, value = item.split("=", 1)
+        al[key] = yaml.safe_load(value)
+    al_settings["MD"]["temperature"] = args.temperature_K
+    al_settings["REFERENCE"] = {"calculator": args.reference, args.reference: REFERENCE_OPTIONS[args.reference]}
+    if not (run_dir / "atomic_energies.yaml").is_file():
+        (run_dir / "active_learning_settings.yaml").write_text(yaml.safe_dump(al_settings, sort_keys=False))
+        (run_dir / "mace_settings.yaml").write_text(yaml.safe_dump(mace_settings, sort_keys=False))
+        subprocess.run([str(VENV_BIN / "FHI_AL-atomic-energies"), "--run-dir", str(run_dir)], check=True,
+                       env=child_env(), stdout=subprocess.DEVNULL)
+    energies = yaml.safe_load((run_dir / "atomic_energies.yaml").read_text())["atomic_energies"]
+    mace_settings["ARCHITECTURE"]["atomic_energies"] = energies
+    (run_dir / "mace_settings.yaml").write_text(yaml.safe_dump(mace_settings, sort_keys=False))
+    (run_dir / "active_learning_settings.yaml").write_text(yaml.safe_dump(al_settings, sort_keys=False))
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
+class RunningElsewhere:
+    """A FHI_AL process of an earlier invocation still holding the run folder: wait for its PID."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def wait(self) -> str:
+        while Path(f"/proc/{self.pid}").exists():
+            time.sleep(POLL_S)
+        return "finished in an earlier invocation"
+
+
+def start_run(run_dir: Path):
+    lock = run_dir / ".fhi_al.lock"
+    if lock.is_file():
+        pid = int(json.loads(lock.read_text())["pid"])
+        if Path(f"/proc/{pid}").exists():
+            return RunningElsewhere(pid)
+    out = open(run_dir / "fhi_al_stdout.txt", "ab")
+    return subprocess.Popen([str(VENV_BIN / "FHI_AL"), "--run-dir", str(run_dir)], cwd=run_dir, env=child_env(),
+                            stdout=out, stderr=subprocess.STDOUT)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def ensemble_errors(ensemble: Ensemble, frames: list) -> dict:
+    """Test-set MAE of the ensemble mean: forces per component (eV/Å), energy per atom (eV/atom)."""
+    force_err, energy_err, spread, true_max = [], [], [], []
+    for start in range(0, len(frames), EVAL_CHUNK):
+        chunk = frames[start:start + EVAL_CHUNK]
+        for atoms, res in zip(chunk, ensemble.predict(chunk)):
+            delta = res["forces"] - atoms.arrays["REF_forces"]
+            force_err.append(np.abs(delta).ravel())
+            energy_err.append(abs(res["energy"] - atoms.info["REF_energy"]) / len(atoms))
+            spread.append(res["forces_uncertainty_max"])
+            true_max.append(float(np.linalg.norm(delta, axis=1).max()))
+    return {"forces_mae": float(np.concatenate(force_err).mean()), "energy_mae_per_atom": float(np.mean(energy_err)),
+            "test_spearman_uncertainty_vs_max_error": spearman(spread, true_max)}
+
+
+def spearman(x, y) -> float | None:
+    from scipy.stats import spearmanr
+
+    if len(x) < 3:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def run_config(run_dir: Path, *, keep_checkpoints: bool) -> TrainingConfig:
+    settings = load_run_settings(run_dir)
+    config = TrainingConfig.from_settings(settings, valid_skip=settings.al.active_learning.valid_skip)
+    return dataclasses.replace(config, keep_checkpoints=keep_checkpoints, training_plots=False)
+
+
+def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
+    """Ensembles of ENSEMBLE_SIZE members converged on N random pool frames (90/10), evaluated on the test set."""
+    config = run_config(run_dir, keep_checkpoints=False)
+    cache = args.out_dir / f"{NAME}_baseline_{args.base_tag}.json"
+    done = {(r["n_labels"], r["seed"]): r for r in (json.loads(cache.read_text()) if cache.is_file() else [])}
+    rows = []
+    for seed in range(args.seeds):
+        order = np.random.default_rng(seed).permutation(len(pool))
+        for n in args.baseline_sizes:
+            if (n, seed) in done:
+                rows.append(done[(n, seed)])
+                continue
+            started = time.perf_counter()
+            chosen = [pool[i] for i in order[:n]]
+            n_valid = max(1, round(VALID_FRACTION * n))
+            work = WORK_ROOT / f"baseline_{args.tag}" / f"n{n}_s{seed}"
+            shutil.rmtree(work, ignore_errors=True)
+            trainer = Trainer(config, work)
+            max_epochs = min(args.epochs, max(args.config["min_epochs"], math.ceil(args.config["structure_epochs"] / n)))
+            members = []
+            for k in range(ENSEMBLE_SIZE):
+                member_seed = 1000 * seed + 17 * k + 1
+                member = trainer.create_member(member_tag("baseline", member_seed), member_seed,
+                                               chosen[n_valid:], chosen[:n_valid])
+                trainer.converge(member, max_epochs, args.config["patience"], 0.002)
+                members.append(member)
+            errors = ensemble_errors(Ensemble.from_members(members), test)
+            rows.append({"n_labels": n, "seed": seed, "max_epochs": max_epochs,
+                         "epochs": [m.epoch for m in members], "seconds": time.perf_counter() - started, **errors})
+            print(f"baseline N={n} seed={seed}: forces {1e3 * errors['forces_mae']:.1f} meV/Å, energy "
+                  f"{1e3 * errors['energy_mae_per_atom']:.2f} meV/atom ({rows[-1]['seconds']:.0f} s)", flush=True)
+            shutil.rmtree(work, ignore_errors=True)
+            done[(n, seed)] = rows[-1]
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(list(done.values()), indent=1))
+    return rows
+
+
+def wait_for_baseline(args) -> list[dict]:
+    """The baseline rows another invocation (same molecule/reference/T) writes to its cache, once complete."""
+    cache = args.out_dir / f"{NAME}_baseline_{args.base_tag}.json"
+    wanted = {(n, seed) for n in args.baseline_sizes for seed in range(args.seeds)}
+    while True:
+        rows = json.loads(cache.read_text()) if cache.is_file() else []
+        if wanted <= {(r["n_labels"], r["seed"]) for r in rows}:
+            return [r for r in rows if (r["n_labels"], r["seed"]) in wanted]
+        time.sleep(POLL_S)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def checkpoint_points(run_dir: Path, config: TrainingConfig) -> list[dict]:
+    """One point per training session of the run: the members' checkpoints of that session (paired by order),
+    the session's end time (from the history) and the reference labels stored before it."""
+    trainer = Trainer(config, run_dir)
+    settings = load_run_settings(run_dir)
+    from fhi_al.procedures.common import member_specs
+
+    specs = member_specs(name_exp=config.name_exp, seed=config.seed,
+                         ensemble_size=settings.al.active_learning.ensemble_size)
+    per_member = []
+    for spec in specs:
+        history = read_jsonl(run_dir / config.results_dir / f"{spec.tag}{HISTORY_SUFFIX}")
+        by_epoch = {record["epoch"]: record for record in history}
+        paths = trainer.checkpoints.io.paths(spec.tag)
+        entries = []
+        for path in paths:
+            epoch = int(path.stem.rsplit("-", 1)[1])
+            record = by_epoch.get(epoch, history[-1] if history else {})
+            entries.append({"path": path, "epoch": epoch, "time": record.get("time", path.stat().st_mtime),
+                            "n_data": record.get("n_train", 0) + record.get("n_valid", 0)})
+        per_member.append(entries)
+    ledger = sorted(r["time"] for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
+                    if not str(r.get("label_id", "")).startswith("analysis"))
+    count = min(len(entries) for entries in per_member)
+    if len({len(entries) for entries in per_member}) != 1:
+        print(f"warning: members have {[len(e) for e in per_member]} checkpoints; pairing the first {count}",
+              flush=True)
+    points = []
+    for i in range(count):
+        group = [entries[i] for entries in per_member]
+        end = max(e["time"] for e in group)
+        points.append({"paths": [e["path"] for e in group], "epochs": [e["epoch"] for e in group],
+                       "tags": [s.tag for s in specs], "time": end,
+                       "labels": int(np.searchsorted(ledger, end, side="right")),
+                       "member_data": [e["n_data"] for e in group]})
+    return points, trainer
+
+
+def select_points(points: list[dict]) -> list[dict]:
+    """At most MAX_CHECKPOINT_POINTS points: the last one per label count, thinned log-uniformly in labels."""
+    last_per_label = {}
+    for point in points:
+        last_per_label[point["labels"]] = point
+    chosen = sorted(last_per_label.values(), key=lambda p: p["time"])
+    if len(chosen) <= MAX_CHECKPOINT_POINTS:
+        return chosen
+    labels = np.array([max(p["labels"], 1) for p in chosen], dtype=float)
+    targets = np.geomspace(labels[0], labels[-1], MAX_CHECKPOINT_POINTS)
+    keep = sorted({int(np.argmin(np.abs(np.log(labels) - np.log(t)))) for t in targets} | {len(chosen) - 1})
+    return [chosen[i] for i in keep]
+
+
+def fhi_al_curve(run_dir: Path, test: list) -> list[dict]:
+    config = run_config(run_dir, keep_checkpoints=True)
+    points, trainer = checkpoint_points(run_dir, config)
+    rows = []
+    for point in select_points(points):
+        members = [trainer.load_member(tag, path=path) for tag, path in zip(point["tags"], point["paths"])]
+        errors = ensemble_errors(Ensemble.from_members(members), test)
+        rows.append({"n_labels": point["labels"], "epochs": point["epochs"], "member_data": point["member_data"],
+                     "checkpoints": [p.name for p in point["paths"]], **errors})
+        print(f"fhi_al labels={point['labels']} epochs={point['epochs']}: forces "
+              f"{1e3 * errors['forces_mae']:.1f} meV/Å", flush=True)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ report
+def baseline_means(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    sizes = np.array(sorted({r["n_labels"] for r in rows}))
+    values = [[r[key] for r in rows if r["n_labels"] == n] for n in sizes]
+    return sizes, np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
+
+
+def equivalent_baseline_labels(sizes, maes, mae: float) -> tuple[float, bool]:
+    """Labels the baseline needs for `mae`, by log-log interpolation (extrapolated beyond its range)."""
+    x, y = np.log(sizes), np.log(maes)
+    if mae >= maes[0] or mae <= maes[-1]:
+        slope, intercept = np.polyfit(x[-3:] if mae <= maes[-1] else x[:3], y[-3:] if mae <= maes[-1] else y[:3], 1)
+        return float(np.exp((math.log(mae) - intercept) / slope)), True
+    order = np.argsort(y)
+    return float(np.exp(np.interp(math.log(mae), y[order], x[order]))), False
+
+
+def efficiency(base: list[dict], curve: list[dict], key: str) -> dict:
+    sizes, means, _ = baseline_means(base, key)
+    target = float(means[-1])
+    reached = next((row["n_labels"] for row in curve if row[key] <= target), None)
+    final = curve[-1]
+    best = min(curve, key=lambda row: row[key])
+    equivalent, extrapolated = equivalent_baseline_labels(sizes, means, final[key])
+    return {"baseline_largest_n": int(sizes[-1]), "baseline_largest_n_mae": target,
+            "fhi_al_labels_to_reach_it": reached,
+            "ratio": (float(sizes[-1]) / reached) if reached else None,
+            "fhi_al_final_labels": final["n_labels"], "fhi_al_final_mae": final[key],
+            "fhi_al_best_mae": best[key], "fhi_al_best_at_labels": best["n_labels"],
+            "baseline_labels_for_fhi_al_final_mae": equivalent, "equivalent_extrapolated": extrapolated,
+            "equivalent_ratio": equivalent / max(final["n_labels"], 1)}
+
+
+def calibration(run_dir: Path, tag: str) -> dict:
+    records = read_jsonl(run_dir / "analysis" / "analysis.jsonl")
+    unc = [r["uncertainty"] for r in records]
+    result = {"n_points": len(records),
+              "spearman_max_error": spearman(unc, [r["true_error_max"] for r in records]),
+              "spearman_mean_error": spearman(unc, [r["true_error_mean"] for r in records])}
+    png = run_dir / "analysis" / "calibration.png"
+    if png.is_file():
+        FIGS.mkdir(exist_ok=True)
+        shutil.copy(png, FIGS / f"{NAME}_calibration_{tag}.png")
+        shutil.copy(png, RESULTS / f"{NAME}_calibration_{tag}.png")
+    return result
+
+
+def plot(base: list[dict], curve: list[dict], path: Path, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
+    for axis, key, unit, scale in ((axes[0], "forces_mae", "force MAE (meV/Å)", 1e3),
+                                   (axes[1], "energy_mae_per_atom", "energy MAE (meV/atom)", 1e3)):
+        sizes, means, stds = baseline_means(base, key)
+        axis.errorbar(sizes, scale * means, yerr=scale * stds, fmt="o-", capsize=3, label="random reference MD frames")
+        labels = [max(r["n_labels"], 1) for r in curve]
+        axis.plot(labels, [scale * r[key] for r in curve], "s-", ms=3, label="fhi_al active learning (checkpoints)")
+        axis.axhline(scale * means[-1], color="grey", ls=":", lw=1, label=f"baseline N={sizes[-1]}")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("reference labels")
+        axis.set_ylabel(f"test-set {unit}")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------ main
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--molecule", default="CH3CH2OH", help="ase.build.molecule name")
+    parser.add_argument("--reference", default="xtb", choices=sorted(REFERENCE_OPTIONS))
+    parser.add_argument("--temperature-K", type=float, default=500.0)
+    parser.add_argument("--test-frames", type=int)
+    parser.add_argument("--baseline-sizes", type=int, nargs="+")
+    parser.add_argument("--seeds", type=int)
+    parser.add_argument("--epochs", type=int, help="most epochs of a baseline member's convergence")
+    parser.add_argument("--quick", action="store_true", help="reduced configuration (~25 min on one core)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an ACTIVE_LEARNING key of the run (repeatable)")
+    parser.add_argument("--variant", default="", help="suffix of the output names (use with --set)")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="wait for the baseline cache of another invocation with the same molecule/reference/T")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.config = dict(QUICK if args.quick else FULL)
+    args.test_frames = args.test_frames or args.config["test_frames"]
+    args.baseline_sizes = sorted(args.baseline_sizes or args.config["baseline_sizes"])
+    args.seeds = args.seeds or args.config["seeds"]
+    args.epochs = args.epochs or args.config["epochs"]
+    base_tag = f"{args.molecule}_{args.reference}_{args.temperature_K:g}K" + ("_quick" if args.quick else "")
+    args.base_tag = base_tag
+    args.tag = base_tag + (f"_{args.variant}" if args.variant else "")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    atoms0 = ase_molecule(args.molecule)
+    run_dir = WORK_ROOT / f"run_{args.tag}"
+    prepare_run(args, atoms0, run_dir)
+    process = start_run(run_dir)
+    print(f"FHI_AL running in {run_dir} (pid {process.pid})", flush=True)
+    test = test_set(args, atoms0)
+    if args.skip_baseline:
+        base = wait_for_baseline(args)
+    else:
+        base = baseline(args, run_dir, pool_set(args, atoms0), test)
+    status = process.wait()
+    print(f"FHI_AL finished with status {status} after {time.perf_counter() - started:.0f} s", flush=True)
+    curve = fhi_al_curve(run_dir, test)
+    report = {"molecule": args.molecule, "formula": atoms0.get_chemical_formula(), "reference": args.reference,
+              "temperature_K": args.temperature_K, "test_temperatures_K": [args.temperature_K,
+                                                                           args.temperature_K + HOT_OFFSET_K],
+              "quick": args.quick, "variant": args.variant, "al_overrides": args.set,
+              "n_test_frames": len(test), "ensemble_size": ENSEMBLE_SIZE, "fhi_al_exit_status": status,
+              "al_settings": yaml.safe_load((run_dir / "active_learning_settings.yaml").read_text()),
+              "baseline_config": {k: args.config[k] for k in ("structure_epochs", "min_epochs", "patience")}
+              | {"max_epochs_cap": args.epochs, "seeds": args.seeds},
+              "efficiency_forces": efficiency(base, curve, "forces_mae"),
+              "efficiency_energy": efficiency(base, curve, "energy_mae_per_atom"),
+              "calibration_analysis": calibration(run_dir, args.tag),
+              "baseline": base, "fhi_al": curve, "run_dir": str(run_dir),
+              "wall_time_s": time.perf_counter() - started}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1, default=str))
+    png = args.out_dir / f"{NAME}_{args.tag}.png"
+    plot(base, curve, png, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
+         f"{args.temperature_K + HOT_OFFSET_K:g} K, ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""))
+    FIGS.mkdir(exist_ok=True)
+    shutil.copy(png, FIGS / png.name)
+    print(json.dumps({k: report[k] for k in ("efficiency_forces", "efficiency_energy", "calibration_analysis")},
+                     indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -253,7 +253,7 @@ class ActiveLearning:
         epochs = min(self.al.intermediate_epochs, trajectory.epochs_left)
         started = time.perf_counter()
         for tag, member in self.members.items():
-            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip)
+            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip, report=False)
             metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
             self.trainer.save_checkpoint(member)
             self.track_progress(tag, metrics)
@@ -297,6 +297,7 @@ class ActiveLearning:
     # ------------------------------------------------------------------------------------------ outputs
     def export_models(self) -> None:
         for member in self.members.values():
+            self.trainer.end_session(member)  # plots and predictions of the final models
             self.trainer.export(member)
 
     def write_final_datasets(self) -> None:

@@ -182,9 +182,10 @@ class Trainer:
 
     # --- training --------------------------------------------------------------------------------------
     def train(self, member: Member, epochs: int, *, use_scheduler: bool = False,
-              valid_skip: int | None = None) -> dict[str, float] | None:
+              valid_skip: int | None = None, report: bool = True) -> dict[str, float] | None:
         """Continue training for `epochs` epochs on the member's current data; validate every `valid_skip`
-        epochs (counted on the member's epoch). Returns the last validation metrics, if any."""
+        epochs (counted on the member's epoch). Returns the last validation metrics, if any. With
+        report=False the session's plots/predictions are left to a later `end_session` (short AL visits)."""
         valid_skip = valid_skip or self.config.valid_skip
         self.refresh_statistics(member)
         metrics = None
@@ -195,7 +196,8 @@ class Trainer:
             self._interval_checkpoint(member)
             if self._early_stop(member):
                 break
-        self.end_session(member)
+        if report:
+            self.end_session(member)
         return metrics
 
     def _early_stop(self, member: Member) -> bool:

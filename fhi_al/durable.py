@@ -66,16 +66,29 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def append_durable(path: str | os.PathLike, text: str) -> None:
-    """Append `text` and return only once it is on disk (flush + fsync)."""
+    """Append `text` and return only once it is on disk (flush + fsync). If the write fails part-way (disk
+    full), the file is cut back to its old length, so no partial record stays behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new_file = not path.exists()
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+        old_size = handle.seek(0, os.SEEK_END)
+        try:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        except BaseException:
+            _truncate_quietly(path, old_size)
+            raise
     if new_file:
         _fsync_dir(path.parent)
+
+
+def _truncate_quietly(path: Path, size: int) -> None:
+    try:
+        os.truncate(path, size)
+    except OSError:
+        pass  # the original error is the one to report
 
 
 def _json_default(obj: Any) -> Any:

@@ -2,7 +2,8 @@
 per-member forces, energy variance and the per-atom force spread with its per-structure max and mean.
 
 The neighbour graph of a structure is built once for all members, and several structures (e.g. one per
-trajectory) can be evaluated in one batched call with `calculate_batch`.
+trajectory) can be evaluated in one batched call with `calculate_batch`; architectures with the hook
+`ensemble_predictor` (MACE) evaluate all members as one stacked model.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Ensemble:
         self.architecture = architecture
         self._models = list(models)
         self._members = list(members)
+        self._stacked: tuple[list[torch.nn.Module], Any] | None = None
 
     @classmethod
     def from_members(cls, members: Sequence[Any]) -> "Ensemble":
@@ -77,6 +79,17 @@ class Ensemble:
             return [member.inference_model() for member in self._members]
         return self._models
 
+    def _stacked_predictor(self, models: list[torch.nn.Module]):
+        """The architecture's evaluator of all members at once (hook `ensemble_predictor`, None if it has none
+        or the members do not fit it); rebuilt only when the member models change (e.g. after training)."""
+        cached = self._stacked
+        if cached is not None and len(cached[0]) == len(models) and all(a is b for a, b in zip(cached[0], models)):
+            return cached[1]
+        hook = getattr(self.architecture, "ensemble_predictor", None)
+        predictor = hook(models) if hook is not None and len(models) > 1 else None
+        self._stacked = (list(models), predictor)
+        return predictor
+
     def __len__(self) -> int:
         return len(self._members) or len(self._models)
 
@@ -84,13 +97,16 @@ class Ensemble:
         """Results (see EnsembleCalculator) of every structure, all members on one batched graph."""
         arch = self.architecture
         batch = arch.collate([arch.featurize(atoms) for atoms in atoms_list])
-        energies, forces = [], []
-        for model in self.models:
-            out = arch.predict(model, batch, training=False)
-            energies.append(out["energy"].detach())
-            forces.append(out["forces"].detach())
-        energy = torch.stack(energies).double().numpy()  # [M, K]
-        force = torch.stack(forces).double().numpy()  # [M, sum N, 3]
+        models = self.models
+        stacked = self._stacked_predictor(models)
+        if stacked is not None:
+            energies, forces = stacked(batch)
+        else:
+            outs = [arch.predict(model, batch, training=False) for model in models]
+            energies = torch.stack([out["energy"].detach() for out in outs])
+            forces = torch.stack([out["forces"].detach() for out in outs])
+        energy = energies.double().numpy()  # [M, K]
+        force = forces.double().numpy()  # [M, sum N, 3]
         bounds = np.cumsum([0] + [len(atoms) for atoms in atoms_list])
         return [uncertainty_results(energy[:, k], force[:, bounds[k]:bounds[k + 1]]) for k in range(len(atoms_list))]
 

@@ -143,9 +143,10 @@ def benchmark(name: str, train: list, test: list, e0s: dict[int, float], work: P
 def table(result: dict) -> str:
     lines = [f"Ethanol, GFN2-xTB labels from a {TEMPERATURE_K:.0f} K Langevin MD: {result['n_train']} training "
              f"and {result['n_test']} test structures, {result['epochs']} epochs with the same training settings "
-             f"(batch {TRAINING['batch_size']}, lr {TRAINING['lr']}, EMA), one CPU thread "
+             f"(batch {TRAINING['batch_size']}, constant lr {TRAINING['lr']}, EMA, isolated-atom xTB E0s), "
+             f"one CPU thread; epoch time is process CPU time per pass over the training set "
              f"(`scripts/bench_architectures.py`).", "",
-             "| architecture | parameters | epoch time (s) | force MAE (meV/Å) | energy MAE (meV/atom) |",
+             "| architecture | parameters | epoch time (CPU s) | test force MAE (meV/Å) | test energy MAE (meV/atom) |",
              "|---|---:|---:|---:|---:|"]
     for row in result["architectures"]:
         lines.append(f"| {row['model']} | {row['parameters']:,} | {row['mean_epoch_cpu_s']:.2f} | "
@@ -161,16 +162,14 @@ def plot(result: dict, path: Path) -> None:
 
     rows = result["architectures"]
     names = [row["model"] for row in rows]
-    panels = (("parameters", "parameters", True), ("mean_epoch_cpu_s", "CPU s per epoch", False),
-              ("test_forces_mae_meV_per_A", "test force MAE (meV/Å)", False),
-              ("test_energy_mae_meV_per_atom", "test energy MAE (meV/atom)", False))
+    panels = (("parameters", "parameters"), ("mean_epoch_cpu_s", "CPU s per epoch"),
+              ("test_forces_mae_meV_per_A", "test force MAE (meV/Å)"),
+              ("test_energy_mae_meV_per_atom", "test energy MAE (meV/atom)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(14, 3.6))
-    for axis, (key, label, log_scale) in zip(axes, panels):
+    for axis, (key, label) in zip(axes, panels):
         axis.bar(names, [row[key] for row in rows], color="C0")
         axis.set_title(label, fontsize=10)
         axis.tick_params(axis="x", rotation=45, labelsize=8)
-        if log_scale:
-            axis.set_yscale("log")
     fig.suptitle(f"ethanol (GFN2-xTB), {result['n_train']} train / {result['n_test']} test, "
                  f"{result['epochs']} epochs", fontsize=10)
     fig.tight_layout()

@@ -69,3 +69,16 @@ def test_active_learning_completes_with_architecture(model, tmp_path):
     rotated.rotate(37.0, (1.0, 2.0, 0.5), center="COM")
     rotated.calc = EnsembleCalculator.from_files([folder / "model" / f"{tag}.model" for tag in TAGS])
     assert rotated.get_potential_energy() == pytest.approx(energy, abs=ROTATION_TOL_EV)
+
+
+def test_model_files_of_no_architecture_give_input_error(tmp_path):
+    """A pickled module that is no fhi_al model must not reach the user as an UnpicklingError of the first
+    architecture loader the registry probes."""
+    import torch
+
+    from fhi_al.architectures.registry import load_exported
+    from fhi_al.errors import InputError
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "foreign.model")
+    with pytest.raises(InputError, match="not a model file of any fhi_al architecture"):
+        load_exported(tmp_path / "foreign.model")

@@ -6,6 +6,7 @@ E = sum_i [E0(Z_i) + shift + scale * MLP_Z_i((G_i - mean_Z_i) / std_Z_i)]; `Aene
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -253,7 +254,10 @@ class AenetArchitecture(Architecture):
 
 def load_exported(path: str | Path) -> tuple[AenetArchitecture, AenetModel]:
     """(architecture, model) from a file written by `AenetArchitecture.export`."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # pickled objects (e.g. a MACE model): another format
+        raise InputError("not an aenet model exported by fhi_al", where=str(path)) from error
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise InputError("not an aenet model exported by fhi_al", where=str(path))
     dtype = getattr(torch, payload["dtype"].removeprefix("torch."))

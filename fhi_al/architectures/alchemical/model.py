@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -209,7 +210,10 @@ class AlchemicalArchitecture(Architecture):
 
 def load_exported(path: str | Path) -> tuple[AlchemicalArchitecture, AlchemicalModel]:
     """(architecture, model) from a file written by `AlchemicalArchitecture.export`."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # pickled objects (e.g. a MACE model): another format
+        raise InputError("not an alchemical model exported by fhi_al", where=str(path)) from error
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise InputError("not an alchemical model exported by fhi_al", where=str(path))
     dtype = getattr(torch, payload["dtype"].removeprefix("torch."))

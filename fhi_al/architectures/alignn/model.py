@@ -7,6 +7,7 @@ graphs' indices come from `featurize`. `AlignnArchitecture` plugs the model into
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -221,7 +222,10 @@ class AlignnArchitecture(Architecture):
 
 def load_exported(path: str | Path) -> tuple[AlignnArchitecture, AlignnModel]:
     """(architecture, model) from a file written by `AlignnArchitecture.export`."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # pickled objects (e.g. a MACE model): another format
+        raise InputError("not an ALIGNN model exported by fhi_al", where=str(path)) from error
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise InputError("not an ALIGNN model exported by fhi_al", where=str(path))
     dtype = getattr(torch, payload["dtype"].removeprefix("torch."))

@@ -108,6 +108,17 @@ class MaceArchitecture(Architecture):
         freeze_contractions(model)
         return model
 
+    def ensemble_predictor(self, models: Sequence[torch.nn.Module]):
+        """All prediction copies (from prepare_inference) evaluated as one stacked model: a callable
+        batch -> (energies [M, graphs], forces [M, atoms, 3]), or None if the members differ in structure."""
+        from .stacked import StackedMace, stackable
+
+        if not stackable(models):
+            log.debug("ensemble members differ in structure: evaluated one by one")
+            return None
+        stacked = StackedMace(models)
+        return lambda batch: stacked(batch.inputs.to_dict())
+
     def param_groups(self, model: torch.nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
         """mace_run_train's parameter groups: weight decay on interaction linears and products only."""
         decay, no_decay = [], []

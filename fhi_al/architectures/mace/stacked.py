@@ -35,6 +35,8 @@ def stackable(models: Sequence[torch.nn.Module]) -> bool:
         return False
     if any(not isinstance(c, FrozenContraction) for p in first.products for c in p.symmetric_contractions.contractions):
         return False
+    if len(first.readouts) != len(first.interactions) or int(first.scale_shift.scale.numel()) != 1:
+        return False
     if hasattr(first, "pair_repulsion") or hasattr(first, "joint_embedding"):
         return False
     reference = {name: (t.shape, t.dtype) for name, t in _state(first).items()}

@@ -7,6 +7,7 @@ Exported files hold hypers, species and the state dict (loadable with weights_on
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -165,7 +166,10 @@ def _per_type(setting: Any, species: Sequence[int], from_stats: dict[int, float]
 
 def load_exported(path: str | Path) -> tuple[NequipArchitecture, NequipModel]:
     """(architecture, model) from a file written by `NequipArchitecture.export`."""
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # pickled objects (e.g. a MACE model): another format
+        raise InputError("not a NequIP model exported by fhi_al", where=str(path)) from error
     if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
         raise InputError("not a NequIP model exported by fhi_al", where=str(path))
     dtype = getattr(torch, payload["dtype"].removeprefix("torch."))

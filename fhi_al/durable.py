@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 
+_FILE_MODE = 0o666
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
@@ -29,6 +34,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE & ~_UMASK)  # mkstemp makes 0600; results are for the user's group to read too
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

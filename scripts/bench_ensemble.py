@@ -2,6 +2,9 @@
 vs mace's MACECalculator committee of the same 4 model files called once per structure, and vs one model.
 Writes scripts/results/bench_ensemble.{json,png}.
 
+ensemble_batch_K* evaluate all members as one stacked model (the default); ensemble_looped_K* evaluate the
+members one by one on the same batched graph, for comparison.
+
 Timings alternate between methods within every repeat so machine load affects all of them; medians of
 process CPU time are the headline figures (single-threaded code; robust when other jobs share the cores),
 wall-clock medians are recorded too.
@@ -89,11 +92,15 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
     single = MACECalculator(model_paths=str(paths[0]), device="cpu", default_dtype="float64")
     committee = MACECalculator(model_paths=[str(p) for p in paths], device="cpu", default_dtype="float64")
     ensemble = EnsembleCalculator.from_files(paths)
+    looped = EnsembleCalculator.from_files(paths)  # members evaluated one by one (no stacked model)
+    looped.ensemble._stacked = (looped.ensemble.models, None)
     pool = structures(max(KS) * calls, seed=5)
     timings: dict[str, list[float]] = {"single_model": [], "mace_committee": [], "ensemble_ase_K1": []}
     timings.update({f"ensemble_batch_K{k}": [] for k in KS})
+    timings.update({f"ensemble_looped_K{k}": [] for k in (1, max(KS))})
     # warm-up
     per_structure_calls(single, pool[:2]); per_structure_calls(committee, pool[:2]); batched_call(ensemble, pool[:8])
+    batched_call(looped, pool[:8])
     for _ in range(repeats):
         timings["single_model"].append((per_structure_calls(single, pool[:calls]) / calls).tolist())
         timings["mace_committee"].append((per_structure_calls(committee, pool[:calls]) / calls).tolist())
@@ -102,6 +109,9 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
             chunks = [pool[i * k:(i + 1) * k] for i in range(calls)]
             elapsed = sum(batched_call(ensemble, chunk) for chunk in chunks)
             timings[f"ensemble_batch_K{k}"].append((elapsed / (calls * k)).tolist())
+            if f"ensemble_looped_K{k}" in timings:
+                elapsed = sum(batched_call(looped, chunk) for chunk in chunks)
+                timings[f"ensemble_looped_K{k}"].append((elapsed / (calls * k)).tolist())
     return timings
 
 
@@ -113,8 +123,9 @@ def plot(result: dict, path: Path) -> None:
 
     names = list(result["median_s_per_structure"])
     values = [1e3 * result["median_s_per_structure"][n] for n in names]
-    fig, axis = plt.subplots(figsize=(7, 3.6))
-    axis.bar(range(len(names)), values, color=["grey", "tab:red"] + ["tab:blue"] * (len(names) - 2))
+    fig, axis = plt.subplots(figsize=(9, 3.6))
+    colors = ["tab:orange" if "looped" in n else "tab:blue" for n in names]
+    axis.bar(range(len(names)), values, color=["grey", "tab:red"] + colors[2:])
     axis.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
     axis.set_ylabel("ms per structure (forces)")
     axis.set_title(f"4 members vs 1 model: {result['ratio_4_members_vs_single_model']:.2f}x; "

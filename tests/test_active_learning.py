@@ -32,8 +32,8 @@ def finished_run(tmp_path_factory):
 def test_labels_come_from_threshold_crossings(finished_run):
     al_frames = read(finished_run / "data/al/train.xyz", index=":") + read(finished_run / "data/al/valid.xyz",
                                                                           index=":")
-    requested = {(c["trajectory"], c["md_step"]) for c in checks(finished_run) if c["decision"] in ("crossed",
-                                                                                                   "forced")}
+    requested = {(c["trajectory"], c["md_step"]) for c in checks(finished_run)
+                 if c["decision"] in ("crossed", "forced", "blow-up")}
     stored = {(a.info["trajectory"], a.info["md_step"]) for a in al_frames}
     assert stored and stored <= requested
     crossed = [c for c in checks(finished_run) if c["decision"] == "crossed"]

@@ -17,7 +17,7 @@ ENSEMBLE_SIZE = 2
 MAX_INITIAL_EPOCHS = 4  # TINY_AL
 TINY_HYPERS = {
     "aenet": dict(rad_order=6, rad_cutoff=4.0, ang_order=3, ang_cutoff=3.0, min_cutoff=0.5, hidden_sizes=[8, 8]),
-    "NequIP": dict(r_max=4.0, num_layers=2, l_max=1, num_features=4, num_basis=4, invariant_layers=1,
+    "NequIP": dict(r_max=4.0, num_layers=1, l_max=1, num_features=4, num_basis=4, invariant_layers=1,
                    invariant_neurons=8),
     "ALIGNN": dict(cutoff=4.0, hidden_features=16, embedding_features=8, edge_input_features=8,
                    triplet_input_features=6, alignn_layers=1, gcn_layers=1),

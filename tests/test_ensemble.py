@@ -107,3 +107,32 @@ def test_force_spread_formula():
     forces[0, 0] = [1.0, 0.0, 0.0]
     forces[1, 0] = [-1.0, 0.0, 0.0]
     assert force_spread_per_atom(forces) == pytest.approx([1.0])
+
+
+RICH = MaceHypers(num_channels=4, max_L=1, r_max=4.0, num_interactions=2, correlation=3, radial_MLP=[8])
+
+
+@pytest.mark.parametrize("hypers", [TINY, RICH], ids=["L0-nu2", "L1-nu3"])
+def test_stacked_members_equal_mace_reference(tmp_path, structures, hypers):
+    """The stacked evaluation of all members (frozen contractions, vmapped layers) against each member's own
+    mace modules, unfrozen and evaluated one by one: energies, forces and the uncertainties built on them."""
+    trainer = Trainer(TrainingConfig(name_exp="st", hypers=hypers, model="ScaleShiftMACE", batch_size=2,
+                                     scheduler="none"), tmp_path)
+    members = [trainer.create_member(member_tag("st", seed), seed,
+                                     emt_labelled(molecule("CH3CH2OH"), 2 + index, seed=30 + index))
+               for index, seed in enumerate(ensemble_seeds(3, SIZE))]
+    ensemble = Ensemble.from_members(members)
+    results = ensemble.predict(structures)
+    assert ensemble._stacked is not None and ensemble._stacked[1] is not None  # the stacked path ran
+    bounds = np.cumsum([0] + [len(atoms) for atoms in structures])
+    own = [predict(trainer, member.averaged_model(), structures) for member in members]  # mace's modules
+    for k, result in enumerate(results):
+        energies = np.array([o["energy"][k] for o in own])
+        forces = np.stack([o["forces"][bounds[k]:bounds[k + 1]] for o in own])
+        np.testing.assert_allclose(result["energy_comm"], energies, rtol=1e-12, atol=1e-8)
+        np.testing.assert_allclose(result["forces_comm"], forces, rtol=0, atol=1e-8)
+        assert result["energy_var"] == pytest.approx(energies.var(), rel=1e-8)
+        spread = force_spread_per_atom(forces)
+        np.testing.assert_allclose(result["forces_uncertainty_per_atom"], spread, rtol=1e-8, atol=1e-10)
+        assert result["forces_uncertainty_max"] == pytest.approx(spread.max(), rel=1e-8)
+        assert np.abs(forces).max() > 1e-3 and spread.min() > 0.0

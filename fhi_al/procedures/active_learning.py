@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 STEP = "active_learning"
 LOG_NAME = "AL"  # logs/AL.log, as in the original tool
+# A trajectory that blows up this many times in a row from the same frame lacks data there: that frame is
+# labelled, so the ensemble learns the region instead of the trajectory looping until max_MD_steps.
+RESETS_BEFORE_LABEL = 3
 STAGE = "al"
 RECORD_PATH = Path("restart") / "al" / "state.json"
 AL_TRAIN, AL_VALID = f"{STAGE}/train", f"{STAGE}/valid"
@@ -145,6 +148,8 @@ class ActiveLearning:
         self.bar.update(max(trajectory.step - before, 0))
         if reason is None:
             self.check_uncertainty(trajectory)
+        elif trajectory.resets_in_a_row >= RESETS_BEFORE_LABEL:
+            self.request_label(trajectory, trajectory.last_good_frame(), kind="blow-up")
         if trajectory.status == RUNNING and trajectory.step >= self.al.max_MD_steps:
             trajectory.status = FINISHED
             log.info("trajectory %d reached max_MD_steps = %d.", trajectory.index, self.al.max_MD_steps)
@@ -158,14 +163,23 @@ class ActiveLearning:
         if decision.discard:
             trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
         elif decision.label:
-            label_id = make_label_id(STAGE, trajectory.index, check.md_step)
-            trajectory.pending = {"label_id": label_id, "md_step": check.md_step,
-                                  "positions": check.frame.get_positions(), "kind": decision.kind}
-            trajectory.status = WAITING
-            self.save_state()  # the request is on disk before the reference starts
             log.info("trajectory %d step %d: uncertainty %.3f eV/Å, threshold %s -> reference (%s)",
                      trajectory.index, check.md_step, decision.value, _fmt(decision.threshold), decision.kind)
-            self.labeler.submit(label_id, check.frame)
+            self.request_label(trajectory, check.frame, kind=decision.kind)
+
+    def request_label(self, trajectory: Trajectory, frame: Any, *, kind: str) -> None:
+        """Send `frame` to the reference; the trajectory waits for it (the request is on disk first)."""
+        label_id = make_label_id(STAGE, trajectory.index, trajectory.step)
+        trajectory.pending = {"label_id": label_id, "md_step": trajectory.step, "positions": frame.get_positions(),
+                              "kind": kind}
+        trajectory.status = WAITING
+        if kind == "blow-up":
+            log.info("trajectory %d: %d resets in a row; its last good frame goes to the reference", trajectory.index,
+                     trajectory.resets_in_a_row)
+            trajectory.resets_in_a_row = 0
+            al_reporting.append_blow_up_label(self.analysis_dir, trajectory.index, trajectory.step)
+        self.save_state()
+        self.labeler.submit(label_id, frame)
 
     def analysis_due(self, trajectory: Trajectory, md_step: int) -> bool:
         previous = md_step - self.al.skip_step_mlff

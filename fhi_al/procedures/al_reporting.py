@@ -19,11 +19,19 @@ log = logging.getLogger(__name__)
 
 CHECKS_FILE = "uncertainty_checks.jsonl"
 ANALYSIS_FILE = "analysis.jsonl"
+LABELLED = ("crossed", "forced", "blow-up")  # decisions that sent the frame to the reference
 
 
 def append_check(folder: Path, trajectory: int, check: Any, decision: Any) -> None:
     record = {"trajectory": trajectory, "md_step": check.md_step, "uncertainty": check.uncertainty_eV_per_A,
               "threshold": decision.threshold, "decision": decision.kind}
+    append_durable(folder / CHECKS_FILE, json.dumps(record) + "\n")
+
+
+def append_blow_up_label(folder: Path, trajectory: int, md_step: int) -> None:
+    """A label requested because the trajectory kept blowing up (no uncertainty value: the frame exploded)."""
+    record = {"trajectory": trajectory, "md_step": md_step, "uncertainty": None, "threshold": None,
+              "decision": "blow-up"}
     append_durable(folder / CHECKS_FILE, json.dumps(record) + "\n")
 
 
@@ -49,7 +57,7 @@ def read_records(path: Path) -> list[dict]:
 
 
 def uncertainty_traces(folder: Path, path: Path) -> None:
-    records = read_records(folder / CHECKS_FILE)
+    records = [r for r in read_records(folder / CHECKS_FILE) if r["uncertainty"] is not None]
     if not records:
         return
     plt = _pyplot()
@@ -58,7 +66,7 @@ def uncertainty_traces(folder: Path, path: Path) -> None:
         mine = [r for r in records if r["trajectory"] == index]
         axis.plot([r["md_step"] for r in mine], [1e3 * r["uncertainty"] for r in mine], lw=0.8,
                   label=f"trajectory {index}")
-        labelled = [r for r in mine if r["decision"] in ("crossed", "forced")]
+        labelled = [r for r in mine if r["decision"] in LABELLED]
         axis.plot([r["md_step"] for r in labelled], [1e3 * r["uncertainty"] for r in labelled], "kx", ms=5)
     with_threshold = [r for r in records if r["threshold"] is not None]
     order = np.argsort([r["md_step"] for r in with_threshold], kind="stable")
@@ -73,7 +81,7 @@ def uncertainty_traces(folder: Path, path: Path) -> None:
 
 
 def labels_per_trajectory(folder: Path, path: Path) -> None:
-    records = [r for r in read_records(folder / CHECKS_FILE) if r["decision"] in ("crossed", "forced")]
+    records = [r for r in read_records(folder / CHECKS_FILE) if r["decision"] in LABELLED]
     if not records:
         return
     plt = _pyplot()

@@ -49,6 +49,7 @@ class Trajectory:
     epochs_left: int = 0
     labels: int = 0
     resets: int = 0
+    resets_in_a_row: int = 0  # since the last frame that passed the checks
     last_good: LastGoodFrame = field(init=False)
 
     def __post_init__(self):
@@ -67,15 +68,24 @@ class Trajectory:
             reason = f"model evaluation failed: {type(error).__name__}: {error}"
         if reason is None:
             self.last_good.record(self.atoms, step=self.step)
+            self.resets_in_a_row = 0
         else:
             self.reset(reason)
         return reason
+
+    def last_good_frame(self) -> Atoms:
+        """The frame the trajectory goes back to after a blow-up (calculator-free copy)."""
+        frame = self.atoms.copy()
+        frame.calc = None
+        frame.set_positions(self.last_good.state["positions"])
+        return frame
 
     def reset(self, reason: str) -> None:
         # The step counter keeps running, so label ids (made from the step) stay unique after a reset.
         good_step = self.last_good.reset(self.atoms, temperature_K=self.md.temperature_K, rng=self.rng)
         self.atoms.calc.reset()
         self.resets += 1
+        self.resets_in_a_row += 1
         log.warning("trajectory %d step %d: %s; back to the frame of step %d with fresh velocities", self.index,
                     self.step, reason, good_step)
 
@@ -92,7 +102,8 @@ class Trajectory:
     def state(self) -> dict[str, Any]:
         return {"index": self.index, "status": self.status, "md": md_state(self.atoms, step=self.step),
                 "last_good": self.last_good.state, "rng": rng_state(self.rng), "pending": self.pending,
-                "epochs_left": self.epochs_left, "labels": self.labels, "resets": self.resets}
+                "epochs_left": self.epochs_left, "labels": self.labels, "resets": self.resets,
+                "resets_in_a_row": self.resets_in_a_row}
 
     def restore(self, state: dict[str, Any]) -> None:
         restore_md_state(self.atoms, state["md"], self.dyn)
@@ -100,6 +111,7 @@ class Trajectory:
         self.rng.bit_generator.state = restore_rng(state["rng"]).bit_generator.state
         self.status, self.pending = state["status"], state["pending"]
         self.epochs_left, self.labels, self.resets = state["epochs_left"], state["labels"], state["resets"]
+        self.resets_in_a_row = state.get("resets_in_a_row", 0)
         self.atoms.calc.reset()
 
 

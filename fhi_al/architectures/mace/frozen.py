@@ -1,5 +1,6 @@
 """Faster MACE inference with frozen weights: the product-basis weights are contracted into mace's coupling
-tensors once, and each evaluation contracts node features with them as a few dense batched matrix products.
+tensors once, symmetrised onto the monomials of the features that the coupling allows, and each evaluation is
+a gather-product of the features and one batched matrix product.
 
 Used for ensemble prediction copies only; exported files and training keep mace's own modules.
 """

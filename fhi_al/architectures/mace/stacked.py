@@ -1,7 +1,5 @@
-"""All members of a MACE ensemble evaluated as one model: parameters stacked along a member axis and the
-forward pass vectorised over it with torch.func (one set of operations for M members), forces by one backward.
-
-Members must share the architecture (irreps, correlation, species, radial basis); otherwise use one call each.
+"""All members of a MACE ensemble evaluated as one model: parameters stacked along a member axis, the forward
+pass vectorised over it with torch.func (one set of operations for M members), every member's forces by one backward.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class Ensemble:
     @classmethod
     def from_files(cls, paths: Sequence[str | Path]) -> "Ensemble":
         """Model files as written by Trainer.export (any architecture) or mace_run_train."""
-        from .architectures.registry import load_exported
+        from .training.head import load_exported  # with the engine's shift/scale/ZBL terms when exported
 
         loaded = [load_exported(path) for path in paths]
         architecture = loaded[0][0]

@@ -229,7 +229,7 @@ def run_config(run_dir: Path, *, keep_checkpoints: bool) -> TrainingConfig:
 def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
     """Ensembles of ENSEMBLE_SIZE members converged on N random pool frames (90/10), evaluated on the test set."""
     config = run_config(run_dir, keep_checkpoints=False)
-    cache = args.out_dir / f"{NAME}_baseline_{args.base_tag}.json"
+    cache = baseline_cache(args)
     done = {(r["n_labels"], r["seed"]): r for r in (json.loads(cache.read_text()) if cache.is_file() else [])}
     rows = []
     for seed in range(args.seeds):
@@ -260,13 +260,20 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
             shutil.rmtree(work, ignore_errors=True)
             done[(n, seed)] = rows[-1]
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(list(done.values()), indent=1))
+            merged = {(r["n_labels"], r["seed"]): r for r in (json.loads(cache.read_text()) if cache.is_file() else [])}
+            merged.update(done)  # other invocations may fill other sizes of the same cache
+            cache.write_text(json.dumps(list(merged.values()), indent=1))
     return rows
+
+
+def baseline_cache(args) -> Path:
+    suffix = f"_min{args.config['min_epochs']}ep" if args.baseline_min_epochs else ""
+    return args.out_dir / f"{NAME}_baseline_{args.base_tag}{suffix}.json"
 
 
 def wait_for_baseline(args) -> list[dict]:
     """The baseline rows another invocation (same molecule/reference/T) writes to its cache, once complete."""
-    cache = args.out_dir / f"{NAME}_baseline_{args.base_tag}.json"
+    cache = baseline_cache(args)
     wanted = {(n, seed) for n in args.baseline_sizes for seed in range(args.seeds)}
     while True:
         rows = json.loads(cache.read_text()) if cache.is_file() else []
@@ -433,6 +440,10 @@ def parse_args(argv=None):
     parser.add_argument("--variant", default="", help="suffix of the output names (use with --set)")
     parser.add_argument("--skip-baseline", action="store_true",
                         help="wait for the baseline cache of another invocation with the same molecule/reference/T")
+    parser.add_argument("--baseline-min-epochs", type=int,
+                        help="every baseline member trains at least this many epochs (default: quick 8, full 30)")
+    parser.add_argument("--baseline-only", action="store_true",
+                        help="only fill the baseline cache (no FHI_AL run, no report)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.config = dict(QUICK if args.quick else FULL)
@@ -440,6 +451,9 @@ def parse_args(argv=None):
     args.baseline_sizes = sorted(args.baseline_sizes or args.config["baseline_sizes"])
     args.seeds = args.seeds or args.config["seeds"]
     args.epochs = args.epochs or args.config["epochs"]
+    if args.baseline_min_epochs:
+        args.config["min_epochs"] = args.baseline_min_epochs
+        args.epochs = max(args.epochs, args.baseline_min_epochs)
     base_tag = f"{args.molecule}_{args.reference}_{args.temperature_K:g}K" + ("_quick" if args.quick else "")
     args.base_tag = base_tag
     args.tag = base_tag + (f"_{args.variant}" if args.variant else "")
@@ -453,16 +467,19 @@ def main(argv=None) -> int:
     atoms0 = ase_molecule(args.molecule)
     run_dir = WORK_ROOT / f"run_{args.tag}"
     prepare_run(args, atoms0, run_dir)
+    if args.baseline_only:
+        baseline(args, run_dir, pool_set(args, atoms0), test_set(args, atoms0))
+        return 0
     process = start_run(run_dir)
     print(f"FHI_AL running in {run_dir} (pid {process.pid})", flush=True)
     test = test_set(args, atoms0)
-    if args.skip_baseline:
-        base = wait_for_baseline(args)
-    else:
+    if not args.skip_baseline:
         base = baseline(args, run_dir, pool_set(args, atoms0), test)
     status = process.wait()
     print(f"FHI_AL finished with status {status} after {time.perf_counter() - started:.0f} s", flush=True)
     curve = fhi_al_curve(run_dir, test)
+    if args.skip_baseline:
+        base = wait_for_baseline(args)
     report = {"molecule": args.molecule, "formula": atoms0.get_chemical_formula(), "reference": args.reference,
               "temperature_K": args.temperature_K, "test_temperatures_K": [args.temperature_K,
                                                                            args.temperature_K + HOT_OFFSET_K],
@@ -470,6 +487,7 @@ def main(argv=None) -> int:
               "n_test_frames": len(test), "ensemble_size": ENSEMBLE_SIZE, "fhi_al_exit_status": status,
               "al_settings": yaml.safe_load((run_dir / "active_learning_settings.yaml").read_text()),
               "baseline_config": {k: args.config[k] for k in ("structure_epochs", "min_epochs", "patience")}
+              | {"baseline_sizes": args.baseline_sizes}
               | {"max_epochs_cap": args.epochs, "seeds": args.seeds},
               "efficiency_forces": efficiency(base, curve, "forces_mae"),
               "efficiency_energy": efficiency(base, curve, "energy_mae_per_atom"),

@@ -293,3 +293,20 @@ def test_num_workers_give_the_same_epoch(run_dir, data):
     second, b = make(run_dir, data, tag="feat_2", num_workers=1)
     assert first._train_epoch(a, use_scheduler=False) == pytest.approx(second._train_epoch(b, use_scheduler=False),
                                                                       rel=1e-12)
+
+
+def test_exported_model_keeps_the_engine_terms(run_dir, data):
+    """A model exported with ZBL and a per-element shift predicts the same after loading as an ensemble."""
+    from fhi_al.ensemble import EnsembleCalculator
+
+    trainer, member = make(run_dir, data, model="aenet", hypers=AenetHypers(rad_order=4, ang_order=2,
+                                                                             hidden_sizes=[4]),
+                           zbl=True, zbl_cutoff=0.8, energy_shift={1: -13.0, 6: -1030.0, 8: -2040.0})
+    trainer.train(member, 1)
+    path = trainer.export(member)
+    squeezed = data[1][0].copy()
+    squeezed.positions[4] = squeezed.positions[0] + [0.0, 0.0, 0.45]
+    expected = predict(trainer, member.inference_model(), [squeezed])
+    squeezed.calc = EnsembleCalculator.from_files([path])
+    assert squeezed.get_potential_energy() == pytest.approx(float(expected["energy"][0]), rel=1e-10)
+    np.testing.assert_allclose(squeezed.get_forces(), expected["forces"], atol=1e-8)

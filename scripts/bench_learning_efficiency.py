@@ -134,7 +134,7 @@ def test_set(args, atoms0) -> list:
 
 
 def pool_set(args, atoms0) -> list:
-    n = max(args.baseline_sizes)
+    n = max(args.baseline_sizes + [args.pool_frames or 0])
     path = RESULTS / f"{NAME}_pool_{args.molecule}_{args.reference}_{args.temperature_K:g}K_{n}.xyz"
     return cached_frames(path, lambda: reference_md_frames(args.reference, atoms0, temperature_K=args.temperature_K,
                                                              n_frames=n, stride=POOL_STRIDE, seed=POOL_SEED))
@@ -442,6 +442,8 @@ def parse_args(argv=None):
                         help="wait for the baseline cache of another invocation with the same molecule/reference/T")
     parser.add_argument("--baseline-min-epochs", type=int,
                         help="every baseline member trains at least this many epochs (default: quick 8, full 30)")
+    parser.add_argument("--pool-frames", type=int, help="frames of the baseline's reference-MD pool "
+                        "(default: the largest baseline size)")
     parser.add_argument("--baseline-only", action="store_true",
                         help="only fill the baseline cache (no FHI_AL run, no report)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)

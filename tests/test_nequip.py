@@ -245,7 +245,7 @@ def test_export_load_and_ase_calculator(arch, model, tmp_path):
     assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-12)
     np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-12)
     torch.save({"format": "something else"}, tmp_path / "other.model")
-    with pytest.raises(InputError, match="not a NequIP model"):
+    with pytest.raises(InputError, match="not a model file of fhi_al.s NequIP architecture"):
         load_exported(tmp_path / "other.model")
 
 

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
 
-from ...durable import atomic_torch_save
 from ...errors import InputError
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetStatistics
+from ..exported import ExportedModelCalculator, PositionsArchitecture
+from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
 from .features import AlchemicalPowerSpectrum, NeighbourPairs, build_pairs
 from .hypers import AlchemicalHypers
 
@@ -132,7 +130,9 @@ class AlchemicalModel(torch.nn.Module):
         return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
 
 
-class AlchemicalArchitecture(Architecture):
+class AlchemicalArchitecture(PositionsArchitecture):
+    export_format = EXPORT_FORMAT
+    export_label = "alchemical"
     name = "alchemical"
     Hypers = AlchemicalHypers
     checkpoint_version = 1
@@ -191,50 +191,15 @@ class AlchemicalArchitecture(Architecture):
                      structure_index=structure_index, energy_weight=weights["has_energy"],
                      forces_weight=weights["has_forces"])
 
-    def predict(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
-        inputs = batch.inputs
-        with torch.enable_grad():
-            positions = inputs.positions_A.detach().requires_grad_(True)
-            energy = model(inputs, positions)
-            (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=training)
-        if training:
-            return {"energy": energy, "forces": -gradient}
-        return {"energy": energy.detach(), "forces": -gradient.detach()}
-
-    def export(self, model: torch.nn.Module, path: Path) -> None:
-        payload = {"format": EXPORT_FORMAT, "checkpoint_version": self.checkpoint_version,
-                   "hypers": asdict(self.hypers), "species": model.species, "dtype": str(self.dtype),
-                   "state_dict": model.state_dict()}
-        atomic_torch_save(payload, path)
 
 
 def load_exported(path: str | Path) -> tuple[AlchemicalArchitecture, AlchemicalModel]:
     """(architecture, model) from a file written by `AlchemicalArchitecture.export`."""
-    try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # pickled objects (e.g. a MACE model): another format
-        raise InputError("not an alchemical model exported by fhi_al", where=str(path)) from error
-    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
-        raise InputError("not an alchemical model exported by fhi_al", where=str(path))
-    dtype = getattr(torch, payload["dtype"].removeprefix("torch."))
-    architecture = AlchemicalArchitecture(AlchemicalHypers(**payload["hypers"]), dtype=dtype)
-    model = architecture.empty_model(payload["species"])
-    model.load_state_dict(payload["state_dict"])
-    return architecture, model.eval()
+    return AlchemicalArchitecture.load_exported(path)
 
 
-class AlchemicalCalculator(Calculator):
+class AlchemicalCalculator(ExportedModelCalculator):
     """ASE calculator of one exported alchemical model (energy in eV, forces in eV/Å)."""
 
-    implemented_properties = ["energy", "free_energy", "forces"]
-
     def __init__(self, model_path: str | Path, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.architecture, self.model = load_exported(model_path)
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        batch = self.architecture.collate([self.architecture.featurize(self.atoms)])
-        result = self.architecture.predict(self.model, batch)
-        energy = float(result["energy"][0])
-        self.results = {"energy": energy, "free_energy": energy, "forces": result["forces"].numpy().copy()}
+        super().__init__(model_path, loader=load_exported, **kwargs)

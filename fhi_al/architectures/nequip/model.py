@@ -7,7 +7,6 @@ Exported files hold hypers, species and the state dict (loadable with weights_on
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -16,13 +15,12 @@ import mace  # noqa: F401  - mace must be imported before anything imports e3nn
 import numpy as np
 import torch
 from ase import Atoms
-from ase.calculators.calculator import Calculator, all_changes
 from ase.neighborlist import neighbor_list
 from mace.tools.torch_tools import default_dtype
 
-from ...durable import atomic_torch_save
 from ...errors import InputError
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetStatistics
+from ..exported import ExportedModelCalculator, PositionsArchitecture
+from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
 from .hypers import NequipHypers
 from .network import NequipInputs, NequipModel
 
@@ -55,7 +53,9 @@ def neighbour_graph(atoms: Atoms, *, cutoff_A: float) -> tuple[np.ndarray, np.nd
     return receiver, sender, shifts @ np.asarray(atoms.cell.array, dtype=float)
 
 
-class NequipArchitecture(Architecture):
+class NequipArchitecture(PositionsArchitecture):
+    export_format = EXPORT_FORMAT
+    export_label = "NequIP"
     name: ClassVar[str] = "NequIP"
     Hypers: ClassVar[type] = NequipHypers
     checkpoint_version: ClassVar[int] = 1
@@ -124,16 +124,6 @@ class NequipArchitecture(Architecture):
                      structure_index=structure_index, energy_weight=weights["has_energy"],
                      forces_weight=weights["has_forces"])
 
-    def predict(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
-        inputs = batch.inputs
-        with torch.enable_grad():
-            positions = inputs.positions_A.detach().requires_grad_(True)
-            energy = model(inputs, positions)
-            (gradient,) = torch.autograd.grad(energy.sum(), positions, create_graph=training)
-        if training:
-            return {"energy": energy, "forces": -gradient}
-        return {"energy": energy.detach(), "forces": -gradient.detach()}
-
     def node_features(self, model: NequipModel, atoms: Atoms) -> list[torch.Tensor]:
         """Node features of `atoms` after the embedding and each layer (irreps: `model.layer_irreps()`)."""
         inputs = self.collate([self.featurize(atoms)]).inputs
@@ -141,13 +131,6 @@ class NequipArchitecture(Architecture):
             return model.node_features(inputs, inputs.positions_A)
 
     # --- files -------------------------------------------------------------------------------------------
-    def export(self, model: torch.nn.Module, path: Path) -> None:
-        """Hypers, species and state dict (weights and statistics buffers); plain data, so that loaders of
-        every architecture can probe the file with weights_only=True."""
-        payload = {"format": EXPORT_FORMAT, "checkpoint_version": self.checkpoint_version,
-                   "hypers": dict(model.hypers_dict), "species": model.species, "dtype": str(self.dtype),
-                   "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()}}
-        atomic_torch_save(payload, path)
 
 
 def _per_type(setting: Any, species: Sequence[int], from_stats: dict[int, float], where: str) -> list[float]:
@@ -166,31 +149,11 @@ def _per_type(setting: Any, species: Sequence[int], from_stats: dict[int, float]
 
 def load_exported(path: str | Path) -> tuple[NequipArchitecture, NequipModel]:
     """(architecture, model) from a file written by `NequipArchitecture.export`."""
-    try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:  # pickled objects (e.g. a MACE model): another format
-        raise InputError("not a NequIP model exported by fhi_al", where=str(path)) from error
-    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
-        raise InputError("not a NequIP model exported by fhi_al", where=str(path))
-    dtype = getattr(torch, payload["dtype"].removeprefix("torch."))
-    architecture = NequipArchitecture(NequipHypers(**payload["hypers"]), dtype=dtype)
-    model = architecture.empty_model(payload["species"])
-    model.load_state_dict(payload["state_dict"])
-    return architecture, model.eval()
+    return NequipArchitecture.load_exported(path)
 
 
-class NequipCalculator(Calculator):
+class NequipCalculator(ExportedModelCalculator):
     """ASE calculator of one exported NequIP model (energy in eV, forces in eV/Å)."""
 
-    implemented_properties = ["energy", "free_energy", "forces"]
-
     def __init__(self, model_path: str | Path, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.architecture, self.model = load_exported(model_path)
-
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        super().calculate(atoms, properties, system_changes)
-        batch = self.architecture.collate([self.architecture.featurize(self.atoms)])
-        result = self.architecture.predict(self.model, batch)
-        energy = float(result["energy"][0])
-        self.results = {"energy": energy, "free_energy": energy, "forces": result["forces"].numpy().copy()}
+        super().__init__(model_path, loader=load_exported, **kwargs)

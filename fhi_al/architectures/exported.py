@@ -13,9 +13,16 @@ from typing import Any, Callable, ClassVar
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
+import logging
+import math
+
 from ..durable import atomic_torch_save
 from ..errors import InputError
-from .base import Architecture, Batch
+from .base import Architecture, Batch, DatasetStatistics
+
+log = logging.getLogger(__name__)
+
+MIN_ENERGY_SCALE_EV = 1e-6  # below this (e.g. zero forces in the data) the energy scale falls back to 1 eV
 
 
 class PositionsArchitecture(Architecture):
@@ -34,6 +41,18 @@ class PositionsArchitecture(Architecture):
         if training:
             return {"energy": energy, "forces": -gradient}
         return {"energy": energy.detach(), "forces": -gradient.detach()}
+
+    def set_energy_statistics(self, model: torch.nn.Module, stats: DatasetStatistics, *, shift_eV: float,
+                              scale_eV: float) -> None:
+        """E0s of the statistics plus a per-atom shift and scale into the model's buffers (atomic_energies_eV,
+        energy_shift_eV, energy_scale_eV); trained weights stay untouched."""
+        energies = [float(stats.atomic_energies_eV.get(z, 0.0)) for z in model.species]
+        model.atomic_energies_eV.copy_(torch.tensor(energies, dtype=model.atomic_energies_eV.dtype))
+        if not math.isfinite(scale_eV) or scale_eV < MIN_ENERGY_SCALE_EV:
+            log.info("%s: training set gives energy scale %r; using 1 eV", self.export_label, scale_eV)
+            scale_eV = 1.0
+        model.energy_shift_eV.fill_(float(shift_eV))
+        model.energy_scale_eV.fill_(float(scale_eV))
 
     def export(self, model: torch.nn.Module, path: Path) -> None:
         payload = {"format": self.export_format, "checkpoint_version": self.checkpoint_version,

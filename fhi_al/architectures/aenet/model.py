@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATOMIC_NUMBER = 118
 EXPORT_FORMAT = "fhi_al.aenet"
-MIN_ENERGY_SCALE_EV = 1.0e-6  # below this the training set carries no scale information: use 1 eV
 FEATURE_STD_FLOOR = 1.0e-3  # features that (almost) never vary are left unscaled rather than blown up
 MTANH_GAIN, MTANH_SLOPE = 1.7159, 2.0 / 3.0  # LeCun's scaled tanh, aenet's "mtanh"
 
@@ -154,18 +153,12 @@ class AenetArchitecture(PositionsArchitecture):
 
     def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
         """E0s, energy shift and scale from the current training set; trained weights stay untouched."""
-        energies = [float(stats.atomic_energies_eV.get(z, 0.0)) for z in model.species]
-        model.atomic_energies_eV.copy_(torch.tensor(energies, dtype=model.atomic_energies_eV.dtype))
         shift, scale = 0.0, 1.0
         if self.hypers.normalize_energy:
             shift = float(stats.per_atom_energy_mean)
             scale = {"rms_forces_scaling": stats.forces_rms, "std_scaling": stats.per_atom_energy_std,
                      "no_scaling": 1.0}[self.hypers.energy_scaling]
-            if not np.isfinite(scale) or scale < MIN_ENERGY_SCALE_EV:
-                log.info("aenet: training set gives energy scale %r; using 1 eV", scale)
-                scale = 1.0
-        model.energy_shift_eV.fill_(shift)
-        model.energy_scale_eV.fill_(float(scale))
+        self.set_energy_statistics(model, stats, shift_eV=shift, scale_eV=float(scale))
 
     def _set_neighbour_count_scaling(self, model: AenetModel, stats: DatasetStatistics) -> None:
         """Before any data is seen: scale descriptors by the neighbour (pair) counts they sum over."""

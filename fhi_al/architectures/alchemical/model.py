@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATOMIC_NUMBER = 118
 EXPORT_FORMAT = "fhi_al.alchemical"
-MIN_ENERGY_SCALE_EV = 1.0e-6  # below this the training set carries no scale information: use 1 eV
 
 
 @dataclass
@@ -156,14 +155,7 @@ class AlchemicalArchitecture(PositionsArchitecture):
 
     def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
         """E0s, per-atom energy shift and force-RMS scale of the current training set; weights untouched."""
-        energies = [float(stats.atomic_energies_eV.get(z, 0.0)) for z in model.species]
-        model.atomic_energies_eV.copy_(torch.tensor(energies, dtype=model.atomic_energies_eV.dtype))
-        scale = float(stats.forces_rms)
-        if not np.isfinite(scale) or scale < MIN_ENERGY_SCALE_EV:
-            log.info("alchemical: training set gives energy scale %r; using 1 eV", scale)
-            scale = 1.0
-        model.energy_shift_eV.fill_(float(stats.per_atom_energy_mean))
-        model.energy_scale_eV.fill_(scale)
+        self.set_energy_statistics(model, stats, shift_eV=stats.per_atom_energy_mean, scale_eV=float(stats.forces_rms))
 
     def featurize(self, atoms: Atoms) -> AlchemicalSample:
         has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays

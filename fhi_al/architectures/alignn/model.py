@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATOMIC_NUMBER = 118
 EXPORT_FORMAT = "fhi_al.alignn"
-MIN_ENERGY_SCALE_EV = 1.0e-6  # below this the training set carries no scale information: use 1 eV
 COSINE_RANGE = (-1.0, 1.0)
 
 
@@ -166,14 +165,7 @@ class AlignnArchitecture(PositionsArchitecture):
     def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
         """E0s, energy shift (mean per-atom energy) and scale (force RMS x 1 Å) from the current training set;
         trained weights and the neighbour normalisation stay untouched."""
-        energies = [float(stats.atomic_energies_eV.get(z, 0.0)) for z in model.species]
-        model.atomic_energies_eV.copy_(torch.tensor(energies, dtype=model.atomic_energies_eV.dtype))
-        scale = float(stats.forces_rms)
-        if not np.isfinite(scale) or scale < MIN_ENERGY_SCALE_EV:
-            log.info("ALIGNN: training set gives energy scale %r; using 1 eV", scale)
-            scale = 1.0
-        model.energy_shift_eV.fill_(float(stats.per_atom_energy_mean))
-        model.energy_scale_eV.fill_(scale)
+        self.set_energy_statistics(model, stats, shift_eV=stats.per_atom_energy_mean, scale_eV=float(stats.forces_rms))
 
     def featurize(self, atoms: Atoms) -> AlignnSample:
         hypers = self.hypers

@@ -74,7 +74,7 @@ FULL = dict(test_frames=300, baseline_sizes=[25, 50, 100, 200, 500], seeds=2, ep
             structure_epochs=20000, min_epochs=30,
             al={"max_MD_steps": 4000, "max_set_size": 500, "max_final_epochs": 200, "patience": 30})
 QUICK = dict(test_frames=150, baseline_sizes=[25, 50, 100, 200], seeds=1, epochs=60, patience=10,
-             structure_epochs=1200, min_epochs=8,
+             structure_epochs=1200, min_epochs=40,
              al={"max_MD_steps": 600, "max_set_size": 200, "max_final_epochs": 40, "patience": 10})
 
 
@@ -267,8 +267,7 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
 
 
 def baseline_cache(args) -> Path:
-    suffix = f"_min{args.config['min_epochs']}ep" if args.baseline_min_epochs else ""
-    return args.out_dir / f"{NAME}_baseline_{args.base_tag}{suffix}.json"
+    return args.out_dir / f"{NAME}_baseline_{args.base_tag}_min{args.config['min_epochs']}ep.json"
 
 
 def wait_for_baseline(args) -> list[dict]:
@@ -441,7 +440,8 @@ def parse_args(argv=None):
     parser.add_argument("--skip-baseline", action="store_true",
                         help="wait for the baseline cache of another invocation with the same molecule/reference/T")
     parser.add_argument("--baseline-min-epochs", type=int,
-                        help="every baseline member trains at least this many epochs (default: quick 8, full 30)")
+                        help="every baseline member trains at least this many epochs (default: quick 40, full 30); "
+                        "fewer undertrains the large-N baselines (quick runs with 8 did)")
     parser.add_argument("--pool-frames", type=int, help="frames of the baseline's reference-MD pool "
                         "(default: the largest baseline size)")
     parser.add_argument("--baseline-only", action="store_true",

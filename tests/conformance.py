@@ -45,6 +45,20 @@ def predict(trainer: Trainer, model: torch.nn.Module, structures: list[Atoms]) -
     return {key: value.detach().numpy() for key, value in out.items()}
 
 
+def fd_check(trainer: Trainer, model: torch.nn.Module, atoms: Atoms) -> None:
+    """Predicted forces equal minus the central finite difference of the predicted energy."""
+    forces = predict(trainer, model, [atoms])["forces"]
+    for index, axis in [(0, 0), (3, 1), (8, 2)]:
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[index, axis] += sign * FD_STEP_A
+            energies.append(predict(trainer, model, [moved])["energy"][0])
+        numerical = -(energies[0] - energies[1]) / (2 * FD_STEP_A)
+        assert abs(forces[index, axis]) > 1e-6
+        assert numerical == pytest.approx(forces[index, axis], rel=FD_RTOL, abs=1e-7)
+
+
 class ArchitectureConformance:
     """Base class; subclasses set `model_name` and define the `tiny_hypers` fixture."""
 
@@ -73,18 +87,7 @@ class ArchitectureConformance:
         return trainer.create_member("conf_1", 1, train, valid)
 
     def test_forces_are_minus_energy_gradient(self, trainer, member, data):
-        atoms = data[1][0]
-        model = member.inference_model()
-        forces = predict(trainer, model, [atoms])["forces"]
-        for index, axis in [(0, 0), (3, 1), (8, 2)]:
-            energies = []
-            for sign in (1, -1):
-                moved = atoms.copy()
-                moved.positions[index, axis] += sign * FD_STEP_A
-                energies.append(predict(trainer, model, [moved])["energy"][0])
-            numerical = -(energies[0] - energies[1]) / (2 * FD_STEP_A)
-            assert abs(forces[index, axis]) > 1e-6
-            assert numerical == pytest.approx(forces[index, axis], rel=FD_RTOL, abs=1e-7)
+        fd_check(trainer, member.inference_model(), data[1][0])
 
     def test_rotation_and_translation_invariance(self, trainer, member, data):
         atoms = data[1][1]

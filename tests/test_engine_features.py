@@ -75,19 +75,27 @@ def test_statistic_references_are_validated_at_settings_load():
 
 
 # --- 2. per-type shifts and scales -----------------------------------------------------------------------
-def test_engine_shift_and_per_element_scale(run_dir, data):
+@pytest.mark.parametrize("model_name, hypers", [("aenet", TINY_AENET), ("MACE", TINY_MACE)])
+def test_engine_shift_and_per_element_scale(run_dir, data, model_name, hypers):
     scale = {"H": 0.5, "C": 2.0, "O": 3.0}
-    trainer, member = make(run_dir, data, energy_shift=E0, energy_scale={1: 0.5, 6: 2.0, 8: 3.0})
+    trainer, member = make(run_dir, data, model=model_name, hypers=hypers, energy_shift=E0,
+                           energy_scale={1: 0.5, 6: 2.0, 8: 3.0})
     model = member.inference_model()
     atoms = data[1][0]
     out = predict(trainer, model, [atoms])
     inner = trainer.architecture.inner
     batch = inner.collate([inner.featurize(atoms)])
-    atomic = inner.atomic_energies(model.base, batch.inputs, batch.inputs.positions_A).detach().numpy()
+    atomic = inner.atomic_energies(model.base, batch.inputs, inner.positions(batch.inputs)).detach().numpy()
     expected = sum(scale_z * e + E0[z] for z, e, scale_z in
                    zip(atoms.numbers, atomic, [{1: 0.5, 6: 2.0, 8: 3.0}[z] for z in atoms.numbers]))
     assert out["energy"][0] == pytest.approx(expected, rel=1e-12)
-    assert float(model.base.atomic_energies_eV.abs().max()) == 0.0  # no E0 counted twice
+    if model_name == "aenet":
+        assert float(model.base.atomic_energies_eV.abs().max()) == 0.0  # no E0 counted twice
+    else:
+        assert float(model.base.atomic_energies_fn.atomic_energies.abs().max()) == 0.0
+    from conformance import fd_check  # forces of the scaled per-atom energies are -dE/dR
+
+    fd_check(trainer, model, atoms)
     assert scale  # per-element mapping by symbol is checked in the settings test
 
 

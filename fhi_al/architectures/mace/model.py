@@ -155,6 +155,16 @@ class MaceArchitecture(Architecture):
         out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=False)
         return {"energy": out["energy"], "forces": out["forces"]}
 
+    def positions(self, inputs: Any) -> torch.Tensor:
+        return inputs.positions
+
+    def atomic_energies(self, model: torch.nn.Module, inputs: Any, positions_A: torch.Tensor) -> torch.Tensor:
+        """MACE's per-atom energies (`node_energy`, E0 included) as a differentiable function of the
+        positions: the engine hook for per-element energy scales."""
+        data = inputs.to_dict()
+        data["positions"] = positions_A
+        return model(data, training=True, compute_force=False, compute_stress=False)["node_energy"]
+
     # --- files -------------------------------------------------------------------------------------------
     def export(self, model: torch.nn.Module, path: Path) -> None:
         """The whole module pickled, as mace_run_train writes `{name}.model`."""

@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 MIN_ENERGY_SCALE_EV = 1e-6  # below this (e.g. zero forces in the data) the energy scale falls back to 1 eV
 
 
+class AtomwiseModel(torch.nn.Module):
+    """A model whose structure energy is the sum of its per-atom energies (`atomic_energies`)."""
+
+    def forward(self, inputs: Any, positions_A: torch.Tensor) -> torch.Tensor:
+        """Energy per structure [num_structures] in eV."""
+        atomic = self.atomic_energies(inputs, positions_A)
+        return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
+
+
 class PositionsArchitecture(Architecture):
     """An architecture whose model maps (inputs, positions_A) to structure energies; subclasses provide
     `empty_model(species)` and set `export_format` (and `export_label` for messages)."""
@@ -41,6 +50,12 @@ class PositionsArchitecture(Architecture):
         if training:
             return {"energy": energy, "forces": -gradient}
         return {"energy": energy.detach(), "forces": -gradient.detach()}
+
+    def seeded_model(self, species: Any, seed: int) -> torch.nn.Module:
+        """`empty_model(species)` initialised from `seed` without touching the global random state."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return self.empty_model(species)
 
     def set_energy_statistics(self, model: torch.nn.Module, stats: DatasetStatistics, *, shift_eV: float,
                               scale_eV: float) -> None:

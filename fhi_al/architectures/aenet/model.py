@@ -15,7 +15,7 @@ import torch
 from ase import Atoms
 
 from ...errors import InputError
-from ..exported import ExportedModelCalculator, PositionsArchitecture
+from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
 from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
 from .descriptors import ChebyshevDescriptor, NeighbourGraph, build_graph
 from .hypers import AenetHypers
@@ -73,7 +73,7 @@ def _mlp(num_features: int, hidden_sizes: Sequence[int], activation: str) -> tor
     return torch.nn.Sequential(*layers)
 
 
-class AenetModel(torch.nn.Module):
+class AenetModel(AtomwiseModel):
     """Descriptor + per-element MLPs; every statistics-derived number is a persistent buffer."""
 
     def __init__(self, *, hypers: AenetHypers, species: Sequence[int]):
@@ -122,11 +122,6 @@ class AenetModel(torch.nn.Module):
                 output = output.index_copy(0, atoms, mlp(features[atoms]).squeeze(-1))
         return self.atomic_energies_eV[species] + self.energy_shift_eV + self.energy_scale_eV * output
 
-    def forward(self, inputs: AenetInputs, positions_A: torch.Tensor) -> torch.Tensor:
-        """Energy per structure [num_structures] in eV."""
-        atomic = self.atomic_energies(inputs, positions_A)
-        return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
-
 
 class AenetArchitecture(PositionsArchitecture):
     export_format = EXPORT_FORMAT
@@ -144,9 +139,7 @@ class AenetArchitecture(PositionsArchitecture):
         return AenetModel(hypers=self.hypers, species=species).to(self.dtype)
 
     def build_model(self, stats: DatasetStatistics, *, seed: int) -> AenetModel:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = self.empty_model(stats.species)
+        model = self.seeded_model(stats.species, seed)
         self._set_neighbour_count_scaling(model, stats)
         self.update_statistics(model, stats)
         return model

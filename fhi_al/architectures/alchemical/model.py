@@ -17,7 +17,7 @@ import torch
 from ase import Atoms
 
 from ...errors import InputError
-from ..exported import ExportedModelCalculator, PositionsArchitecture
+from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
 from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
 from .features import AlchemicalPowerSpectrum, NeighbourPairs, build_pairs
 from .hypers import AlchemicalHypers
@@ -76,7 +76,7 @@ class MultiChannelMLP(torch.nn.Module):
         return hidden.squeeze(-1)
 
 
-class AlchemicalModel(torch.nn.Module):
+class AlchemicalModel(AtomwiseModel):
     """Compressed power spectrum + atomic networks; every statistics-derived number is a persistent buffer."""
 
     def __init__(self, *, hypers: AlchemicalHypers, species: Sequence[int]):
@@ -123,11 +123,6 @@ class AlchemicalModel(torch.nn.Module):
         output = (self.networks(features) * self.centre_weights(elements)).sum(-1)
         return self.atomic_energies_eV[elements] + self.energy_shift_eV + self.energy_scale_eV * output
 
-    def forward(self, inputs: AlchemicalInputs, positions_A: torch.Tensor) -> torch.Tensor:
-        """Energy per structure [num_structures] in eV."""
-        atomic = self.atomic_energies(inputs, positions_A)
-        return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
-
 
 class AlchemicalArchitecture(PositionsArchitecture):
     export_format = EXPORT_FORMAT
@@ -145,9 +140,7 @@ class AlchemicalArchitecture(PositionsArchitecture):
         return AlchemicalModel(hypers=self.hypers, species=species).to(self.dtype)
 
     def build_model(self, stats: DatasetStatistics, *, seed: int) -> AlchemicalModel:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = self.empty_model(stats.species)
+        model = self.seeded_model(stats.species, seed)
         if self.hypers.normalize:  # fixed at build time: trained weights depend on it
             model.features.density_scale.fill_(1.0 / math.sqrt(max(1.0, float(stats.num_neighbors_mean))))
         self.update_statistics(model, stats)

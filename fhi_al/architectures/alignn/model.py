@@ -16,7 +16,7 @@ import torch
 from ase import Atoms
 
 from ...errors import InputError
-from ..exported import ExportedModelCalculator, PositionsArchitecture
+from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
 from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
 from .graph import BondGraph, build_graph, concatenate
 from .hypers import AlignnHypers
@@ -66,7 +66,7 @@ def bond_geometry(positions_A: torch.Tensor, graph: BondGraph) -> tuple[torch.Te
     return lengths, cosines
 
 
-class AlignnModel(torch.nn.Module):
+class AlignnModel(AtomwiseModel):
     """Embeddings, ALIGNN layers, GCN layers and an atom-wise linear readout; statistics are buffers."""
 
     def __init__(self, *, hypers: AlignnHypers, species: Sequence[int]):
@@ -131,11 +131,6 @@ class AlignnModel(torch.nn.Module):
         output = self.readout(atoms).squeeze(-1)
         return self.atomic_energies_eV[species] + self.energy_shift_eV + self.energy_scale_eV * output
 
-    def forward(self, inputs: AlignnInputs, positions_A: torch.Tensor) -> torch.Tensor:
-        """Energy per structure [num_structures] in eV."""
-        atomic = self.atomic_energies(inputs, positions_A)
-        return atomic.new_zeros(inputs.num_structures).index_add(0, inputs.structure_index, atomic)
-
 
 class AlignnArchitecture(PositionsArchitecture):
     export_format = EXPORT_FORMAT
@@ -153,9 +148,7 @@ class AlignnArchitecture(PositionsArchitecture):
         return AlignnModel(hypers=self.hypers, species=species).to(self.dtype)
 
     def build_model(self, stats: DatasetStatistics, *, seed: int) -> AlignnModel:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = self.empty_model(stats.species)
+        model = self.seeded_model(stats.species, seed)
         neighbours = max(1.0, float(stats.num_neighbors_mean))
         model.bond_norm.fill_(neighbours)
         model.angle_norm.fill_(max(1.0, neighbours - 1.0))  # other bonds of the same atom

@@ -67,9 +67,7 @@ class NequipArchitecture(PositionsArchitecture):
             return NequipModel(hypers=self.hypers, species=species).to(self.dtype)
 
     def build_model(self, stats: DatasetStatistics, *, seed: int) -> NequipModel:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            model = self.empty_model(stats.species)
+        model = self.seeded_model(stats.species, seed)
         self.update_statistics(model, stats)
         return model
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 _FILE_MODE = 0o666
@@ -61,6 +64,23 @@ def read_json(path: str | os.PathLike, default: Any = None) -> Any:
     if not path.exists():
         return default
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_json_lines(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSON-lines file written with `append_durable`, in order; a line that does not parse
+    (the last one, torn by a kill during its append) is skipped with a warning."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d: skipping a damaged line", path, number)
+    return records
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

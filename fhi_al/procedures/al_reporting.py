@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..durable import append_durable
+from ..durable import append_durable, read_json_lines
 from .reporting import _pyplot, save_figure
 
 log = logging.getLogger(__name__)
@@ -43,21 +43,8 @@ def append_analysis(folder: Path, trajectory: int, check: Any, predicted_forces:
     append_durable(folder / ANALYSIS_FILE, json.dumps(record) + "\n")
 
 
-def read_records(path: Path) -> list[dict]:
-    """JSON lines of `path`; a torn last line (kill during the append) is ignored."""
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("ignoring a damaged line in %s", path)
-    return records
-
-
 def uncertainty_traces(folder: Path, path: Path) -> None:
-    records = [r for r in read_records(folder / CHECKS_FILE) if r["uncertainty"] is not None]
+    records = [r for r in read_json_lines(folder / CHECKS_FILE) if r["uncertainty"] is not None]
     if not records:
         return
     plt = _pyplot()
@@ -81,7 +68,7 @@ def uncertainty_traces(folder: Path, path: Path) -> None:
 
 
 def labels_per_trajectory(folder: Path, path: Path) -> None:
-    records = [r for r in read_records(folder / CHECKS_FILE) if r["decision"] in LABELLED]
+    records = [r for r in read_json_lines(folder / CHECKS_FILE) if r["decision"] in LABELLED]
     if not records:
         return
     plt = _pyplot()
@@ -98,7 +85,7 @@ def labels_per_trajectory(folder: Path, path: Path) -> None:
 
 def calibration(folder: Path, path: Path) -> float | None:
     """Scatter of uncertainty vs true force error; returns (and logs) their Spearman correlation."""
-    records = read_records(folder / ANALYSIS_FILE)
+    records = read_json_lines(folder / ANALYSIS_FILE)
     if len(records) < 3:
         log.info("calibration: only %d analysis points; no plot", len(records))
         return None

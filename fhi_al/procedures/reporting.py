@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..durable import atomic_write_bytes
+from ..training.plots import read_history  # noqa: F401 - the procedures read histories through here
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +29,6 @@ def save_figure(fig: Any, path: Path) -> None:
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
     log.info("wrote %s", path)
-
-
-def read_history(path: Path) -> list[dict]:
-    """A member's validation records (results/{tag}_history.jsonl); a torn last line is skipped."""
-    import json
-
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("ignoring a damaged line in %s", path)
-    return records
 
 
 def learning_curve(histories: Mapping[str, Sequence[dict]], path: Path, *, title: str) -> None:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..durable import append_durable
+from ..durable import append_durable, read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,7 @@ def as_ledger(ledger: "Ledger | str | os.PathLike") -> Ledger:
 
 def read_ledger(path: str | os.PathLike) -> list[dict[str, Any]]:
     """All complete records in order; an unparsable line (torn by a kill) is skipped with a warning."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d: skipping a torn ledger line", path, number)
-    return entries
+    return read_json_lines(path)
 
 
 def ledger_label_ids(path: str | os.PathLike) -> list[str]:

@@ -6,12 +6,11 @@ Validation loss and force RMSE per member against the epoch; written atomically.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..durable import atomic_write_bytes
+from ..durable import atomic_write_bytes, read_json_lines
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +19,8 @@ CURVES = (("loss", "validation loss", 1.0), ("forces_rmse", "force RMSE / meV Å
 
 
 def read_history(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """A member's validation records (results/{tag}_history.jsonl); a torn last line is skipped."""
+    return read_json_lines(path)
 
 
 def plot_histories(history_paths: Sequence[str | Path], out_png: str | Path) -> Path:

@@ -67,8 +67,9 @@ def test_results_are_member_means_and_spreads(trained, structures):
 def test_batch_equals_single_calls(trained, structures):
     _, members = trained
     calculator = EnsembleCalculator(members)
-    batched = calculator.calculate_batch(structures)
-    for atoms, result in zip(structures, batched):
+    many = structures * 3  # 9 structures, 63 atoms in one batched call
+    batched = calculator.calculate_batch(many)
+    for atoms, result in zip(many, batched):
         single = calculator.ensemble.predict([atoms])[0]
         assert result["forces_comm"].shape == (SIZE, len(atoms), 3)
         assert result["energy"] == pytest.approx(single["energy"], rel=1e-12)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
@@ -18,7 +19,7 @@ import math
 
 from ..durable import atomic_torch_save
 from ..errors import InputError
-from .base import Architecture, Batch, DatasetStatistics
+from .base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetStatistics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,24 @@ class PositionsArchitecture(Architecture):
         if training:
             return {"energy": energy, "forces": -gradient}
         return {"energy": energy.detach(), "forces": -gradient.detach()}
+
+    def sample_labels(self, atoms: Any) -> dict[str, Any]:
+        """A structure's reference labels for its sample; zeros with has_* False when it is unlabelled."""
+        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
+        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
+        return {"energy_eV": float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
+                "forces_eV_per_A": torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
+                "has_energy": has_energy, "has_forces": has_forces}
+
+    def labelled_batch(self, samples: Any, inputs: Any, num_atoms: torch.Tensor,
+                       structure_index: torch.Tensor) -> Batch:
+        """The Batch of collated `inputs` with the samples' labels; unlabelled structures get weight 0."""
+        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
+                   for name in ("has_energy", "has_forces")}
+        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
+                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
+                     structure_index=structure_index, energy_weight=weights["has_energy"],
+                     forces_weight=weights["has_forces"])
 
     def seeded_model(self, species: Any, seed: int) -> torch.nn.Module:
         """`empty_model(species)` initialised from `seed` without touching the global random state."""

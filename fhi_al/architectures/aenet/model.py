@@ -16,7 +16,7 @@ from ase import Atoms
 
 from ...errors import InputError
 from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
+from ..base import Batch, DatasetStatistics
 from .descriptors import ChebyshevDescriptor, NeighbourGraph, build_graph
 from .hypers import AenetHypers
 
@@ -191,14 +191,9 @@ class AenetArchitecture(PositionsArchitecture):
     def featurize(self, atoms: Atoms) -> AenetSample:
         graph = build_graph(atoms, rad_cutoff_A=self.hypers.rad_cutoff, ang_cutoff_A=self.hypers.ang_cutoff,
                             dtype=self.dtype)
-        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
-        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
         return AenetSample(
             positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph,
-            energy_eV=float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
-            forces_eV_per_A=torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
-            has_energy=has_energy, has_forces=has_forces)
+            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph, **self.sample_labels(atoms))
 
     def collate(self, samples: Sequence[AenetSample]) -> Batch:
         atom_offsets = np.cumsum([0] + [len(s.numbers) for s in samples])
@@ -214,12 +209,7 @@ class AenetArchitecture(PositionsArchitecture):
         inputs = AenetInputs(positions_A=torch.cat([s.positions_A for s in samples]),
                              numbers=torch.cat([s.numbers for s in samples]), graph=graph,
                              structure_index=structure_index, num_structures=len(samples))
-        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
-                   for name in ("has_energy", "has_forces")}
-        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
-                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
-                     structure_index=structure_index, energy_weight=weights["has_energy"],
-                     forces_weight=weights["has_forces"])
+        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
 
 
 

@@ -18,7 +18,7 @@ from ase import Atoms
 
 from ...errors import InputError
 from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
+from ..base import Batch, DatasetStatistics
 from .features import AlchemicalPowerSpectrum, NeighbourPairs, build_pairs
 from .hypers import AlchemicalHypers
 
@@ -151,15 +151,10 @@ class AlchemicalArchitecture(PositionsArchitecture):
         self.set_energy_statistics(model, stats, shift_eV=stats.per_atom_energy_mean, scale_eV=float(stats.forces_rms))
 
     def featurize(self, atoms: Atoms) -> AlchemicalSample:
-        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
-        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
         return AlchemicalSample(
             positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
             numbers=torch.tensor(atoms.numbers, dtype=torch.long),
-            pairs=build_pairs(atoms, cutoff_A=self.hypers.cutoff_radius, dtype=self.dtype),
-            energy_eV=float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
-            forces_eV_per_A=torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
-            has_energy=has_energy, has_forces=has_forces)
+            pairs=build_pairs(atoms, cutoff_A=self.hypers.cutoff_radius, dtype=self.dtype), **self.sample_labels(atoms))
 
     def collate(self, samples: Sequence[AlchemicalSample]) -> Batch:
         atom_offsets = np.cumsum([0] + [len(s.numbers) for s in samples])
@@ -169,12 +164,7 @@ class AlchemicalArchitecture(PositionsArchitecture):
                                   numbers=torch.cat([s.numbers for s in samples]),
                                   pairs=NeighbourPairs.concatenate([s.pairs for s in samples], atom_offsets),
                                   structure_index=structure_index, num_structures=len(samples))
-        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
-                   for name in ("has_energy", "has_forces")}
-        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
-                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
-                     structure_index=structure_index, energy_weight=weights["has_energy"],
-                     forces_weight=weights["has_forces"])
+        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
 
 
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from ase import Atoms
 
 from ...errors import InputError
 from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
+from ..base import Batch, DatasetStatistics
 from .graph import BondGraph, build_graph, concatenate
 from .hypers import AlignnHypers
 from .layers import AlignnLayer, EdgeGatedGraphConv, GaussianBasis, MLPLayer, PolynomialEnvelope
@@ -164,14 +163,9 @@ class AlignnArchitecture(PositionsArchitecture):
         hypers = self.hypers
         graph = build_graph(atoms, cutoff_A=hypers.cutoff, strategy=hypers.neighbor_strategy,
                             max_neighbors=hypers.max_neighbors, dtype=self.dtype)
-        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
-        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
         return AlignnSample(
             positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph,
-            energy_eV=float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
-            forces_eV_per_A=torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
-            has_energy=has_energy, has_forces=has_forces)
+            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph, **self.sample_labels(atoms))
 
     def collate(self, samples: Sequence[AlignnSample]) -> Batch:
         counts = [len(s.numbers) for s in samples]
@@ -181,12 +175,7 @@ class AlignnArchitecture(PositionsArchitecture):
                               numbers=torch.cat([s.numbers for s in samples]),
                               graph=concatenate([s.graph for s in samples], counts),
                               structure_index=structure_index, num_structures=len(samples))
-        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
-                   for name in ("has_energy", "has_forces")}
-        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
-                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
-                     structure_index=structure_index, energy_weight=weights["has_energy"],
-                     forces_weight=weights["has_forces"])
+        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
 
 
 

@@ -20,7 +20,7 @@ from mace.tools.torch_tools import default_dtype
 
 from ...errors import InputError
 from ..exported import ExportedModelCalculator, PositionsArchitecture
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Batch, DatasetStatistics
+from ..base import Batch, DatasetStatistics
 from .hypers import NequipHypers
 from .network import NequipInputs, NequipModel
 
@@ -94,16 +94,11 @@ class NequipArchitecture(PositionsArchitecture):
     # --- data --------------------------------------------------------------------------------------------
     def featurize(self, atoms: Atoms) -> NequipSample:
         receiver, sender, shift_A = neighbour_graph(atoms, cutoff_A=self.cutoff_A)
-        has_energy, has_forces = REF_ENERGY_KEY in atoms.info, REF_FORCES_KEY in atoms.arrays
-        forces = atoms.arrays[REF_FORCES_KEY] if has_forces else np.zeros((len(atoms), 3))
         return NequipSample(
             positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
             numbers=torch.tensor(atoms.numbers, dtype=torch.long),
             receiver=torch.as_tensor(receiver, dtype=torch.long), sender=torch.as_tensor(sender, dtype=torch.long),
-            shift_A=torch.as_tensor(shift_A, dtype=self.dtype),
-            energy_eV=float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
-            forces_eV_per_A=torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
-            has_energy=has_energy, has_forces=has_forces)
+            shift_A=torch.as_tensor(shift_A, dtype=self.dtype), **self.sample_labels(atoms))
 
     def collate(self, samples: Sequence[NequipSample]) -> Batch:
         offsets = np.cumsum([0] + [len(s.numbers) for s in samples])
@@ -115,12 +110,7 @@ class NequipArchitecture(PositionsArchitecture):
             sender=torch.cat([s.sender + int(offsets[k]) for k, s in enumerate(samples)]),
             shift_A=torch.cat([s.shift_A for s in samples]), structure_index=structure_index,
             num_structures=len(samples))
-        weights = {name: torch.tensor([float(getattr(s, name)) for s in samples], dtype=self.dtype)
-                   for name in ("has_energy", "has_forces")}
-        return Batch(inputs=inputs, energy_eV=torch.tensor([s.energy_eV for s in samples], dtype=self.dtype),
-                     forces_eV_per_A=torch.cat([s.forces_eV_per_A for s in samples]), num_atoms=num_atoms,
-                     structure_index=structure_index, energy_weight=weights["has_energy"],
-                     forces_weight=weights["has_forces"])
+        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
 
     def node_features(self, model: NequipModel, atoms: Atoms) -> list[torch.Tensor]:
         """Node features of `atoms` after the embedding and each layer (irreps: `model.layer_irreps()`)."""

@@ -138,3 +138,23 @@ class ArchitectureConformance:
         assert trainer.evaluate(resumed, resumed.valid_atoms)["loss"] == pytest.approx(
             trainer.evaluate(member, member.valid_atoms)["loss"], rel=1e-10)
         assert trainer.evaluate(member, member.valid_atoms)["loss"] != loss_before
+
+
+def check_export_round_trip(arch, model: torch.nn.Module, atoms: Atoms, path, *, load, calculator, label: str):
+    """Export, load back (same hypers and species) and compare an ASE calculator on the file with the model to
+    1e-12; a foreign file is an InputError naming the architecture. Returns the loaded model."""
+    from fhi_al.errors import InputError
+
+    arch.export(model, path)
+    loaded_arch, loaded = load(path)
+    assert loaded_arch.hypers == arch.hypers and loaded.species == model.species
+    expected = arch.predict(model, arch.collate([arch.featurize(atoms)]))
+    atoms = atoms.copy()
+    atoms.calc = calculator(path)
+    assert atoms.get_potential_energy() == pytest.approx(float(expected["energy"][0]), abs=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), expected["forces"].numpy(), atol=1e-12)
+    other = path.parent / "other.model"
+    torch.save({"format": "something else"}, other)
+    with pytest.raises(InputError, match=f"not a model file of fhi_al.s {label} architecture"):
+        load(other)
+    return loaded

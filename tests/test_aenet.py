@@ -11,7 +11,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from conformance import ArchitectureConformance, emt_labelled
+from conformance import ArchitectureConformance, check_export_round_trip, emt_labelled
 
 from fhi_al.architectures.aenet.descriptors import ChebyshevDescriptor, build_graph, chebyshev, type_spins
 from fhi_al.architectures.aenet.hypers import AenetHypers
@@ -306,19 +306,10 @@ def test_hypers_from_settings_with_registry():
 
 
 def test_export_load_and_ase_calculator(arch, fitted, ethanol, rng, tmp_path):
-    path = tmp_path / "model" / "aenet_1.model"
-    arch.export(fitted, path)
-    loaded_arch, loaded = load_exported(path)
-    assert loaded_arch.hypers == arch.hypers and loaded.species == [1, 6, 8]
+    loaded = check_export_round_trip(arch, fitted, perturbed(ethanol, rng), tmp_path / "model" / "aenet_1.model",
+                                     load=load_exported, calculator=AenetCalculator, label="aenet")
+    assert loaded.species == [1, 6, 8]
     assert bool(loaded.feature_stats_fitted)
-    atoms = perturbed(ethanol, rng)
-    energy, forces = energy_forces(arch, fitted, atoms)
-    atoms.calc = AenetCalculator(path)
-    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-12)
-    torch.save({"format": "something else"}, tmp_path / "other.model")
-    with pytest.raises(InputError, match="not a model file of fhi_al.s aenet architecture"):
-        load_exported(tmp_path / "other.model")
 
 
 # ---------------------------------------------------------------- the shared conformance suite, through the engine

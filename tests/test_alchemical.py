@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from scipy.special import eval_legendre, spherical_jn, sph_harm_y
 
-from conformance import ArchitectureConformance, emt_labelled
+from conformance import ArchitectureConformance, check_export_round_trip, emt_labelled
 
 from fhi_al.architectures.alchemical.basis import (
     CUTOFF_SMOOTHING_WIDTH_A, bessel_zeros, real_spherical_harmonics, spherical_bessel)
@@ -318,18 +318,9 @@ def test_hypers_module_does_not_import_torch():
 
 def test_export_load_and_ase_calculator(arch, ethanol, rng, tmp_path):
     model = arch.build_model(tiny_stats([1, 6, 8]), seed=9)
-    path = tmp_path / "model" / "alchemical_1.model"
-    arch.export(model, path)
-    loaded_arch, loaded = load_exported(path)
-    assert loaded_arch.hypers == arch.hypers and loaded.species == [1, 6, 8]
-    atoms = perturbed(ethanol, rng)
-    energy, forces = energy_forces(arch, model, atoms)
-    atoms.calc = AlchemicalCalculator(path)
-    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-12)
-    torch.save({"format": "something else"}, tmp_path / "other.model")
-    with pytest.raises(InputError, match="not a model file of fhi_al.s alchemical architecture"):
-        load_exported(tmp_path / "other.model")
+    loaded = check_export_round_trip(arch, model, perturbed(ethanol, rng), tmp_path / "model" / "alchemical_1.model",
+                                     load=load_exported, calculator=AlchemicalCalculator, label="alchemical")
+    assert loaded.species == [1, 6, 8]
 
 
 # ---------------------------------------------------------------- the shared conformance suite, through the engine

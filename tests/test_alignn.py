@@ -12,7 +12,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from conformance import ArchitectureConformance, emt_labelled
+from conformance import ArchitectureConformance, check_export_round_trip, emt_labelled
 
 from fhi_al.architectures.alignn.graph import build_graph
 from fhi_al.architectures.alignn.hypers import AlignnHypers
@@ -243,18 +243,9 @@ def test_hypers_module_does_not_import_torch():
 
 
 def test_export_load_and_ase_calculator(arch, model, ethanol, tmp_path):
-    path = tmp_path / "model" / "alignn_1.model"
-    arch.export(model, path)
-    loaded_arch, loaded = load_exported(path)
-    assert loaded_arch.hypers == arch.hypers and loaded.species == [1, 6, 8]
-    energy, forces = energy_forces(arch, model, ethanol)
-    atoms = ethanol.copy()
-    atoms.calc = AlignnCalculator(path)
-    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-12)
-    torch.save({"format": "something else"}, tmp_path / "other.model")
-    with pytest.raises(InputError, match="not a model file of fhi_al.s ALIGNN architecture"):
-        load_exported(tmp_path / "other.model")
+    loaded = check_export_round_trip(arch, model, ethanol, tmp_path / "model" / "alignn_1.model",
+                                     load=load_exported, calculator=AlignnCalculator, label="ALIGNN")
+    assert loaded.species == [1, 6, 8]
 
 
 # ---------------------------------------------------------------- the shared conformance suite, through the engine

@@ -14,7 +14,7 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from scipy.spatial.transform import Rotation
 
-from conformance import ArchitectureConformance, emt_labelled
+from conformance import ArchitectureConformance, check_export_round_trip, emt_labelled
 
 from fhi_al.architectures.base import DatasetStatistics
 from fhi_al.architectures.nequip.hypers import NequipHypers
@@ -235,18 +235,10 @@ def test_hypers_module_imports_neither_torch_nor_e3nn():
 # ---------------------------------------------------------------- export, calculator, engine
 
 def test_export_load_and_ase_calculator(arch, model, tmp_path):
-    path = tmp_path / "model" / "nequip_1.model"
-    arch.export(model, path)
-    loaded_arch, loaded = load_exported(path)
-    assert loaded_arch.hypers == arch.hypers and loaded.species == [1, 6, 8]
-    atoms = perturbed(molecule("CH3CH2OH"), seed=6)
-    energy, forces = energy_forces(arch, model, atoms)
-    atoms.calc = NequipCalculator(path)
-    assert atoms.get_potential_energy() == pytest.approx(energy, abs=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), forces, atol=1e-12)
-    torch.save({"format": "something else"}, tmp_path / "other.model")
-    with pytest.raises(InputError, match="not a model file of fhi_al.s NequIP architecture"):
-        load_exported(tmp_path / "other.model")
+    loaded = check_export_round_trip(arch, model, perturbed(molecule("CH3CH2OH"), seed=6),
+                                     tmp_path / "model" / "nequip_1.model", load=load_exported,
+                                     calculator=NequipCalculator, label="NequIP")
+    assert loaded.species == [1, 6, 8]
 
 
 class TestNequipConformance(ArchitectureConformance):

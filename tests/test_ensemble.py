@@ -134,6 +134,6 @@ def test_stacked_members_equal_mace_reference(tmp_path, structures, hypers):
         np.testing.assert_allclose(result["forces_comm"], forces, rtol=0, atol=1e-8)
         assert result["energy_var"] == pytest.approx(energies.var(), rel=1e-8)
         spread = force_spread_per_atom(forces)
-        np.testing.assert_allclose(result["forces_uncertainty_per_atom"], spread, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(result["forces_uncertainty_per_atom"], spread, rtol=1e-7, atol=1e-10)
         assert result["forces_uncertainty_max"] == pytest.approx(spread.max(), rel=1e-8)
         assert np.abs(forces).max() > 1e-3 and spread.min() > 0.0

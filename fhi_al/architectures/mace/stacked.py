@@ -12,6 +12,7 @@ import torch
 from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
 from mace.modules.models import ScaleShiftMACE
 
+from .channel_major import InteractionPlan
 from .frozen import FrozenContraction
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class StackedMace:
                        "energy": _subset(stacked, ("scale_shift",))}
         for index in range(len(first.interactions)):
             self.stages[f"interaction{index}"] = _subset(stacked, (f"interactions.{index}",))
+            self.stages[f"pre{index}"] = self.stages[f"post{index}"] = self.stages[f"interaction{index}"]
             self.stages[f"product{index}"] = _subset(stacked, (f"products.{index}", f"readouts.{index}"))
         self.avg_num_neighbors = torch.tensor(
             [[float(block.avg_num_neighbors) for block in model.interactions] for model in models],
@@ -93,8 +95,7 @@ class StackedMace:
         e0, node_feats, edge_attrs, edge_feats, cutoff = self._stage("embed", positions, graph)
         node_energies = []
         for index, contractions in enumerate(self.contractions):
-            features, sc = self._stage(f"interaction{index}", node_feats, edge_attrs, edge_feats, cutoff,
-                                       self.avg_num_neighbors[:, index], graph)
+            features, sc = self._interaction(index, node_feats, edge_attrs, edge_feats, cutoff, graph)
             contracted = torch.cat([contract_members(c, coefficients, features, graph.elements)
                                     for c, coefficients in contractions], dim=-1)
             node_feats, node_energy = self._stage(f"product{index}", contracted, sc, graph)
@@ -102,6 +103,26 @@ class StackedMace:
         (interaction,) = self._stage("energy", torch.stack(node_energies, dim=-1), graph)
         (gradient,) = torch.autograd.grad(interaction.sum(), positions)
         return (e0 + interaction).detach(), -gradient
+
+    def _interaction(self, index: int, node_feats, edge_attrs, edge_feats, cutoff, graph: "_Graph"):
+        """Interaction block `index` of every member: channel-major features [M, atoms, c, ell] and the
+        residual [M, atoms, ...] (or an empty tensor)."""
+        plan = self.template.plans[str(index)] if str(index) in self.template.plans else None
+        avg_num_neighbors = self.avg_num_neighbors[:, index]
+        if plan is None:
+            return self._stage(f"interaction{index}", node_feats, edge_attrs, edge_feats, cutoff, avg_num_neighbors,
+                               graph)
+        node_feats, tp_weights, sc = self._stage(f"pre{index}", node_feats, edge_feats, cutoff, graph)
+        aggregated = plan.aggregate(node_feats, edge_attrs, tp_weights, graph.edge_index)
+        name = f"model.interactions.{index}.linear.weight"
+        weight = self.stages[f"interaction{index}"].get(name)
+        if weight is None:  # the same in all members
+            weight = self.template.model.interactions[index].linear.weight.expand(self.size, -1)
+        features = plan.linear(weight, aggregated) / avg_num_neighbors.reshape(-1, 1, 1, 1)
+        if self.template.residual[index]:
+            return features, sc
+        (features,) = self._stage(f"post{index}", plan.irreps_layout(features), graph)
+        return features, sc
 
     def _stage(self, stage: str, *args):
         """One stage of every member's forward pass, vectorised over the member axis of tensor arguments."""
@@ -148,10 +169,15 @@ class _MemberForward(torch.nn.Module):
     def __init__(self, model: ScaleShiftMACE):
         super().__init__()
         self.model = model
+        self.plans = torch.nn.ModuleDict({str(index): InteractionPlan(block)
+                                          for index, block in enumerate(model.interactions)
+                                          if InteractionPlan.supports(block)})
+        self.residual = [isinstance(block, RealAgnosticResidualInteractionBlock) for block in model.interactions]
 
     def forward(self, stage: str, *args):
-        if stage.startswith("interaction"):
-            return self.interaction(int(stage.removeprefix("interaction")), *args)
+        for prefix in ("interaction", "pre", "post"):
+            if stage.startswith(prefix):
+                return getattr(self, prefix)(int(stage.removeprefix(prefix)), *args)
         if stage.startswith("product"):
             return self.product(int(stage.removeprefix("product")), *args)
         return getattr(self, stage)(*args)
@@ -183,6 +209,17 @@ class _MemberForward(torch.nn.Module):
         if not residual:
             message = block.skip_tp(message, graph.node_attrs)
         return block.reshape(message), sc
+
+    def pre(self, index: int, node_feats, edge_feats, cutoff, graph: _Graph):
+        """The per-member layers before the message passing of a block with an InteractionPlan."""
+        block = self.model.interactions[index]
+        sc = block.skip_tp(node_feats, graph.node_attrs) if self.residual[index] else torch.zeros(())
+        return block.linear_up(node_feats), block.conv_tp_weights(edge_feats) * cutoff, sc
+
+    def post(self, index: int, message, graph: _Graph):
+        """The element-dependent skip of a non-residual block, applied after the message passing."""
+        block = self.model.interactions[index]
+        return (block.reshape(block.skip_tp(message, graph.node_attrs)),)
 
     def product(self, index: int, contracted, sc, graph: _Graph):
         product = self.model.products[index]

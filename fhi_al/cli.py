@@ -86,9 +86,11 @@ def procedure_module(step: str, prog: str) -> ModuleType:
 
 def _start_logging(context, module: ModuleType, step: str) -> None:
     from .logs import configure_logging
+    from .memory import keep_freed_memory
     from .parallel import configure_threads
 
     configure_threads()
+    keep_freed_memory()
     log_dir = context.path(context.settings.mace.general.log_dir)
     configure_logging(log_dir / f"{getattr(module, 'LOG_NAME', step)}.log", level=context.log_level)
     for note in context.settings.notes:

@@ -18,6 +18,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from .architectures.base import Architecture
+from .memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class Ensemble:
                  members: Sequence[Any] = ()):
         if not models and not members:
             raise ValueError("an ensemble needs models or members")
+        keep_freed_memory()  # batched predictions reallocate tens of MB per call
         self.architecture = architecture
         self._models = list(models)
         self._members = list(members)

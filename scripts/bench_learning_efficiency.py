@@ -70,9 +70,9 @@ MAX_CHECKPOINT_POINTS = 30  # fhi_al checkpoints evaluated (log-spaced in labels
 REFERENCE_OPTIONS = {"xtb": {"method": "GFN2-xTB"}, "pyscf": {}}
 
 # Full and quick configurations: baseline training budget and the active-learning run's length.
-FULL = dict(test_frames=300, baseline_sizes=[25, 50, 100, 200, 500], seeds=2, epochs=300, patience=30,
-            structure_epochs=20000, min_epochs=30,
-            al={"max_MD_steps": 4000, "max_set_size": 500, "max_final_epochs": 200, "patience": 30})
+FULL = dict(test_frames=300, baseline_sizes=[25, 50, 100, 200, 500], seeds=2, epochs=300, patience=20,
+            structure_epochs=6000, min_epochs=20,
+            al={"max_MD_steps": 2000, "max_set_size": 100, "max_final_epochs": 100, "patience": 20})
 QUICK = dict(test_frames=150, baseline_sizes=[25, 50, 100, 200], seeds=1, epochs=60, patience=10,
              structure_epochs=1200, min_epochs=40,
              al={"max_MD_steps": 600, "max_set_size": 200, "max_final_epochs": 40, "patience": 10})
@@ -244,7 +244,7 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
             work = WORK_ROOT / f"baseline_{args.tag}" / f"n{n}_s{seed}"
             shutil.rmtree(work, ignore_errors=True)
             trainer = Trainer(config, work)
-            max_epochs = min(args.epochs, max(args.config["min_epochs"], math.ceil(args.config["structure_epochs"] / n)))
+            max_epochs = baseline_epochs(args, n)
             members = []
             for k in range(ENSEMBLE_SIZE):
                 member_seed = 1000 * seed + 17 * k + 1
@@ -264,6 +264,43 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
             merged.update(done)  # other invocations may fill other sizes of the same cache
             cache.write_text(json.dumps(list(merged.values()), indent=1))
     return rows
+
+
+def baseline_epochs(args, n_labels: int) -> int:
+    """Most epochs of a member trained from scratch on n_labels structures (the baseline's budget)."""
+    return min(args.epochs, max(args.config["min_epochs"], math.ceil(args.config["structure_epochs"] / n_labels)))
+
+
+def retrained_on_run_data(args, run_dir: Path, test: list) -> dict:
+    """Each member's final training/validation set of the run, trained afresh (new seed, the baseline's budget
+    for its size): separates what the selected data are worth from what warm-started training made of them."""
+    from fhi_al.data.store import DatasetStore
+    from fhi_al.procedures.common import TRAIN, VALID, dataset_name, member_specs
+
+    config = run_config(run_dir, keep_checkpoints=False)
+    settings = load_run_settings(run_dir)
+    store = DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
+    work = WORK_ROOT / f"retrained_{args.tag}"
+    shutil.rmtree(work, ignore_errors=True)
+    trainer = Trainer(config, work)
+    members, sizes = [], []
+    started = time.perf_counter()
+    for spec in member_specs(name_exp=config.name_exp, seed=config.seed,
+                             ensemble_size=settings.al.active_learning.ensemble_size):
+        train, valid = store.read(dataset_name("final", TRAIN, spec.tag)), store.read(dataset_name("final", VALID,
+                                                                                                     spec.tag))
+        seed = spec.seed + 7919
+        member = trainer.create_member(member_tag("retrained", seed), seed, train, valid)
+        trainer.converge(member, baseline_epochs(args, len(train) + len(valid)), args.config["patience"], 0.002)
+        members.append(member)
+        sizes.append({"train": len(train), "valid": len(valid), "epochs": member.epoch})
+    errors = ensemble_errors(Ensemble.from_members(members), test)
+    labels = len([r for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
+                  if not str(r.get("label_id", "")).startswith("analysis")])
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"run data retrained from scratch ({labels} labels, member sets {sizes}): forces "
+          f"{1e3 * errors['forces_mae']:.1f} meV/Å ({time.perf_counter() - started:.0f} s)", flush=True)
+    return {"n_labels": labels, "member_sets": sizes, **errors}
 
 
 def baseline_cache(args) -> Path:
@@ -400,7 +437,7 @@ def calibration(run_dir: Path, tag: str) -> dict:
     return result
 
 
-def plot(base: list[dict], curve: list[dict], path: Path, title: str) -> None:
+def plot(base: list[dict], curve: list[dict], path: Path, retrained: dict | None, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
@@ -410,6 +447,9 @@ def plot(base: list[dict], curve: list[dict], path: Path, title: str) -> None:
         axis.errorbar(sizes, scale * means, yerr=scale * stds, fmt="o-", capsize=3, label="random reference MD frames")
         labels = [max(r["n_labels"], 1) for r in curve]
         axis.plot(labels, [scale * r[key] for r in curve], "s-", ms=3, label="fhi_al active learning (checkpoints)")
+        if retrained:
+            axis.plot([retrained["n_labels"]], [scale * retrained[key]], "*", ms=12, color="tab:green",
+                      label="fhi_al's final data, members retrained from scratch")
         axis.axhline(scale * means[-1], color="grey", ls=":", lw=1, label=f"baseline N={sizes[-1]}")
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -480,6 +520,7 @@ def main(argv=None) -> int:
     status = process.wait()
     print(f"FHI_AL finished with status {status} after {time.perf_counter() - started:.0f} s", flush=True)
     curve = fhi_al_curve(run_dir, test)
+    retrained = retrained_on_run_data(args, run_dir, test)
     if args.skip_baseline:
         base = wait_for_baseline(args)
     report = {"molecule": args.molecule, "formula": atoms0.get_chemical_formula(), "reference": args.reference,
@@ -494,12 +535,13 @@ def main(argv=None) -> int:
               "efficiency_forces": efficiency(base, curve, "forces_mae"),
               "efficiency_energy": efficiency(base, curve, "energy_mae_per_atom"),
               "calibration_analysis": calibration(run_dir, args.tag),
+              "fhi_al_data_retrained": retrained,
               "baseline": base, "fhi_al": curve, "run_dir": str(run_dir),
               "wall_time_s": time.perf_counter() - started}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1, default=str))
     png = args.out_dir / f"{NAME}_{args.tag}.png"
-    plot(base, curve, png, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
+    plot(base, curve, png, retrained, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
          f"{args.temperature_K + HOT_OFFSET_K:g} K, ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""))
     FIGS.mkdir(exist_ok=True)
     shutil.copy(png, FIGS / png.name)

@@ -237,7 +237,9 @@ class ActiveLearningSettings:
     dataset_dir: str = option("data", "Folder (relative to the run folder) of the datasets.")
     skip_step_initial: int = option(25, "MD steps between sampled structures during the initial dataset.",
                                     minimum=1)
-    skip_step_mlff: int = option(25, "MD steps between uncertainty checks of the MLFF trajectories.", minimum=1)
+    skip_step_mlff: int = option(5, "MD steps between uncertainty checks of the MLFF trajectories (the "
+                                    "uncertainty comes with every MD step's forces; frequent checks found "
+                                    "more useful labels in scripts/bench_learning_efficiency.py).", minimum=1)
     num_trajectories: int = option(2, "MLFF trajectories sampled side by side.", minimum=1)
     species_dir: str | None = option(None, "FHI-aims species_defaults folder (e.g. .../defaults_2020/light); "
                                            "needed by the aims reference.")

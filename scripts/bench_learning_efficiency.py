@@ -4,9 +4,15 @@ frames, against the number of reference labels, plus the uncertainty calibration
 One command runs everything and writes scripts/results/learning_efficiency_{tag}.{json,png} and copies the
 plots to readme_figs/:
 
-    .venv/bin/python scripts/bench_learning_efficiency.py --quick                       # ethanol, xTB, ~25 min
-    .venv/bin/python scripts/bench_learning_efficiency.py --molecule H2O --quick
+    .venv/bin/python scripts/bench_learning_efficiency.py                  # ethanol, xTB, full: ~2 h on 2 cores
+    .venv/bin/python scripts/bench_learning_efficiency.py --molecule H2O  # water, full: ~1 h
+    .venv/bin/python scripts/bench_learning_efficiency.py --quick         # ethanol, reduced: ~25 min
     .venv/bin/python scripts/bench_learning_efficiency.py --set c_x=0.2 --variant cx0.2 --quick
+
+Full configuration: 300 test frames, baselines N = 25...500 with 2 seeds and 6000 structure-epochs per member
+(at least 20 epochs), the run limited to 2000 MD steps per trajectory and 100 training structures per member.
+After the run, each member's final dataset is also trained from scratch with the baseline's budget (the
+"retrained" point) to separate the value of the selected structures from that of the warm-started training.
 
 Stages: (1) the FHI_AL run starts in its own process in a work folder (settings from settings/quick_example,
 adapted: MISC.keep_checkpoints true so that every training session leaves a checkpoint, analysis on);

@@ -100,6 +100,11 @@ def calibration(folder: Path, path: Path) -> float | None:
     axis.set_xlabel("predicted force uncertainty (meV/Å)")
     axis.set_ylabel("true max force error (meV/Å)")
     axis.set_title(f"Calibration: Spearman ρ = {rho:.2f} ({len(records)} points)")
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+
+    for scale in (axis.xaxis, axis.yaxis):  # plain numbers, and no crowded labels on minor ticks
+        scale.set_major_formatter(FormatStrFormatter("%g"))
+        scale.set_minor_formatter(NullFormatter())
     save_figure(fig, path)
     plt.close(fig)
     log.info("Uncertainty calibration: Spearman correlation %.2f over %d analysis points.", rho, len(records))

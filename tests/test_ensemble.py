@@ -5,6 +5,7 @@ equal single calls, exported files equal in-memory members and mace's own commit
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 from ase.build import molecule
 from mace.calculators import MACECalculator
@@ -113,16 +114,23 @@ def test_force_spread_formula():
 RICH = MaceHypers(num_channels=4, max_L=1, r_max=4.0, num_interactions=2, correlation=3, radial_MLP=[8])
 
 
+@pytest.mark.parametrize("plans", [True, False], ids=["channel-major", "e3nn-messages"])
 @pytest.mark.parametrize("hypers", [TINY, RICH], ids=["L0-nu2", "L1-nu3"])
-def test_stacked_members_equal_mace_reference(tmp_path, structures, hypers):
-    """The stacked evaluation of all members (frozen contractions, vmapped layers) against each member's own
-    mace modules, unfrozen and evaluated one by one: energies, forces and the uncertainties built on them."""
+def test_stacked_members_equal_mace_reference(tmp_path, structures, hypers, plans):
+    """The stacked evaluation of all members (frozen contractions, vmapped layers, message passing channel-major
+    or through e3nn's modules) against each member's own mace modules, unfrozen and evaluated one by one:
+    energies, forces and the uncertainties built on them."""
     trainer = Trainer(TrainingConfig(name_exp="st", hypers=hypers, model="ScaleShiftMACE", batch_size=2,
                                      scheduler="none"), tmp_path)
     members = [trainer.create_member(member_tag("st", seed), seed,
                                      emt_labelled(molecule("CH3CH2OH"), 2 + index, seed=30 + index))
                for index, seed in enumerate(ensemble_seeds(3, SIZE))]
     ensemble = Ensemble.from_members(members)
+    if not plans:
+        ensemble.predict(structures[:1])  # builds the stacked predictor
+        stacked = ensemble._stacked[1].__self__  # the StackedMace behind the predictor
+        assert len(stacked.template.plans) == hypers.num_interactions  # both blocks have a plan ...
+        stacked.template.plans = torch.nn.ModuleDict()  # ... which this case switches off
     results = ensemble.predict(structures)
     assert ensemble._stacked is not None and ensemble._stacked[1] is not None  # the stacked path ran
     bounds = np.cumsum([0] + [len(atoms) for atoms in structures])

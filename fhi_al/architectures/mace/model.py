@@ -116,8 +116,7 @@ class MaceArchitecture(Architecture):
         if not stackable(models):
             log.debug("ensemble members differ in structure: evaluated one by one")
             return None
-        stacked = StackedMace(models)
-        return lambda batch: stacked(batch.inputs.to_dict())
+        return StackedMace(models).predict_batch
 
     def param_groups(self, model: torch.nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
         """mace_run_train's parameter groups: weight decay on interaction linears and products only."""

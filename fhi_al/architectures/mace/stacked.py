@@ -104,6 +104,10 @@ class StackedMace:
         (gradient,) = torch.autograd.grad(interaction.sum(), positions)
         return (e0 + interaction).detach(), -gradient
 
+    def predict_batch(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """__call__ for a batch of the MACE architecture (its AtomicData inputs)."""
+        return self(batch.inputs.to_dict())
+
     def _interaction(self, index: int, node_feats, edge_attrs, edge_feats, cutoff, graph: "_Graph"):
         """Interaction block `index` of every member: channel-major features [M, atoms, c, ell] and the
         residual [M, atoms, ...] (or an empty tensor)."""
@@ -198,20 +202,18 @@ class _MemberForward(torch.nn.Module):
 
     def interaction(self, index: int, node_feats, edge_attrs, edge_feats, cutoff, avg_num_neighbors,
                     graph: _Graph):
+        """mace's message passing, for a block without an InteractionPlan."""
         block = self.model.interactions[index]
-        residual = isinstance(block, RealAgnosticResidualInteractionBlock)
-        sc = block.skip_tp(node_feats, graph.node_attrs) if residual else torch.zeros(())
-        node_feats = block.linear_up(node_feats)
-        tp_weights = block.conv_tp_weights(edge_feats) * cutoff
+        node_feats, tp_weights, sc = self.pre(index, node_feats, edge_feats, cutoff, graph)
         messages = block.conv_tp(node_feats[graph.edge_index[0]], edge_attrs, tp_weights)
         message = scatter_sum(messages, graph.edge_index[1], graph.num_nodes)
         message = block.linear(message) / avg_num_neighbors
-        if not residual:
+        if not self.residual[index]:
             message = block.skip_tp(message, graph.node_attrs)
         return block.reshape(message), sc
 
     def pre(self, index: int, node_feats, edge_feats, cutoff, graph: _Graph):
-        """The per-member layers before the message passing of a block with an InteractionPlan."""
+        """The per-member layers before the message passing: residual, linear_up, radial weights."""
         block = self.model.interactions[index]
         sc = block.skip_tp(node_feats, graph.node_attrs) if self.residual[index] else torch.zeros(())
         return block.linear_up(node_feats), block.conv_tp_weights(edge_feats) * cutoff, sc

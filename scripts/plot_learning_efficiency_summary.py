@@ -43,8 +43,13 @@ def row_of(path: Path) -> dict | None:
     eff = report["efficiency_forces"]
     label = f"{report['molecule']} {'quick' if report['quick'] else 'full'}"
     label += f" [{report['variant']}]" if report.get("variant") else ""
+    label += f" (N={eff['baseline_largest_n']} reached)" if eff["ratio"] else ""
     row = {"run": label, "file": path.name, "labels": eff["fhi_al_final_labels"],
-           "forces_mae_meV_per_A": 1e3 * eff["fhi_al_final_mae"], "ratio_forces": eff["equivalent_ratio"],
+           "forces_mae_meV_per_A": 1e3 * eff["fhi_al_final_mae"],
+           # N_max / labels at which fhi_al reached the largest baseline if it did; else the labels the baseline
+           # needs for fhi_al's final error (interpolated) / fhi_al's labels
+           "ratio_forces": eff["ratio"] or eff["equivalent_ratio"],
+           "reached_largest_baseline": eff["ratio"] is not None,
            "ratio_energy": report["efficiency_energy"]["equivalent_ratio"],
            "spearman": report["calibration_analysis"].get("spearman_max_error"),
            "baseline_sizes": sorted({r["n_labels"] for r in report["baseline"]}),
@@ -75,7 +80,8 @@ def plot(rows: list[dict], path: Path) -> None:
     left.set_xscale("log")
     left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    left.set_xlabel("random-MD labels for the same force MAE / fhi_al labels")
+    left.set_xlabel("random-MD labels for the same force MAE / fhi_al labels\n(runs that reach the largest "
+                    "baseline: its N / labels at which fhi_al reached its error)")
     left.set_yticks(y, [f"{r['run']}  ({r['labels']} labels, {r['forces_mae_meV_per_A']:.0f} meV/Å)" for r in rows],
                     fontsize=8)
     left.legend(fontsize=8, loc="lower right")

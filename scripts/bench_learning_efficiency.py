@@ -301,8 +301,7 @@ def retrained_on_run_data(args, run_dir: Path, test: list) -> dict:
         members.append(member)
         sizes.append({"train": len(train), "valid": len(valid), "epochs": member.epoch})
     errors = ensemble_errors(Ensemble.from_members(members), test)
-    labels = len([r for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
-                  if not str(r.get("label_id", "")).startswith("analysis")])
+    labels = len(label_times(run_dir))
     shutil.rmtree(work, ignore_errors=True)
     print(f"run data retrained from scratch ({labels} labels, member sets {sizes}): forces "
           f"{1e3 * errors['forces_mae']:.1f} meV/Å ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -330,6 +329,12 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def label_times(run_dir: Path) -> list[float]:
+    """When each reference label of the run was stored (the ledger, without analysis-mode calls), sorted."""
+    return sorted(r["time"] for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
+                  if not str(r.get("label_id", "")).startswith("analysis"))
+
+
 def checkpoint_points(run_dir: Path, config: TrainingConfig) -> list[dict]:
     """One point per training session of the run: the members' checkpoints of that session (paired by order),
     the session's end time (from the history) and the reference labels stored before it."""
@@ -351,8 +356,7 @@ def checkpoint_points(run_dir: Path, config: TrainingConfig) -> list[dict]:
             entries.append({"path": path, "epoch": epoch, "time": record.get("time", path.stat().st_mtime),
                             "n_data": record.get("n_train", 0) + record.get("n_valid", 0)})
         per_member.append(entries)
-    ledger = sorted(r["time"] for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
-                    if not str(r.get("label_id", "")).startswith("analysis"))
+    ledger = label_times(run_dir)
     count = min(len(entries) for entries in per_member)
     if len({len(entries) for entries in per_member}) != 1:
         print(f"warning: members have {[len(e) for e in per_member]} checkpoints; pairing the first {count}",

@@ -16,24 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_learning_efficiency import baseline_means, equivalent_baseline_labels  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "scripts" / "results"
 FIGS = REPO / "readme_figs"
 NAME = "learning_efficiency_summary"
 TARGET_RATIO, TARGET_SPEARMAN = 5.0, 0.6
-
-
-def equivalent_labels(baseline: list[dict], key: str, mae: float) -> float:
-    """Labels the baseline needs for `mae` (log-log interpolation of its mean curve, extrapolated at the ends)."""
-    sizes = np.array(sorted({row["n_labels"] for row in baseline}), dtype=float)
-    means = np.array([np.mean([row[key] for row in baseline if row["n_labels"] == n]) for n in sizes])
-    x, y = np.log(sizes), np.log(means)
-    if mae >= means[0] or mae <= means[-1]:
-        ends = slice(None, 3) if mae >= means[0] else slice(-3, None)
-        slope, intercept = np.polyfit(x[ends], y[ends], 1)
-        return float(np.exp((np.log(mae) - intercept) / slope))
-    order = np.argsort(y)
-    return float(np.exp(np.interp(np.log(mae), y[order], x[order])))
 
 
 def row_of(path: Path) -> dict | None:
@@ -56,7 +46,8 @@ def row_of(path: Path) -> dict | None:
            "seeds": len({r["seed"] for r in report["baseline"]}), "test_frames": report["n_test_frames"]}
     retrained = report.get("fhi_al_data_retrained")
     if retrained:
-        equivalent = equivalent_labels(report["baseline"], "forces_mae", retrained["forces_mae"])
+        sizes, means, _ = baseline_means(report["baseline"], "forces_mae")
+        equivalent, _ = equivalent_baseline_labels(sizes, means, retrained["forces_mae"])
         row.update(retrained_forces_mae_meV_per_A=1e3 * retrained["forces_mae"],
                    ratio_forces_retrained=equivalent / max(retrained["n_labels"], 1))
     return row

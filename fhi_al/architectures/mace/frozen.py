@@ -13,6 +13,8 @@ import logging
 import torch
 from mace.modules.symmetric_contraction import Contraction
 
+from . import fused
+
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 2**21  # monomials of at most this size are built at a time (fits in a core's cache)
@@ -61,8 +63,28 @@ class FrozenContraction(torch.nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]."""
         atoms = x.shape[0]
+        kernels = fused.library(x.dtype)
+        if kernels is not None:
+            if getattr(self, "_channels_last", None) is None or self._channels_last.dtype != x.dtype:
+                self._channels_last = self.channels_last(self.coefficients)
+            out = self.contract_fused(x.transpose(1, 2), y.argmax(dim=-1), self._channels_last, kernels)
+            return out.transpose(1, 2).reshape(atoms, -1)
         out = self.contract(x.permute(1, 2, 0), y.argmax(dim=-1), self.coefficients)  # [c, out, atoms]
         return out.permute(2, 0, 1).reshape(atoms, -1)
+
+    def channels_last(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """Coefficients [c, e * out, F] (this module's, or several members' stacked along c) in the layout of the
+        fused kernel: [e, out, F, c]."""
+        channels = coefficients.shape[0]
+        return coefficients.reshape(channels, self.num_elements, self.num_outputs, -1).permute(1, 2, 3, 0).contiguous()
+
+    def contract_fused(self, features: torch.Tensor, elements: torch.Tensor, coefficients: torch.Tensor,
+                       kernels) -> torch.Tensor:
+        """`contract` by the fused kernel in a channels-last layout: features [atoms, ell, c], elements [atoms],
+        coefficients [e, out, F, c] (see channels_last) -> [atoms, out, c]."""
+        atoms, _, channels = features.shape
+        extended = torch.cat([features, features.new_ones((atoms, 1, channels))], dim=1)  # the factor 1
+        return fused.FusedContraction.apply(extended, elements, coefficients, self.monomials, kernels)
 
     def contract(self, features: torch.Tensor, elements: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """features [c, ell, atoms] (atoms last: the gathers copy whole rows), elements [atoms] (indices),

@@ -12,6 +12,7 @@ import torch
 from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
 from mace.modules.models import ScaleShiftMACE
 
+from . import fused
 from .channel_major import InteractionPlan
 from .frozen import FrozenContraction
 
@@ -75,7 +76,8 @@ class StackedMace:
         self.size = len(models)
         first = models[0]
         self.contractions = [
-            [(c, stacked.pop(f"model.products.{i}.symmetric_contractions.contractions.{j}.coefficients"))
+            [_stacked_contraction(c, stacked.pop(f"model.products.{i}.symmetric_contractions.contractions.{j}."
+                                                 "coefficients"))
              for j, c in enumerate(product.symmetric_contractions.contractions)]
             for i, product in enumerate(first.products)]
         self.stages = {"embed": _subset(stacked, ("node_embedding", "radial_embedding", "spherical_harmonics",
@@ -96,8 +98,8 @@ class StackedMace:
         node_energies = []
         for index, contractions in enumerate(self.contractions):
             features, sc = self._interaction(index, node_feats, edge_attrs, edge_feats, cutoff, graph)
-            contracted = torch.cat([contract_members(c, coefficients, features, graph.elements)
-                                    for c, coefficients in contractions], dim=-1)
+            contracted = torch.cat([contract_members(*contraction, features, graph.elements)
+                                    for contraction in contractions], dim=-1)
             node_feats, node_energy = self._stage(f"product{index}", contracted, sc, graph)
             node_energies.append(node_energy)
         (interaction,) = self._stage("energy", torch.stack(node_energies, dim=-1), graph)
@@ -139,11 +141,21 @@ class StackedMace:
         return torch.vmap(member, in_dims=(0,) + in_dims)(self.stages[stage], *args)
 
 
-def contract_members(contraction: FrozenContraction, coefficients: torch.Tensor, features: torch.Tensor,
-                     elements: torch.Tensor) -> torch.Tensor:
-    """FrozenContraction of every member: features [M, atoms, c, ell], coefficients [M, c, e * out, F] ->
-    [M, atoms, c * out]."""
+def _stacked_contraction(contraction: FrozenContraction, coefficients: torch.Tensor):
+    """(contraction, the members' coefficients [M, c, e * out, F], the same in the fused kernel's layout)."""
+    return contraction, coefficients, contraction.channels_last(coefficients.flatten(0, 1))
+
+
+def contract_members(contraction: FrozenContraction, coefficients: torch.Tensor, channels_last: torch.Tensor,
+                     features: torch.Tensor, elements: torch.Tensor) -> torch.Tensor:
+    """FrozenContraction of every member: features [M, atoms, c, ell], coefficients [M, c, e * out, F] (and
+    `channels_last`, the same for the fused kernel) -> [M, atoms, c * out]."""
     members, atoms, channels, ell = features.shape
+    kernels = fused.library(features.dtype)
+    if kernels is not None:  # members folded into the channels, which are innermost
+        folded = features.permute(1, 3, 0, 2).reshape(atoms, ell, members * channels)
+        out = contraction.contract_fused(folded, elements, channels_last, kernels)  # [atoms, out, M c]
+        return out.reshape(atoms, -1, members, channels).permute(2, 0, 3, 1).reshape(members, atoms, -1)
     folded = features.permute(0, 2, 3, 1).reshape(members * channels, ell, atoms)
     out = contraction.contract(folded, elements, coefficients.flatten(0, 1))  # [M c, out, atoms]
     return out.reshape(members, channels, -1, atoms).permute(0, 3, 1, 2).reshape(members, atoms, -1)

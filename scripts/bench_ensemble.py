@@ -2,8 +2,9 @@
 vs mace's MACECalculator committee of the same 4 model files called once per structure, and vs one model.
 Writes scripts/results/bench_ensemble.{json,png}.
 
-ensemble_batch_K* evaluate all members as one stacked model (the default); ensemble_looped_K* evaluate the
-members one by one on the same batched graph, for comparison.
+ensemble_batch_K* evaluate all members as one stacked model (the default, with the fused C kernels of
+fhi_al/architectures/mace/fused.py); ensemble_torch_K* the same without the kernels (FHI_AL_FUSED_KERNELS=0);
+ensemble_looped_K* evaluate the members one by one on the same batched graph, for comparison.
 
 Timings alternate between methods within every repeat so machine load affects all of them; medians of
 process CPU time are the headline figures (single-threaded code; robust when other jobs share the cores),
@@ -28,6 +29,7 @@ from ase.build import molecule  # noqa: E402
 from ase.io import read  # noqa: E402
 from mace.calculators import MACECalculator  # noqa: E402
 
+from fhi_al.architectures.mace import fused  # noqa: E402
 from fhi_al.architectures.mace.hypers import MaceHypers  # noqa: E402
 from fhi_al.ensemble import EnsembleCalculator, ensemble_seeds  # noqa: E402
 from fhi_al.training.config import TrainingConfig  # noqa: E402
@@ -80,11 +82,14 @@ def per_structure_calls(calculator, batch) -> np.ndarray:
     return _clocks() - start
 
 
-def batched_call(calculator: EnsembleCalculator, batch) -> np.ndarray:
+def batched_call(calculator: EnsembleCalculator, batch, kernels: bool = True) -> np.ndarray:
+    os.environ[fused.DISABLE_VARIABLE] = "1" if kernels else "0"
     start = _clocks()
     results = calculator.calculate_batch(batch)
+    elapsed = _clocks() - start
+    os.environ[fused.DISABLE_VARIABLE] = "1"
     assert all("forces_uncertainty_max" in r for r in results)
-    return _clocks() - start
+    return elapsed
 
 
 def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[float]]]:
@@ -98,9 +103,11 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
     timings: dict[str, list[float]] = {"single_model": [], "mace_committee": [], "ensemble_ase_K1": []}
     timings.update({f"ensemble_batch_K{k}": [] for k in KS})
     timings.update({f"ensemble_looped_K{k}": [] for k in (1, max(KS))})
+    timings.update({f"ensemble_torch_K{k}": [] for k in (1, max(KS))})
     # warm-up
     per_structure_calls(single, pool[:2]); per_structure_calls(committee, pool[:2]); batched_call(ensemble, pool[:8])
     batched_call(looped, pool[:8])
+    batched_call(ensemble, pool[:8], kernels=False)
     for _ in range(repeats):
         timings["single_model"].append((per_structure_calls(single, pool[:calls]) / calls).tolist())
         timings["mace_committee"].append((per_structure_calls(committee, pool[:calls]) / calls).tolist())
@@ -112,6 +119,8 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
             if f"ensemble_looped_K{k}" in timings:
                 elapsed = sum(batched_call(looped, chunk) for chunk in chunks)
                 timings[f"ensemble_looped_K{k}"].append((elapsed / (calls * k)).tolist())
+                elapsed = sum(batched_call(ensemble, chunk, kernels=False) for chunk in chunks)
+                timings[f"ensemble_torch_K{k}"].append((elapsed / (calls * k)).tolist())
     return timings
 
 
@@ -124,7 +133,7 @@ def plot(result: dict, path: Path) -> None:
     names = list(result["median_s_per_structure"])
     values = [1e3 * result["median_s_per_structure"][n] for n in names]
     fig, axis = plt.subplots(figsize=(9, 3.6))
-    colors = ["tab:orange" if "looped" in n else "tab:blue" for n in names]
+    colors = ["tab:orange" if "looped" in n else "tab:green" if "torch" in n else "tab:blue" for n in names]
     axis.bar(range(len(names)), values, color=["grey", "tab:red"] + colors[2:])
     axis.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
     axis.set_ylabel("ms per structure (forces)")
@@ -157,6 +166,9 @@ def main() -> int:
         "ratio_4_members_vs_single_model": median["ensemble_batch_K1"] / median["single_model"],
         "ratio_4_members_ase_vs_single_model": median["ensemble_ase_K1"] / median["single_model"],
         "throughput_gain_vs_committee": {str(k): committee / median[f"ensemble_batch_K{k}"] for k in KS},
+        "throughput_gain_vs_committee_without_kernels": {
+            str(k): committee / median[f"ensemble_torch_K{k}"] for k in (1, max(KS))},
+        "fused_kernels": fused.library(torch.float64) is not None,
         "targets": {"ratio_4_members_vs_single_model": 1.5, "throughput_gain_vs_committee_K8": 8.0},
         "torch": torch.__version__, "mace": mace.__version__, "load_average": os.getloadavg(),
     }
@@ -164,7 +176,9 @@ def main() -> int:
     (RESULTS / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, RESULTS / f"{NAME}.png")
     sys.stdout.write(json.dumps({k: result[k] for k in ("median_s_per_structure", "ratio_4_members_vs_single_model",
-                                                        "throughput_gain_vs_committee")}, indent=1) + "\n")
+                                                        "throughput_gain_vs_committee",
+                                                        "throughput_gain_vs_committee_without_kernels")},
+                                indent=1) + "\n")
     return 0
 
 

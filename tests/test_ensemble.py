@@ -11,6 +11,7 @@ from ase.build import molecule
 from mace.calculators import MACECalculator
 
 from conformance import emt_labelled, predict
+from fhi_al.architectures.mace import fused
 from fhi_al.architectures.mace.hypers import MaceHypers
 from fhi_al.ensemble import Ensemble, EnsembleCalculator, ensemble_seeds, force_spread_per_atom
 from fhi_al.training.config import TrainingConfig
@@ -114,12 +115,16 @@ def test_force_spread_formula():
 RICH = MaceHypers(num_channels=4, max_L=1, r_max=4.0, num_interactions=2, correlation=3, radial_MLP=[8])
 
 
-@pytest.mark.parametrize("plans", [True, False], ids=["channel-major", "e3nn-messages"])
+@pytest.mark.parametrize("path", ["fused", "channel-major", "e3nn-messages"])
 @pytest.mark.parametrize("hypers", [TINY, RICH], ids=["L0-nu2", "L1-nu3"])
-def test_stacked_members_equal_mace_reference(tmp_path, structures, hypers, plans):
-    """The stacked evaluation of all members (frozen contractions, vmapped layers, message passing channel-major
-    or through e3nn's modules) against each member's own mace modules, unfrozen and evaluated one by one:
-    energies, forces and the uncertainties built on them."""
+def test_stacked_members_equal_mace_reference(tmp_path, monkeypatch, structures, hypers, path):
+    """The stacked evaluation of all members (frozen contractions, vmapped layers, message passing by the fused
+    C kernels, channel-major in torch, or through e3nn's modules) against each member's own mace modules,
+    unfrozen and evaluated one by one: energies, forces and the uncertainties built on them."""
+    if path != "fused":
+        monkeypatch.setenv("FHI_AL_FUSED_KERNELS", "0")
+    assert (fused.library(torch.float64) is not None) == (path == "fused")
+    plans = path != "e3nn-messages"
     trainer = Trainer(TrainingConfig(name_exp="st", hypers=hypers, model="ScaleShiftMACE", batch_size=2,
                                      scheduler="none"), tmp_path)
     members = [trainer.create_member(member_tag("st", seed), seed,

@@ -127,8 +127,11 @@ def test_plain_mace_variant_has_no_shift_and_mace_defaults(run_dir, ethanol_data
     assert names == ["embedding", "interactions_decay", "interactions_no_decay", "products", "readouts"]
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch"])
 @pytest.mark.parametrize("max_L, correlation", [(0, 1), (1, 2), (2, 3)])
-def test_frozen_contractions_reproduce_mace(run_dir, ethanol_data, max_L, correlation):
+def test_frozen_contractions_reproduce_mace(run_dir, monkeypatch, ethanol_data, max_L, correlation, fused):
+    if not fused:
+        monkeypatch.setenv("FHI_AL_FUSED_KERNELS", "0")
     hypers = MaceHypers(**{**TINY, "max_L": max_L, "correlation": correlation, "num_channels": 4})
     trainer = Trainer(TrainingConfig(hypers=hypers, model="ScaleShiftMACE"), run_dir)
     member = trainer.create_member("m_1", 1, *ethanol_data)

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class FusedMessages(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # first derivatives only (forces); a second derivative raises instead of being wrong
     def backward(ctx, grad):
         x, p, w, path, sender, receiver = ctx.saved_tensors
         grad = grad.contiguous()
@@ -159,6 +161,7 @@ class FusedContraction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # first derivatives only (forces); a second derivative raises instead of being wrong
     def backward(ctx, grad):
         x, coefficients, monomials, order, elements = ctx.saved_tensors
         grad = grad.contiguous()

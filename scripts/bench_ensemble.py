@@ -137,6 +137,12 @@ def plot(result: dict, path: Path) -> None:
     axis.bar(range(len(names)), values, color=["grey", "tab:red"] + colors[2:])
     axis.set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=8)
     axis.set_ylabel("ms per structure (forces)")
+    from matplotlib.patches import Patch
+
+    legend = [("grey", "one MACECalculator model"), ("tab:red", "MACECalculator committee of 4"),
+              ("tab:blue", "fhi_al ensemble of 4 (stacked, fused kernels)"), ("tab:green", "same, torch only"),
+              ("tab:orange", "members one by one")]
+    axis.legend(handles=[Patch(color=c, label=label) for c, label in legend], fontsize=8)
     axis.set_title(f"4 members vs 1 model: {result['ratio_4_members_vs_single_model']:.2f}x; "
                    f"K=8 vs committee throughput: {result['throughput_gain_vs_committee']['8']:.2f}x", fontsize=9)
     fig.tight_layout()

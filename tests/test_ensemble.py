@@ -150,3 +150,23 @@ def test_stacked_members_equal_mace_reference(tmp_path, monkeypatch, structures,
         np.testing.assert_allclose(result["forces_uncertainty_per_atom"], spread, rtol=1e-7, atol=1e-10)
         assert result["forces_uncertainty_max"] == pytest.approx(spread.max(), rel=1e-8)
         assert np.abs(forces).max() > 1e-3 and spread.min() > 0.0
+
+
+def test_stacked_float32_members_equal_their_own_models(tmp_path, structures):
+    """Members trained in float32 (GENERAL.default_dtype) are stacked and evaluated by the float32 kernels."""
+    trainer = Trainer(TrainingConfig(name_exp="f32", hypers=RICH, model="ScaleShiftMACE", batch_size=2,
+                                     scheduler="none", default_dtype="float32"), tmp_path)
+    members = [trainer.create_member(member_tag("f32", seed), seed,
+                                     emt_labelled(molecule("CH3CH2OH"), 2 + index, seed=50 + index))
+               for index, seed in enumerate(ensemble_seeds(5, SIZE))]
+    ensemble = Ensemble.from_members(members)
+    results = ensemble.predict(structures)
+    assert fused.library(torch.float32) is not None and ensemble._stacked[1] is not None
+    assert members[0].averaged_model().r_max.dtype == torch.float32
+    bounds = np.cumsum([0] + [len(atoms) for atoms in structures])
+    own = [predict(trainer, member.averaged_model(), structures) for member in members]
+    for k, result in enumerate(results):
+        np.testing.assert_allclose(result["energy_comm"], [o["energy"][k] for o in own], rtol=1e-6)
+        forces = np.stack([o["forces"][bounds[k]:bounds[k + 1]] for o in own])
+        np.testing.assert_allclose(result["forces_comm"], forces, rtol=0, atol=2e-5)
+        assert np.abs(forces).max() > 1e-2

@@ -10,6 +10,9 @@ channels) and one batched matrix product applies it to the sender's channels. Th
 ordered by the linear layer's output irreps, so the linear reads them without reordering, and its output is the
 layout mace's symmetric contraction reads.
 
+Where the C kernels of fused.py can be built, `aggregate` hands the same sums to one of them (one pass over the
+edges, channels innermost); the torch code below is the reference it is tested against and the fallback.
+
 Weights are passed in stacked over members; the plan holds only weight-independent structure (couplings, path
 weights, orderings) taken from the block's e3nn modules, including their stored Wigner 3j values, so results agree
 with e3nn's to float64 rounding.
@@ -100,8 +103,8 @@ class InteractionPlan(torch.nn.Module):
         blocks = torch.split(node_feats.reshape(members * nodes, -1), self.in_sizes, dim=-1)
         kernels = fused.library(node_feats.dtype)
         if kernels is not None:  # the same sums in one C pass, channels innermost
-            features = torch.cat([b.reshape(-1, self.channels, d).transpose(1, 2) for b, d in zip(blocks, self.in_dims)],
-                                 dim=1)  # [M nodes, A, u]
+            features = torch.cat([b.reshape(-1, self.channels, d).transpose(1, 2)
+                                  for b, d in zip(blocks, self.in_dims)], dim=1)  # [M nodes, A, u]
             weights = tp_weights.reshape(members * edges, self.num_paths, self.channels)
             out = fused.FusedMessages.apply(features, per_edge, weights, self.column_path, sender, receiver, kernels)
             return out.transpose(1, 2)  # [M nodes, u, columns]

@@ -1,6 +1,7 @@
 """Faster MACE inference with frozen weights: the product-basis weights are contracted into mace's coupling
 tensors once, symmetrised onto the monomials of the features that the coupling allows, and each evaluation is
-a gather-product of the features and one batched matrix product.
+a gather-product of the features and one batched matrix product. Where the C kernels of fused.py can be built,
+the same polynomial is evaluated by one of them, atom by atom with the channels innermost.
 
 Used for ensemble prediction copies only; exported files and training keep mace's own modules.
 """
@@ -58,6 +59,7 @@ class FrozenContraction(torch.nn.Module):
                                                                                         -1).contiguous())
         self.register_buffer("monomials", torch.cat(columns).T.contiguous())  # [correlation, F]
         self.num_elements, self.num_outputs = elements, outputs
+        self.register_buffer("coefficients_channels_last", self.channels_last(self.coefficients), persistent=False)
         self.correlation = correlation
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -65,9 +67,7 @@ class FrozenContraction(torch.nn.Module):
         atoms = x.shape[0]
         kernels = fused.library(x.dtype)
         if kernels is not None:
-            if getattr(self, "_channels_last", None) is None or self._channels_last.dtype != x.dtype:
-                self._channels_last = self.channels_last(self.coefficients)
-            out = self.contract_fused(x.transpose(1, 2), y.argmax(dim=-1), self._channels_last, kernels)
+            out = self.contract_fused(x.transpose(1, 2), y.argmax(dim=-1), self.coefficients_channels_last, kernels)
             return out.transpose(1, 2).reshape(atoms, -1)
         out = self.contract(x.permute(1, 2, 0), y.argmax(dim=-1), self.coefficients)  # [c, out, atoms]
         return out.permute(2, 0, 1).reshape(atoms, -1)
@@ -75,8 +75,8 @@ class FrozenContraction(torch.nn.Module):
     def channels_last(self, coefficients: torch.Tensor) -> torch.Tensor:
         """Coefficients [c, e * out, F] (this module's, or several members' stacked along c) in the layout of the
         fused kernel: [e, out, F, c]."""
-        channels = coefficients.shape[0]
-        return coefficients.reshape(channels, self.num_elements, self.num_outputs, -1).permute(1, 2, 3, 0).contiguous()
+        shape = (coefficients.shape[0], self.num_elements, self.num_outputs, -1)
+        return coefficients.reshape(shape).permute(1, 2, 3, 0).contiguous()
 
     def contract_fused(self, features: torch.Tensor, elements: torch.Tensor, coefficients: torch.Tensor,
                        kernels) -> torch.Tensor:

@@ -152,3 +152,9 @@ def test_second_derivatives_are_refused():
     (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_x.sum().backward()
+
+
+def test_kernels_are_only_offered_for_tensors_in_main_memory():
+    assert fused.kernels_for(torch.zeros(1, dtype=torch.float64)) is fused.library(torch.float64)
+    assert fused.kernels_for(torch.zeros(1, dtype=torch.float64, device="meta")) is None
+    assert fused.kernels_for(torch.zeros(1, dtype=torch.float16)) is None

@@ -101,7 +101,7 @@ class InteractionPlan(torch.nn.Module):
         per_edge = (edge_attrs.reshape(members * edges, -1) @ self.coupling).reshape(-1, self.components,
                                                                                     self.columns)
         blocks = torch.split(node_feats.reshape(members * nodes, -1), self.in_sizes, dim=-1)
-        kernels = fused.library(node_feats.dtype)
+        kernels = fused.kernels_for(node_feats)
         if kernels is not None:  # the same sums in one C pass, channels innermost
             features = torch.cat([b.reshape(-1, self.channels, d).transpose(1, 2)
                                   for b, d in zip(blocks, self.in_dims)], dim=1)  # [M nodes, A, u]

@@ -65,7 +65,7 @@ class FrozenContraction(torch.nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]."""
         atoms = x.shape[0]
-        kernels = fused.library(x.dtype)
+        kernels = fused.kernels_for(x)
         if kernels is not None:
             out = self.contract_fused(x.transpose(1, 2), y.argmax(dim=-1), self.coefficients_channels_last, kernels)
             return out.transpose(1, 2).reshape(atoms, -1)

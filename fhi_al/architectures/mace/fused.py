@@ -51,6 +51,11 @@ def library(dtype: torch.dtype) -> ctypes.CDLL | None:
     return _libraries[dtype]
 
 
+def kernels_for(tensor: torch.Tensor) -> ctypes.CDLL | None:
+    """The kernels for a tensor's dtype if it lives in main memory (the kernels are CPU code), else None."""
+    return library(tensor.dtype) if tensor.device.type == "cpu" else None
+
+
 def _cache_dir() -> Path:
     configured = os.environ.get("FHI_AL_KERNEL_CACHE")
     return Path(configured) if configured else Path.home() / ".cache" / "fhi_al" / "kernels"

@@ -151,7 +151,7 @@ def contract_members(contraction: FrozenContraction, coefficients: torch.Tensor,
     """FrozenContraction of every member: features [M, atoms, c, ell], coefficients [M, c, e * out, F] (and
     `channels_last`, the same for the fused kernel) -> [M, atoms, c * out]."""
     members, atoms, channels, ell = features.shape
-    kernels = fused.library(features.dtype)
+    kernels = fused.kernels_for(features)
     if kernels is not None:  # members folded into the channels, which are innermost
         folded = features.permute(1, 3, 0, 2).reshape(atoms, ell, members * channels)
         out = contraction.contract_fused(folded, elements, channels_last, kernels)  # [atoms, out, M c]

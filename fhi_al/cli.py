@@ -144,6 +144,9 @@ def _report(message: str) -> None:
 
 def run_procedures(prog: str, steps: Sequence[str], argv: Sequence[str] | None, description: str) -> int:
     args = build_parser(prog, description).parse_args(argv)
+    from .logs import quiet_known_warnings
+
+    quiet_known_warnings()
     try:
         context = prepare_context(args.run_dir or Path.cwd(), log_level=args.log_level)
         modules = [procedure_module(step, prog) for step in steps]

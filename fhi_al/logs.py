@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import warnings
 from pathlib import Path
 
 from .parallel import RootOnlyFilter
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# Warnings of the pinned libraries that tell a user of fhi_al nothing, repeated at every model build or load.
+KNOWN_NOISE = (
+    "The TorchScript type system doesn't support instance-level annotations",  # e3nn's generated code
+    "Environment variable TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD detected",  # mace's and e3nn's torch.load calls
+)
+
+
+def quiet_known_warnings() -> None:
+    """Hide the warnings in KNOWN_NOISE (all others still show)."""
+    for text in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=re.escape(text))
 
 
 def configure_logging(log_file: Path | None = None, *, level: str = "INFO", console: bool = True) -> None:

@@ -100,9 +100,14 @@ def calibration(folder: Path, path: Path) -> float | None:
     axis.set_xlabel("predicted force uncertainty (meV/Å)")
     axis.set_ylabel("true max force error (meV/Å)")
     axis.set_title(f"Calibration: Spearman ρ = {rho:.2f} ({len(records)} points)")
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    for scale in (axis.xaxis, axis.yaxis):  # plain numbers, and no crowded labels on minor ticks
+    low, high = axis.get_xlim()
+    low, high = min(low, axis.get_ylim()[0]), max(high, axis.get_ylim()[1])
+    axis.plot([low, high], [low, high], "--", color="grey", lw=0.8, label="error = uncertainty")
+    axis.legend(fontsize=8, loc="upper left")
+    for scale in (axis.xaxis, axis.yaxis):  # plain numbers at 1, 2, 5 x 10^n: several labels per decade
+        scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         scale.set_major_formatter(FormatStrFormatter("%g"))
         scale.set_minor_formatter(NullFormatter())
     save_figure(fig, path)

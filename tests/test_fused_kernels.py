@@ -158,3 +158,14 @@ def test_kernels_are_only_offered_for_tensors_in_main_memory():
     assert fused.kernels_for(torch.zeros(1, dtype=torch.float64)) is fused.library(torch.float64)
     assert fused.kernels_for(torch.zeros(1, dtype=torch.float64, device="meta")) is None
     assert fused.kernels_for(torch.zeros(1, dtype=torch.float16)) is None
+
+
+def test_a_failing_compiler_is_reported_with_its_message(fresh_cache, monkeypatch, caplog):
+    compiler = fresh_cache.parent / "broken-cc"
+    compiler.write_text("#!/bin/sh\necho 'broken-cc: no licence for today' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    with caplog.at_level(logging.WARNING, logger=fused.__name__):
+        assert fused.library(torch.float32) is None
+    assert "no licence for today" in caplog.text and "using the torch implementation" in caplog.text
+    assert not list(fresh_cache.glob("*"))

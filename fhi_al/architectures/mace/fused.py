@@ -94,8 +94,14 @@ def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> None:
     handle, temporary = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(handle)
     try:
-        subprocess.run([compiler, *flags, str(SOURCE), "-o", temporary], check=True, capture_output=True,
-                       text=True, timeout=COMPILE_TIMEOUT_S)
+        try:
+            subprocess.run([compiler, *flags, str(SOURCE), "-o", temporary], check=True, capture_output=True,
+                           text=True, timeout=COMPILE_TIMEOUT_S)
+        except subprocess.CalledProcessError as error:
+            message = (error.stderr or "").strip().splitlines()
+            raise OSError(f"{compiler} failed: {message[-1] if message else error}") from None
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, target)  # atomic: another rank may have written the same file meanwhile
     finally:
         if os.path.exists(temporary):

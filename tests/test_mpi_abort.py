@@ -1,0 +1,60 @@
+"""A rank that dies while serving the reference must end the whole job, not leave rank 0 waiting forever
+(a hung job burns its whole allocation). Each case launches its own `mpiexec -n 2`, because MPI_Abort ends
+every process of the job, a pytest-mpi run included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+import time
+
+import pytest
+
+from workflow import BIN
+
+WAIT_LIMIT_S = 120  # a hang would run into the subprocess timeout far above the few seconds an abort takes
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    from ase.build import molecule
+    from ase.calculators.calculator import Calculator
+    from fhi_al import parallel
+
+    PARALLEL = sys.argv[1] == "parallel"
+
+    class DiesOnServingRank(Calculator):
+        # collective ("aims") in serial mode, so rank 1 joins every calculation
+        implemented_properties = ["energy", "forces"]
+        fhi_al_name = "aims" if not PARALLEL else "emt"
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            if parallel.world().rank != 0:
+                raise KeyboardInterrupt("serving rank killed")  # not an Exception: escapes the label handling
+            time.sleep(600)  # rank 0 alone would wait here for a partner that is gone
+
+    def procedure(services):
+        services.labeler.submit("lost", molecule("H2O"))
+        if services.labeler.asynchronous:
+            services.labeler.wait()
+        print("rank 0 finished normally", flush=True)
+
+    parallel.run_procedure(procedure, make_reference=lambda comm, group: DiesOnServingRank(),
+                           parallel=PARALLEL)
+""")
+
+
+@pytest.mark.parametrize("mode", ["parallel", "serial"])
+def test_a_failing_serving_rank_aborts_the_job(tmp_path, mode):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("PMI_", "HYDRA", "OMPI_", "PMIX"))}
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    started = time.monotonic()
+    result = subprocess.run([str(BIN / "mpiexec"), "-n", "2", str(BIN / "python"), str(script), mode],
+                            capture_output=True, text=True, env=env, timeout=WAIT_LIMIT_S)
+    elapsed_s = time.monotonic() - started
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "rank 1 failed while serving the reference; aborting the job" in result.stderr, result.stderr[-3000:]
+    assert "rank 0 finished normally" not in result.stdout
+    assert elapsed_s < WAIT_LIMIT_S / 2, f"abort took {elapsed_s:.0f} s"

@@ -16,12 +16,13 @@ from workflow import BIN
 WAIT_LIMIT_S = 120  # a hang would run into the subprocess timeout far above the few seconds an abort takes
 
 SCRIPT = textwrap.dedent("""
-    import sys, time
+    import os, signal, sys, time
     from ase.build import molecule
     from ase.calculators.calculator import Calculator
     from fhi_al import parallel
 
-    PARALLEL = sys.argv[1] == "parallel"
+    PARALLEL = sys.argv[1] != "serial"
+    KILLED = sys.argv[1] == "killed"
 
     class DiesOnServingRank(Calculator):
         # collective ("aims") in serial mode, so rank 1 joins every calculation
@@ -29,6 +30,8 @@ SCRIPT = textwrap.dedent("""
         fhi_al_name = "aims" if not PARALLEL else "emt"
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            if parallel.world().rank != 0 and KILLED:
+                os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
             if parallel.world().rank != 0:
                 raise KeyboardInterrupt("serving rank killed")  # not an Exception: escapes the label handling
             time.sleep(600)  # rank 0 alone would wait here for a partner that is gone
@@ -44,8 +47,7 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["parallel", "serial"])
-def test_a_failing_serving_rank_aborts_the_job(tmp_path, mode):
+def run_job(tmp_path, mode: str) -> tuple[subprocess.CompletedProcess, float]:
     script = tmp_path / "job.py"
     script.write_text(SCRIPT)
     env = {key: value for key, value in os.environ.items() if not key.startswith(("PMI_", "HYDRA", "OMPI_", "PMIX"))}
@@ -53,8 +55,21 @@ def test_a_failing_serving_rank_aborts_the_job(tmp_path, mode):
     started = time.monotonic()
     result = subprocess.run([str(BIN / "mpiexec"), "-n", "2", str(BIN / "python"), str(script), mode],
                             capture_output=True, text=True, env=env, timeout=WAIT_LIMIT_S)
-    elapsed_s = time.monotonic() - started
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("mode", ["parallel", "serial"])
+def test_a_failing_serving_rank_aborts_the_job(tmp_path, mode):
+    result, elapsed_s = run_job(tmp_path, mode)
     assert result.returncode != 0, result.stdout + result.stderr
     assert "rank 1 failed while serving the reference; aborting the job" in result.stderr, result.stderr[-3000:]
     assert "rank 0 finished normally" not in result.stdout
     assert elapsed_s < WAIT_LIMIT_S / 2, f"abort took {elapsed_s:.0f} s"
+
+
+def test_a_killed_serving_rank_ends_the_job(tmp_path):
+    """SIGKILL leaves no chance to call MPI_Abort; the launcher must end the other ranks."""
+    result, elapsed_s = run_job(tmp_path, "killed")
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "rank 0 finished normally" not in result.stdout
+    assert elapsed_s < WAIT_LIMIT_S / 2, f"the job took {elapsed_s:.0f} s to end"

@@ -30,11 +30,12 @@ SCRIPT = textwrap.dedent("""
         fhi_al_name = "aims" if not PARALLEL else "emt"
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=()):
-            if parallel.world().rank != 0 and KILLED:
+            if parallel.world().rank == 0:
+                time.sleep(600)  # rank 0 alone would wait here for a partner that is gone
+                return
+            if KILLED:
                 os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
-            if parallel.world().rank != 0:
-                raise KeyboardInterrupt("serving rank killed")  # not an Exception: escapes the label handling
-            time.sleep(600)  # rank 0 alone would wait here for a partner that is gone
+            raise KeyboardInterrupt("interrupted while serving")  # not an Exception: escapes the label handling
 
     def procedure(services):
         services.labeler.submit("lost", molecule("H2O"))

@@ -27,7 +27,7 @@ def quiet_known_warnings() -> None:
 
 
 def configure_logging(log_file: Path | None = None, *, level: str = "INFO", console: bool = True) -> None:
-    """Send fhi_al's records to `log_file` (appended) and to stderr, on the root rank only."""
+    """Send fhi_al's records to `log_file` (appended) and to stderr, on the root rank only (CRITICAL from any rank)."""
     logger = logging.getLogger("fhi_al")
     logger.setLevel(level.upper())
     for handler in list(logger.handlers):

@@ -151,10 +151,11 @@ def root_only(func: Callable[..., T]) -> Callable[..., T]:
 
 
 class RootOnlyFilter(logging.Filter):
-    """Lets records through on the root rank only; the one place where logs are rank-filtered."""
+    """Lets records through on the root rank only, except CRITICAL ones (a rank about to end the job must be
+    heard from wherever it runs); the one place where logs are rank-filtered."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return world().rank == ROOT
+        return record.levelno >= logging.CRITICAL or world().rank == ROOT
 
 
 @dataclass(frozen=True)
@@ -481,6 +482,6 @@ def _serve_or_abort(comm: Comm, serve: Callable[[], None]) -> None:
     try:
         serve()
     except BaseException:
-        log.critical("rank %d failed while serving the reference; aborting all ranks", comm.rank, exc_info=True)
-        sys.stderr.write(f"fhi_al: rank {comm.rank} failed while serving the reference; aborting the job\n")
+        # written (and flushed) to the run's log before MPI_Abort, which may cut the launcher's output short
+        log.critical("rank %d failed while serving the reference; aborting the job", comm.rank, exc_info=True)
         comm.abort(1)

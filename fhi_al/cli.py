@@ -10,26 +10,73 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import importlib
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
+from . import inputs
+from .context import RunContext
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, FhiAlError, InputError, RunLockedError
+from .labeling import run_procedure
+from .logs import configure_logging, quiet_known_warnings
+from .memory import keep_freed_memory
+from .parallel import configure_threads, is_root, root_only, world
+from .references import Ledger, reference_from_settings
+from .restart import RunLock
+from .settings import load_run_settings
 
 log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-PROCEDURE_PACKAGE = "fhi_al.procedures"
 
 
-class ProcedureUnavailable(FhiAlError):
-    """The procedure a console script runs is not part of this version yet."""
+# ------------------------------------------------------------------------------------------ procedures
+# The procedures' modules load torch, so each is imported when its console script runs it.
+
+def _initial_dataset() -> Callable[[RunContext], Any]:
+    from .procedures.initial_dataset import run
+
+    return run
+
+
+def _active_learning() -> Callable[[RunContext], Any]:
+    from .procedures.active_learning import run
+
+    return run
+
+
+def _atomic_energies() -> Callable[[RunContext], Any]:
+    from .procedures.atomic_energies import run
+
+    return run
+
+
+@dataclass(frozen=True)
+class Procedure:
+    """One step a console script runs: its log file logs/<log_name>.log and how it meets the ranks."""
+
+    log_name: str
+    load: Callable[[], Callable[[RunContext], Any]]  # -> the procedure's run(context)
+    runs_on_all_ranks: bool = False  # True: every rank runs it (its reference calls are collective);
+    # False: the ML rank runs it with the labelling service's reference and label queue, the others serve
+
+
+INITIAL_DATASET = Procedure(log_name="initial_dataset", load=_initial_dataset)
+ACTIVE_LEARNING = Procedure(log_name="AL", load=_active_learning)  # logs/AL.log, as in the original tool
+ATOMIC_ENERGIES = Procedure(log_name="atomic_energies", load=_atomic_energies, runs_on_all_ranks=True)
+
+# console script -> the procedures it runs, in order
+SCRIPTS: dict[str, tuple[Procedure, ...]] = {
+    "FHI_AL": (INITIAL_DATASET, ACTIVE_LEARNING),
+    "FHI_AL-initial-ds": (INITIAL_DATASET,),
+    "FHI_AL-al": (ACTIVE_LEARNING,),
+    "FHI_AL-atomic-energies": (ATOMIC_ENERGIES,),
+}
 
 
 def build_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -55,11 +102,6 @@ def check_run_dir(run_dir: Path) -> Path:
 
 def prepare_context(run_dir: Path, *, log_level: str | None = None):
     """Validate settings, geometry and (for aims) control.in + species_dir; write nothing. -> RunContext."""
-    from . import inputs
-    from .context import RunContext
-    from .parallel import world
-    from .settings import load_run_settings
-
     comm = world()
     run_dir = check_run_dir(run_dir)
     settings = load_run_settings(run_dir)
@@ -72,27 +114,11 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
                       log_level=log_level or settings.mace.misc.log_level)
 
 
-def procedure_module(step: str, prog: str) -> ModuleType:
-    """fhi_al.procedures.<step>, or ProcedureUnavailable when this version does not have it yet."""
-    name = f"{PROCEDURE_PACKAGE}.{step}"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name != name:
-            raise
-    raise ProcedureUnavailable(f"{prog}: the {step.replace('_', ' ')} procedure ({name}) lands in a later "
-                               f"version of fhi_al; the inputs are valid but nothing was run.")
-
-
-def _start_logging(context, module: ModuleType, step: str) -> None:
-    from .logs import configure_logging
-    from .memory import keep_freed_memory
-    from .parallel import configure_threads
-
+def _start_logging(context: RunContext, procedure: Procedure) -> None:
     configure_threads()
     keep_freed_memory()
     log_dir = context.path(context.settings.mace.general.log_dir)
-    configure_logging(log_dir / f"{getattr(module, 'LOG_NAME', step)}.log", level=context.log_level)
+    configure_logging(log_dir / f"{procedure.log_name}.log", level=context.log_level)
     for note in context.settings.notes:
         log.info("settings: %s", note)
 
@@ -100,9 +126,6 @@ def _start_logging(context, module: ModuleType, step: str) -> None:
 @contextlib.contextmanager
 def run_lock(run_dir: Path):
     """The run folder's lock, held by rank 0 for the whole command; a refusal reaches every rank."""
-    from .parallel import root_only
-    from .restart import RunLock
-
     lock = RunLock(run_dir)
     root_only(lock.acquire)()
     try:
@@ -111,16 +134,14 @@ def run_lock(run_dir: Path):
         root_only(lock.release)()
 
 
-def run_step(module: ModuleType, context) -> None:
-    """Run one procedure: on every rank when it handles ranks itself, else through fhi_al.parallel, which
-    gives the ML rank the reference and label queue and makes the other ranks serve the reference."""
-    if getattr(module, "RUNS_ON_ALL_RANKS", False):
-        module.run(context)
+def run_step(procedure: Procedure, context: RunContext) -> None:
+    """Run one procedure: on every rank when it handles ranks itself, else through the labelling service,
+    which gives the ML rank the reference and label queue and makes the other ranks serve the reference."""
+    run = procedure.load()
+    if procedure.runs_on_all_ranks:
+        run(context)
         return
-    from . import parallel
-    from .procedures.common import ledger_path
-    from .references.base import reference_from_settings
-    from .references.ledger import Ledger
+    from .procedures.common import ledger_path  # loaded with the procedure (torch)
 
     al = context.settings.al.active_learning
 
@@ -128,36 +149,30 @@ def run_step(module: ModuleType, context) -> None:
         work_dir = context.run_dir if group_index == 0 else context.run_dir / f"reference_group_{group_index}"
         return reference_from_settings(context.settings, work_dir, comm, context.control)
 
-    make_reference.reference_name = context.settings.calculator
-    parallel.run_procedure(lambda services: module.run(context.with_services(services)),
-                           make_reference=make_reference, parallel=al.parallel, group_size=al.reference_group_size,
-                           timeout_s=al.reference_timeout_s, ledger=Ledger(ledger_path(context.run_dir)))
+    run_procedure(lambda services: run(context.with_services(services)), make_reference=make_reference,
+                  reference_name=context.settings.calculator, parallel=al.parallel,
+                  group_size=al.reference_group_size, timeout_s=al.reference_timeout_s,
+                  ledger=Ledger(ledger_path(context.run_dir)))
 
 
 def _report(message: str) -> None:
-    from .parallel import is_root
-
     if is_root():
         sys.stderr.write(f"error: {message}\n")
         sys.stderr.flush()
 
 
-def run_procedures(prog: str, steps: Sequence[str], argv: Sequence[str] | None, description: str) -> int:
+def run_procedures(prog: str, argv: Sequence[str] | None, description: str) -> int:
+    """Run the procedures of console script `prog` (see SCRIPTS) -> its exit status."""
+    procedures = SCRIPTS[prog]
     args = build_parser(prog, description).parse_args(argv)
-    from .logs import quiet_known_warnings
-
     quiet_known_warnings()
     try:
         context = prepare_context(args.run_dir or Path.cwd(), log_level=args.log_level)
-        modules = [procedure_module(step, prog) for step in steps]
         with run_lock(context.run_dir):
-            for step, module in zip(steps, modules):
-                _start_logging(context, module, step)
-                run_step(module, context)
+            for procedure in procedures:
+                _start_logging(context, procedure)
+                run_step(procedure, context)
     except InputError as error:
-        _report(str(error))
-        return EXIT_BAD_INPUT
-    except ProcedureUnavailable as error:
         _report(str(error))
         return EXIT_BAD_INPUT
     except RunLockedError as error:
@@ -182,19 +197,19 @@ def run_procedures(prog: str, steps: Sequence[str], argv: Sequence[str] | None, 
 
 def main_full(argv: Sequence[str] | None = None) -> int:
     """FHI_AL: initial dataset, then active learning, in the run folder."""
-    return run_procedures("FHI_AL", ["initial_dataset", "active_learning"], argv, main_full.__doc__)
+    return run_procedures("FHI_AL", argv, main_full.__doc__)
 
 
 def main_initial_dataset(argv: Sequence[str] | None = None) -> int:
     """FHI_AL-initial-ds: build the initial dataset and ensemble only."""
-    return run_procedures("FHI_AL-initial-ds", ["initial_dataset"], argv, main_initial_dataset.__doc__)
+    return run_procedures("FHI_AL-initial-ds", argv, main_initial_dataset.__doc__)
 
 
 def main_active_learning(argv: Sequence[str] | None = None) -> int:
     """FHI_AL-al: active learning starting from an existing initial dataset and ensemble."""
-    return run_procedures("FHI_AL-al", ["active_learning"], argv, main_active_learning.__doc__)
+    return run_procedures("FHI_AL-al", argv, main_active_learning.__doc__)
 
 
 def main_atomic_energies(argv: Sequence[str] | None = None) -> int:
     """FHI_AL-atomic-energies: isolated-atom energies of every element of geometry.in with the reference."""
-    return run_procedures("FHI_AL-atomic-energies", ["atomic_energies"], argv, main_atomic_energies.__doc__)
+    return run_procedures("FHI_AL-atomic-energies", argv, main_atomic_energies.__doc__)

@@ -26,7 +26,7 @@ class RunContext:
     control: dict[str, Any] | None  # Aims parameters (fhi_al.inputs.aims_parameters) when the reference is aims
     comm: Any  # fhi_al.parallel.world(): SerialComm or MPIComm
     log_level: str = "INFO"
-    services: Any = None  # fhi_al.parallel.Services: the reference and the label queue, set by the CLI
+    services: Any = None  # fhi_al.labeling.Services: the reference and the label queue, set by the CLI
 
     def with_services(self, services: Any) -> "RunContext":
         return dataclasses.replace(self, services=services)

@@ -34,7 +34,7 @@ from fhi_al.data.store import frames_to_text, label_atoms, make_label_id  # noqa
 from fhi_al.durable import atomic_write_json, atomic_write_text  # noqa: E402
 from fhi_al.md import initialize_velocities, make_langevin  # noqa: E402
 from fhi_al.procedures.atomic_energies import isolated_atom_energies, reference_factory  # noqa: E402
-from fhi_al.references.base import compute_label  # noqa: E402
+from fhi_al.references import compute_label  # noqa: E402
 from fhi_al.references.xtb import make_xtb  # noqa: E402
 from fhi_al.training.config import TrainingConfig  # noqa: E402
 from fhi_al.training.engine import Trainer  # noqa: E402

@@ -48,7 +48,7 @@ from ase.io import read, write  # noqa: E402
 
 from fhi_al.ensemble import Ensemble  # noqa: E402
 from fhi_al.md import initialize_velocities, make_langevin  # noqa: E402
-from fhi_al.references.base import compute_label, make_reference  # noqa: E402
+from fhi_al.references import compute_label, make_reference  # noqa: E402
 from fhi_al.settings import load_run_settings  # noqa: E402
 from fhi_al.training.config import TrainingConfig  # noqa: E402
 from fhi_al.training.engine import HISTORY_SUFFIX, Trainer, member_tag  # noqa: E402

@@ -27,9 +27,12 @@ def argon_cluster(n_atoms: int = 4, seed: int = 0) -> Atoms:
 
 
 def aims_reference(lib, folder, *, comm=None, control=CONVERGED, symbols=("Ar",)):
+    """The aims reference on `comm` (default: the job's communicator, given as the CLI gives it)."""
+    from fhi_al.parallel import world
+
     species = write_species_dir(folder / "species", symbols)
     return make_reference(name="aims", control=dict(control), species_dir=species, aims_lib_path=lib,
-                          run_dir=folder / "run", comm=comm)
+                          run_dir=folder / "run", comm=world() if comm is None else comm)
 
 
 def fd_forces(calc, atoms, step_A=FD_STEP_A):

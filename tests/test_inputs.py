@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import warnings
@@ -180,18 +179,6 @@ def test_prepare_context_for_aims_reads_control_and_species(tmp_path):
                                        "mace_settings.yaml"]
 
 
-def test_procedure_not_yet_available_exits_2_without_output(tmp_path, capsys):
-    from fhi_al.cli import run_procedures
-
-    for name in ("geometry.in", "mace_settings.yaml", "active_learning_settings.yaml"):
-        (tmp_path / name).write_text((SETTINGS_FOLDER / name).read_text())
-    code = run_procedures("FHI_AL-test", ["no_such_procedure"], ["--run-dir", str(tmp_path)], "test")
-    assert code == 2 and "lands in a later version" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["active_learning_settings.yaml", "geometry.in", "mace_settings.yaml"]
-
-
-@pytest.mark.skipif(importlib.util.find_spec("fhi_al.procedures.atomic_energies") is None,
-                    reason="atomic-energies procedure not there yet")
 def test_cli_logs_settings_notes_into_the_log_file(tmp_path):
     """An accepted-but-unused key of the original tool is noted in the procedure's log (EMT: fast)."""
     (tmp_path / "geometry.in").write_text("atom 0 0 0 Cu\natom 0 0 2.5 Cu\n")

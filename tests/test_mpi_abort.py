@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent("""
     from ase.build import molecule
     from ase.calculators.calculator import Calculator
     from fhi_al import parallel
+    from fhi_al.labeling import run_procedure
     from fhi_al.logs import configure_logging
 
     configure_logging(Path(sys.argv[2]))  # as the CLI does: every rank, one log file
@@ -29,9 +30,9 @@ SCRIPT = textwrap.dedent("""
     KILLED = sys.argv[1] == "killed"
 
     class DiesOnServingRank(Calculator):
-        # collective ("aims") in serial mode, so rank 1 joins every calculation
+        # collective (as FHI-aims) in serial mode, so rank 1 joins every calculation
         implemented_properties = ["energy", "forces"]
-        fhi_al_name = "aims" if not PARALLEL else "emt"
+        collective = not PARALLEL
 
         def calculate(self, atoms=None, properties=("energy",), system_changes=()):
             if parallel.world().rank == 0:
@@ -47,8 +48,7 @@ SCRIPT = textwrap.dedent("""
             services.labeler.wait()
         print("rank 0 finished normally", flush=True)
 
-    parallel.run_procedure(procedure, make_reference=lambda comm, group: DiesOnServingRank(),
-                           parallel=PARALLEL)
+    run_procedure(procedure, make_reference=lambda comm, group: DiesOnServingRank(), parallel=PARALLEL)
 """)
 
 
@@ -71,7 +71,7 @@ def test_a_failing_serving_rank_aborts_the_job(tmp_path, mode):
     assert result.returncode != 0, result.stdout + result.stderr
     # the log file, not the launcher's forwarding of stderr, which MPI_Abort may cut short
     log_text = (tmp_path / "job.log").read_text()
-    assert "CRITICAL fhi_al.parallel: rank 1 failed while serving the reference; aborting the job" in log_text
+    assert "CRITICAL fhi_al.labeling.service: rank 1 failed while serving the reference; aborting the job" in log_text
     assert "KeyboardInterrupt: interrupted while serving" in log_text  # the cause, with its traceback
     assert "rank 0 finished normally" not in result.stdout
     assert elapsed_s < WAIT_LIMIT_S / 2, f"abort took {elapsed_s:.0f} s"

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-REF_ENERGY_KEY = "REF_energy"  # in Atoms.info, eV
-REF_FORCES_KEY = "REF_forces"  # in Atoms.arrays, eV/Å
+from ..labeling.label import REF_ENERGY_KEY, REF_FORCES_KEY  # the label's keys: REF_energy (eV), REF_forces (eV/Å)
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import logging
-import math
 import os
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
@@ -17,20 +16,18 @@ import numpy as np
 from ase import Atoms
 
 from fhi_al.durable import append_durable, atomic_write_bytes
-from fhi_al.errors import InputError, ReferenceError
+from fhi_al.errors import InputError
+from fhi_al.labeling.label import LABEL_ID_KEY, REF_ENERGY_KEY, REF_FORCES_KEY, REFERENCE_KEY, labelled_atoms
 
 log = logging.getLogger(__name__)
 
-# Same names as fhi_al.architectures.base (kept here so the store does not import torch; a test pins them).
-REF_ENERGY_KEY = "REF_energy"  # Atoms.info, eV
-REF_FORCES_KEY = "REF_forces"  # Atoms.arrays, eV/Å
 CONFIG_TYPE_KEY = "config_type"
 DEFAULT_CONFIG_TYPE = "Default"
 SUFFIX = ".xyz"
 EXTXYZ = "extxyz"
 
 # Provenance keys in Atoms.info and the type each is read back as (extxyz guesses types from the text).
-PROVENANCE_TYPES = {"procedure": str, "trajectory": int, "md_step": int, "reference": str, "label_id": str,
+PROVENANCE_TYPES = {"procedure": str, "trajectory": int, "md_step": int, REFERENCE_KEY: str, LABEL_ID_KEY: str,
                     CONFIG_TYPE_KEY: str}
 # Per-atom arrays that describe the MD state rather than the label; never written to a dataset.
 DROPPED_ARRAYS = ("momenta",)
@@ -45,6 +42,17 @@ def make_label_id(procedure: str, trajectory: int, md_step: int, suffix: str = "
     return f"{procedure}-t{int(trajectory)}-s{int(md_step)}{suffix}"
 
 
+def with_provenance(labelled: Atoms, *, procedure: str, trajectory: int, md_step: int,
+                    config_type: str = DEFAULT_CONFIG_TYPE) -> Atoms:
+    """A copy of a label's structure (`LabelResult.atoms`) with its provenance, ready for `DatasetStore.append`."""
+    stored = labelled.copy()
+    stored.calc = None
+    stored.info = {REF_ENERGY_KEY: float(labelled.info[REF_ENERGY_KEY]), CONFIG_TYPE_KEY: str(config_type),
+                   "procedure": str(procedure), "trajectory": int(trajectory), "md_step": int(md_step),
+                   REFERENCE_KEY: str(labelled.info[REFERENCE_KEY]), LABEL_ID_KEY: str(labelled.info[LABEL_ID_KEY])}
+    return stored
+
+
 def label_atoms(atoms: Atoms, *, energy_eV: float, forces_eV_per_A: np.ndarray,
                 config_type: str = DEFAULT_CONFIG_TYPE, procedure: str, trajectory: int, md_step: int,
                 reference: str, label_id: str) -> Atoms:
@@ -53,18 +61,10 @@ def label_atoms(atoms: Atoms, *, energy_eV: float, forces_eV_per_A: np.ndarray,
     Pass the calculator's raw results (never constraint-adjusted forces). Non-finite results raise
     `ReferenceError`, so no NaN can reach a dataset.
     """
-    forces = np.array(forces_eV_per_A, dtype=float)
-    if forces.shape != (len(atoms), 3):
-        raise ValueError(f"forces have shape {forces.shape}, expected {(len(atoms), 3)}")
-    if not (math.isfinite(float(energy_eV)) and np.isfinite(forces).all()):
-        raise ReferenceError("non-finite energy or forces", calculator=reference, structure=label_id)
-    labelled = Atoms(numbers=atoms.get_atomic_numbers(), positions=atoms.get_positions(),
-                     cell=atoms.get_cell(), pbc=atoms.get_pbc())
-    labelled.info.update({REF_ENERGY_KEY: float(energy_eV), CONFIG_TYPE_KEY: str(config_type),
-                          "procedure": str(procedure), "trajectory": int(trajectory),
-                          "md_step": int(md_step), "reference": str(reference), "label_id": str(label_id)})
-    labelled.arrays[REF_FORCES_KEY] = forces
-    return labelled
+    labelled = labelled_atoms(atoms, energy_eV=energy_eV, forces_eV_per_A=forces_eV_per_A, reference=reference,
+                              label_id=label_id)
+    return with_provenance(labelled, procedure=procedure, trajectory=trajectory, md_step=md_step,
+                           config_type=config_type)
 
 
 def frames_to_text(frames: Sequence[Atoms]) -> str:

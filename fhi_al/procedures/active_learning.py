@@ -16,10 +16,10 @@ from typing import Any
 from tqdm import tqdm
 
 from ..data.splits import VALID, al_destination
-from ..data.store import label_atoms, make_label_id
-from ..errors import InputError
+from ..data.store import make_label_id, with_provenance
+from ..errors import InputError, ReferenceError
 from ..md import BlowUpDetector
-from ..references.base import reference_name, reference_timeout_from_settings
+from ..references import compute_label, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
 from . import al_reporting, reporting
@@ -34,7 +34,6 @@ from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make
 log = logging.getLogger(__name__)
 
 STEP = "active_learning"
-LOG_NAME = "AL"  # logs/AL.log, as in the original tool
 # A trajectory that blows up this many times in a row from the same frame lacks data there: that frame is
 # labelled, so the ensemble learns the region instead of the trajectory looping until max_MD_steps.
 RESETS_BEFORE_LABEL = 3
@@ -187,9 +186,6 @@ class ActiveLearning:
 
     def analysis_point(self, trajectory: Trajectory, check: Any) -> None:
         """True force error of the ensemble mean at this frame, with its uncertainty; never added to the data."""
-        from ..errors import ReferenceError
-        from ..references.base import compute_label
-
         started = time.perf_counter()
         try:
             _, forces = compute_label(self.reference, check.frame, timeout_s=self.timeout_s,
@@ -233,11 +229,8 @@ class ActiveLearning:
                 self.receive_label(result)
 
     def store_label(self, trajectory: Trajectory, result: LabelResult) -> None:
-        frame = trajectory.atoms.copy()
-        frame.set_positions(trajectory.pending["positions"])
-        labelled = label_atoms(frame, energy_eV=result.energy_eV, forces_eV_per_A=result.forces_eV_per_A,
-                               procedure=STAGE, trajectory=trajectory.index, md_step=trajectory.pending["md_step"],
-                               reference=reference_name(self.reference), label_id=result.label_id)
+        labelled = with_provenance(result.atoms, procedure=STAGE, trajectory=trajectory.index,
+                                   md_step=trajectory.pending["md_step"])
         n_train, n_valid = self.store.count(AL_TRAIN), self.store.count(AL_VALID)
         destination = al_destination(n_train_al=n_train, n_valid_al=n_valid, valid_ratio=self.al.valid_ratio)
         self.store.append(AL_VALID if destination == VALID else AL_TRAIN, labelled)

@@ -17,7 +17,10 @@ from ase.data import atomic_numbers
 from ..durable import append_durable, atomic_write_text
 from ..errors import InputError
 from ..parallel import root_only
-from ..references.base import compute_label, make_reference, reference_kwargs, reference_timeout_from_settings
+from ..references import (compute_label, make_reference, options_dict, reference_kwargs,
+                          reference_timeout_from_settings)
+from ..references.pyscf_ref import DEFAULT_BASIS, DEFAULT_XC
+from ..references.xtb import DEFAULT_METHOD
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +70,6 @@ def reference_factory(*, name: str, options: Any = None, comm: Any = None, run_d
                       control: Any = None, species_dir: str | Path | None = None,
                       aims_lib_path: str | Path | None = None) -> CalculatorFactory:
     """A factory (symbol, unpaired) -> calculator for isolated atoms, built with make_reference."""
-    from ..references.base import options_dict
-
     base_options = options_dict(options)
 
     def factory(symbol: str, unpaired: int) -> Calculator:
@@ -135,10 +136,6 @@ def _logging_to(path: Path) -> bool:
                for handler in logging.getLogger("fhi_al").handlers if hasattr(handler, "baseFilename"))
 
 
-# Every rank takes part in each isolated-atom calculation (FHI-aims is collective); no ML rank is needed.
-RUNS_ON_ALL_RANKS = True
-
-
 def run(context: Any) -> dict[str, float]:
     """FHI_AL-atomic-energies: E0 of every element of context.geometry with the configured reference.
 
@@ -160,9 +157,6 @@ def run(context: Any) -> dict[str, float]:
 
 def _describe(kwargs: dict[str, Any]) -> str:
     options = kwargs["options"]
-    from ..references.pyscf_ref import DEFAULT_BASIS, DEFAULT_XC
-    from ..references.xtb import DEFAULT_METHOD
-
     detail = {"xtb": options.get("method", DEFAULT_METHOD),
               "pyscf": f"{options.get('xc', DEFAULT_XC)}/{options.get('basis', DEFAULT_BASIS)}"}.get(kwargs["name"])
     return f"{kwargs['name']} ({detail})" if detail else kwargs["name"]

@@ -17,10 +17,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
-from ..data.store import label_atoms, make_label_id
-from ..labeling import LabelResult, label_structure
-from ..parallel import RemoteReference
-from ..references.base import reference_name, reference_timeout_from_settings
+from ..data.store import make_label_id, with_provenance
+from ..labeling import LabelResult, RemoteReference, label_from_results
+from ..references import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
 from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
@@ -95,8 +94,8 @@ class InitialDataset:
         md = self.settings.al.md
         rng = np.random.default_rng(md.seed)
         if self.al.initial_sampling == "aimd":
-            # A local reference gets the label guards (timeout, NaN) for the MD steps too; the cached results
-            # of its last step are still the label of the frame (see sample_frame).
+            # A local reference gets the label guards (timeout, NaN) for the MD steps too; the results of the
+            # step that made a frame are that frame's label (see sample_frame).
             local = not isinstance(self.reference, RemoteReference)
             driver = GuardedReference(self.reference, timeout_s=self.timeout_s) if local else self.reference
             name = "ab initio MD"
@@ -209,10 +208,10 @@ class InitialDataset:
         self.state["pending"][label_id] = {"md_step": frame.md_step, "positions": frame.atoms.get_positions()}
         self.save_state()
         if self.al.initial_sampling == "aimd":
-            # The driving calculator is the reference: its results at this frame are the label (compute_label
-            # finds them cached in the calculator and does not recompute).
-            return self.store_results([label_structure(self.reference, label_id, frame.atoms,
-                                                       timeout_s=self.timeout_s, ledger=ledger_path(self.run_dir))])
+            # The driving calculator is the reference: the results of this MD step are the label (no second call).
+            return self.store_results([label_from_results(label_id, frame.atoms, frame.results,
+                                                          reference=reference_name(self.reference),
+                                                          ledger=ledger_path(self.run_dir))])
         self.labeler.submit(label_id, frame.atoms)
         return 0
 
@@ -224,10 +223,8 @@ class InitialDataset:
             if not result.ok:
                 log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
             elif result.label_id not in self.stored_ids:
-                labelled = label_atoms(self.frame_atoms(frame), energy_eV=result.energy_eV,
-                                       forces_eV_per_A=result.forces_eV_per_A, procedure=STAGE,
-                                       trajectory=TRAJECTORY, md_step=frame["md_step"],
-                                       reference=reference_name(self.reference), label_id=result.label_id)
+                labelled = with_provenance(result.atoms, procedure=STAGE, trajectory=TRAJECTORY,
+                                           md_step=frame["md_step"])
                 self.store.append(self.destination(), labelled)
                 self.stored_ids.add(result.label_id)
                 stored += 1

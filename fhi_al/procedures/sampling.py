@@ -122,7 +122,9 @@ class GuardedReference(Calculator):
         super().__init__()
         self.calc = calc
         self.timeout_s = timeout_s
-        self.fhi_al_name = getattr(calc, "fhi_al_name", type(calc).__name__)
+
+    def _get_name(self) -> str:
+        return self.calc.name  # ASE's Calculator.name: the guarded reference's identity
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         from ..references.base import compute_label

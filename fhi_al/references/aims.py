@@ -16,6 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from ..errors import InputError, ReferenceError
+from .base import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +46,14 @@ def species_file(species_dir: Path, symbol: str) -> Path:
 
 
 def library_comm(comm: Any) -> Any:
-    """An mpi4py communicator from an fhi_al.parallel communicator, an mpi4py one, or None (COMM_WORLD)."""
-    from ..parallel import mpi_world_for_library
-
+    """The mpi4py communicator the caller gives: an mpi4py one as it is, an fhi_al.parallel one through its
+    `library_comm()`. The caller decides which ranks compute together; this module never looks at the world."""
     if comm is None:
-        return mpi_world_for_library()
+        raise TypeError("the aims reference needs the communicator of the ranks that compute together "
+                        "(an mpi4py communicator or an fhi_al.parallel one); none was given")
     if hasattr(comm, "py2f"):
         return comm
-    inner = getattr(comm, "mpi", None)
-    return inner if inner is not None else mpi_world_for_library()
+    return comm.library_comm()
 
 
 class AimsASICalculator(Calculator):
@@ -65,6 +65,8 @@ class AimsASICalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
+    name = "aims"
+    collective = True  # every rank of the communicator takes part in each calculation
 
     def __init__(self, *, lib_path: str | Path | None, control: Any = None, species_dir: str | Path | None = None,
                  comm: Any = None, work_dir: str | Path = "aims", **control_overrides: Any):
@@ -87,8 +89,6 @@ class AimsASICalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         if self._asi_calc is None or self._numbers != tuple(self.atoms.numbers):
             self._start(self.atoms)
-        from .base import evaluate
-
         results = evaluate(self._asi_calc, self.atoms, ("energy", "forces"))
         self._check_converged()
         self.results = {"energy": results["energy"], "free_energy": results["energy"],
@@ -97,7 +97,7 @@ class AimsASICalculator(Calculator):
     def _check_converged(self) -> None:
         asi = self._asi_calc.asi
         if hasattr(asi.lib, "ASI_is_scf_converged") and not asi.is_scf_converged:
-            raise ReferenceError("FHI-aims SCF did not converge", calculator="aims",
+            raise ReferenceError("FHI-aims SCF did not converge", calculator=self.name,
                                  structure=self.atoms.get_chemical_formula())
 
     def _start(self, atoms: Atoms) -> None:
@@ -113,7 +113,7 @@ class AimsASICalculator(Calculator):
         failure = self.comm.bcast(writer.error, root=0)
         if started is None or failure:
             raise ReferenceError(f"could not start the ASI library {self.lib_path}: "
-                                 f"{failure or 'ASI initialisation failed (see stdout)'}", calculator="aims")
+                                 f"{failure or 'ASI initialisation failed (see stdout)'}", calculator=self.name)
         self._asi_calc = ASI_ASE_calculator(asi)
         self._numbers = tuple(atoms.numbers)
         log.debug("ASI library %s started in %s on %d rank(s)", self.lib_path, self.work_dir, self.comm.Get_size())

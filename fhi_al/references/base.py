@@ -1,19 +1,19 @@
-"""Reference calculators by name (`make_reference`) and one guarded way to label a structure (`compute_label`).
+"""One guarded way to run a reference on a structure (`compute_label`), below every calculator module.
 
-Every reference is an ASE Calculator; `compute_label` turns every way a reference can fail (SCF not converged,
-library error, timeout, non-finite numbers) into `fhi_al.errors.ReferenceError` and returns raw results only.
+Every reference is an ASE Calculator whose identity is ASE's `Calculator.name` and which sets the class
+attribute `collective` when all ranks of its communicator compute together. `compute_label` turns every way a
+reference can fail (SCF not converged, library error, timeout, non-finite numbers) into
+`fhi_al.errors.ReferenceError` and returns raw results only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import signal
 import threading
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,90 +21,21 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from ..errors import InputError, ReferenceError
+from .ledger import as_ledger
 
 log = logging.getLogger(__name__)
 
-REFERENCE_NAMES = ("aims", "xtb", "pyscf", "emt")
 LABEL_PROPERTIES = ("energy", "forces")
-SETTINGS_SECTION = "REFERENCE"
-
-
-def options_dict(options: Any) -> dict[str, Any]:
-    """Calculator options as a plain dict, whether given as a dict, a settings dataclass or None."""
-    if options is None:
-        return {}
-    if isinstance(options, Mapping):
-        return dict(options)
-    if dataclasses.is_dataclass(options):
-        return {field.name: getattr(options, field.name) for field in dataclasses.fields(options)}
-    return {key: value for key, value in vars(options).items() if not key.startswith("_")}
-
-
-def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir: str | Path | None = None,
-                   control: Any = None, species_dir: str | Path | None = None,
-                   aims_lib_path: str | Path | None = None, faults: Any = None) -> Calculator:
-    """The reference calculator `name` (aims | xtb | pyscf | emt) built from plain option values.
-
-    `options`: the calculator's own options (REFERENCE.xtb / REFERENCE.pyscf section or dict). aims takes
-    `control` (parsed control.in or a dict of control.in keywords), `species_dir`, `aims_lib_path` and `comm`
-    (an mpi4py communicator or fhi_al.parallel communicator; default COMM_WORLD). `faults` (a FaultSpec, a
-    spec string, or None to read FHI_AL_FAULTS) wraps the result in fault injection, for tests only.
-    """
-    options = options_dict(options)
-    if name == "xtb":
-        from .xtb import make_xtb
-
-        calc = make_xtb(**options)
-    elif name == "pyscf":
-        from .pyscf_ref import PySCFCalculator
-
-        calc = PySCFCalculator(**options)
-    elif name == "emt":
-        from .emt import make_emt
-
-        calc = make_emt()
-    elif name == "aims":
-        from .aims import AimsASICalculator
-
-        calc = AimsASICalculator(lib_path=aims_lib_path, control=control, species_dir=species_dir, comm=comm,
-                                 work_dir=Path(run_dir or ".") / "aims", **options)
-    else:
-        raise InputError(f"unknown reference calculator {name!r}; allowed: {', '.join(REFERENCE_NAMES)}",
-                         where=f"{SETTINGS_SECTION}.calculator")
-    calc.fhi_al_name = name  # type: ignore[attr-defined]
-    from .faults import wrap_with_faults
-
-    return wrap_with_faults(calc, faults)
-
-
-def reference_from_settings(settings: Any, run_dir: str | Path, comm: Any = None, control: Any = None,
-                            **overrides: Any) -> Calculator:
-    """`make_reference` with the values of RunSettings (al.reference, al.active_learning); `overrides`
-    replace entries of the calculator's option dict (e.g. multiplicity for isolated atoms)."""
-    kwargs = reference_kwargs(settings)
-    kwargs["options"] = {**kwargs["options"], **overrides}
-    return make_reference(**kwargs, comm=comm, run_dir=run_dir, control=control)
-
-
-def reference_kwargs(settings: Any) -> dict[str, Any]:
-    """name, options, species_dir, aims_lib_path read from RunSettings (attributes read defensively)."""
-    al = getattr(settings, "al", settings)
-    reference = getattr(al, "reference", None)
-    active = getattr(al, "active_learning", None)
-    aims_lib_path = getattr(active, "aims_lib_path", None)
-    name = getattr(reference, "calculator", None) or ("aims" if aims_lib_path else "xtb")
-    options = options_dict(getattr(reference, name, None)) if name in ("xtb", "pyscf") else {}
-    return {"name": name, "options": options, "species_dir": getattr(active, "species_dir", None),
-            "aims_lib_path": aims_lib_path}
-
-
-def reference_timeout_from_settings(settings: Any) -> float | None:
-    al = getattr(settings, "al", settings)
-    return getattr(getattr(al, "active_learning", None), "reference_timeout_s", None)
 
 
 def reference_name(calc: Calculator) -> str:
-    return getattr(calc, "fhi_al_name", type(calc).__name__)
+    """The reference's identity (ASE's `Calculator.name`: "xtb", "pyscf", "emt", "aims", ...)."""
+    return calc.name
+
+
+def is_collective(calc: Any) -> bool:
+    """True for a reference whose calculations run on all ranks of its communicator together (FHI-aims)."""
+    return bool(getattr(calc, "collective", False))
 
 
 class _ReferenceTimeout(BaseException):
@@ -161,7 +92,7 @@ def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = N
 
     Forces are the calculator's raw results, never constraint-adjusted. With `ledger` (a path or a
     references.ledger.Ledger) one durable line is appended per completed label; pass it on one rank only
-    or as a Ledger bound to the reference communicator.
+    or as a Ledger told whether this rank writes.
     """
     name = reference_name(calc)
     where = structure_description(atoms, label_id)
@@ -181,10 +112,8 @@ def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = N
         _reset_quietly(calc)
         raise ReferenceError(f"reference calculation failed: {type(err).__name__}: {err}",
                              calculator=name, structure=where) from err
-    energy, forces = _checked_results(results, n_atoms=len(atoms), calculator=name, structure=where)
+    energy, forces = checked_results(results, n_atoms=len(atoms), calculator=name, structure=where)
     if ledger is not None:
-        from .ledger import as_ledger
-
         as_ledger(ledger).record(label_id=label_id or where, energy_eV=energy, reference=name,
                                  n_atoms=len(atoms), duration_s=time.perf_counter() - started)
     return energy, forces
@@ -198,8 +127,8 @@ def _reset_quietly(calc: Calculator) -> None:
         log.debug("reset of %s after a failure failed too", reference_name(calc), exc_info=True)
 
 
-def _checked_results(results: Mapping[str, Any], *, n_atoms: int, calculator: str,
-                     structure: str) -> tuple[float, np.ndarray]:
+def checked_results(results: Mapping[str, Any], *, n_atoms: int, calculator: str,
+                    structure: str) -> tuple[float, np.ndarray]:
     if "energy" not in results or results.get("forces") is None:
         raise ReferenceError("reference returned no energy or no forces", calculator=calculator,
                              structure=structure)

@@ -17,6 +17,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import ReferenceError, SettingsError
+from .base import evaluate, is_collective
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def wrap_with_faults(calc: Calculator, faults: FaultSpec | str | None = None) ->
                                                                      else os.environ.get(ENV_VAR))
     if spec is None or not spec.active:
         return calc
-    log.warning("fault injection active on reference %s: %s", getattr(calc, "fhi_al_name", "?"), spec)
+    log.warning("fault injection active on reference %s: %s", calc.name, spec)
     return FaultInjectingCalculator(calc, spec)
 
 
@@ -77,20 +78,24 @@ class FaultInjectingCalculator(Calculator):
         super().__init__()
         self.inner = inner
         self.spec = spec
-        self.fhi_al_name = getattr(inner, "fhi_al_name", type(inner).__name__)
         self._rng = np.random.default_rng(spec.seed)
         self.counts = {"calls": 0, "error": 0, "hang": 0, "nan": 0}
 
-    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        from .base import evaluate
+    def _get_name(self) -> str:
+        return self.inner.name  # the wrapped reference's identity, e.g. in the datasets' provenance
 
+    @property
+    def collective(self) -> bool:
+        return is_collective(self.inner)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         fault = self._draw()
         formula = self.atoms.get_chemical_formula()
         if fault is not None:  # logged here too, so a test can match every fault with its handling
             log.warning("injected fault %s (call %d) on %s", fault, self.counts["calls"], formula)
         if fault == "error":
-            raise ReferenceError("injected fault: reference error", calculator=self.fhi_al_name, structure=formula)
+            raise ReferenceError("injected fault: reference error", calculator=self.name, structure=formula)
         if fault == "hang":
             time.sleep(self.spec.hang_s)
         results = dict(evaluate(self.inner, self.atoms, ("energy", "forces")))

@@ -21,16 +21,15 @@ DEFAULT_LEDGER = "reference_ledger.jsonl"
 
 
 class Ledger:
-    """Appends label records to `path`; with a communicator, only its root rank writes."""
+    """Appends label records to `path`. The caller says whether this rank writes (`writes=False` on the ranks
+    of a reference communicator other than its root, so that a collective calculation is recorded once)."""
 
-    def __init__(self, path: str | os.PathLike, *, comm: Any = None):
+    def __init__(self, path: str | os.PathLike, *, writes: bool = True):
         self.path = Path(path)
-        self.comm = comm
+        self.writes = writes
 
     def record(self, *, label_id: str, energy_eV: float, **extra: Any) -> None:
-        from ..parallel import is_root
-
-        if self.comm is not None and not is_root(self.comm):
+        if not self.writes:
             return
         entry = {"label_id": label_id, "energy_eV": float(energy_eV), "time": time.time(), "pid": os.getpid(),
                  **extra}

@@ -38,6 +38,7 @@ class PySCFCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces"]
+    name = "pyscf"
     default_parameters = {"xc": DEFAULT_XC, "basis": DEFAULT_BASIS, "charge": 0, "spin": 0,
                           "max_cycle": DEFAULT_MAX_CYCLE, "conv_tol": DEFAULT_CONV_TOL}
 
@@ -54,7 +55,7 @@ class PySCFCalculator(Calculator):
         energy_Ha = mf.kernel(dm0=dm0)
         if not mf.converged:
             self._guess = None
-            raise ReferenceError(f"PySCF SCF did not converge in {mf.max_cycle} cycles", calculator="pyscf",
+            raise ReferenceError(f"PySCF SCF did not converge in {mf.max_cycle} cycles", calculator=self.name,
                                  structure=self.atoms.get_chemical_formula())
         self._guess = (numbers, mf.make_rdm1())
         gradient_Ha_per_bohr = mf.nuc_grad_method().kernel()

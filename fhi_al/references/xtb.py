@@ -10,6 +10,8 @@ import logging
 from ase.calculators.calculator import all_changes
 from tblite.ase import TBLite
 
+from ..errors import SettingsError
+
 log = logging.getLogger(__name__)
 
 METHODS = ("GFN2-xTB", "GFN1-xTB")
@@ -22,6 +24,8 @@ QUIET = 0
 
 class XTBCalculator(TBLite):
     """tblite's calculator that starts the next SCF from scratch after a failed one."""
+
+    name = "xtb"
 
     def calculate(self, atoms=None, properties=None, system_changes=all_changes):
         try:
@@ -39,8 +43,6 @@ def make_xtb(*, method: str = DEFAULT_METHOD, electronic_temperature_K: float = 
     if unused:
         log.debug("xtb ignores options %s", sorted(unused))
     if method not in METHODS:
-        from ..errors import SettingsError
-
         raise SettingsError(f"unknown xtb method {method!r}; allowed: {', '.join(METHODS)}",
                             where="REFERENCE.xtb.method")
     return XTBCalculator(method=method, electronic_temperature=float(electronic_temperature_K),

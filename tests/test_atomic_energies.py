@@ -82,9 +82,11 @@ def test_run_writes_yaml_snippet_and_log(shared_tmp):
 
 
 def test_aims_atoms_are_spin_polarised(standin_lib, shared_tmp):
+    from fhi_al.parallel import world
+
     species = write_species_dir(shared_tmp / "species", ["H", "O"])
     factory = ae.reference_factory(name="aims", control={"xc": "pbe", "sc_iter_limit": 100}, species_dir=species,
-                                   aims_lib_path=standin_lib, run_dir=shared_tmp)
+                                   aims_lib_path=standin_lib, run_dir=shared_tmp, comm=world())
     energies = ae.isolated_atom_energies(["O", "H"], calculator_factory=factory)
     assert energies == {"H": 0.0, "O": 0.0}  # one Lennard-Jones atom has no partner
     control = (shared_tmp / "atomic_energies" / "O" / "aims" / "control.in").read_text().split()

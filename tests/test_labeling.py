@@ -104,4 +104,5 @@ def test_ab_initio_md_labels_are_the_steps_own_results(tmp_path):
         assert atoms.info["reference"] == "emt" and atoms.info["procedure"] == "initial"
         check = atoms.copy()
         check.calc = EMT()
-        assert atoms.info[REF_ENERGY_KEY] == pytest.approx(check.get_potential_energy(), abs=1e-6)  # stored positions: 1e-8 Å
+        # the stored positions carry 8 decimals
+        assert atoms.info[REF_ENERGY_KEY] == pytest.approx(check.get_potential_energy(), abs=1e-6)

@@ -39,8 +39,9 @@ def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir:
 
     `options`: the calculator's own options (REFERENCE.xtb / REFERENCE.pyscf section or dict). aims takes
     `control` (parsed control.in or a dict of control.in keywords), `species_dir`, `aims_lib_path` and `comm`
-    (the ranks that compute together: an mpi4py or fhi_al.parallel communicator, given by the caller). `faults` (a FaultSpec, a
-    spec string, or None to read FHI_AL_FAULTS) wraps the result in fault injection, for tests only.
+    (the ranks that compute together: an mpi4py or fhi_al.parallel communicator, given by the caller).
+    `faults` (a FaultSpec, a spec string, or None to read FHI_AL_FAULTS) wraps the result in fault injection,
+    for tests only.
     """
     options = options_dict(options)
     if name == "xtb":

@@ -19,6 +19,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from .architectures.base import Architecture
 from .memory import keep_freed_memory
+from .uncertainty import per_atom_force_spread
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,6 @@ def ensemble_seeds(seed: int, size: int) -> list[int]:
         if candidate not in seeds:
             seeds.append(candidate)
     return seeds
-
-
-def force_spread_per_atom(forces_comm: np.ndarray) -> np.ndarray:
-    """sqrt(mean_m |F_m - F_mean|^2) per atom from member forces [M, N, 3] (eV/Å)."""
-    deviation = forces_comm - forces_comm.mean(axis=0, keepdims=True)
-    return np.sqrt(np.mean(np.sum(deviation**2, axis=-1), axis=0))
 
 
 class Ensemble:
@@ -115,7 +110,7 @@ class Ensemble:
 
 def uncertainty_results(energy_comm: np.ndarray, forces_comm: np.ndarray) -> dict[str, Any]:
     """Mean energy/forces, per-member values, spreads: the calculator's results of one structure."""
-    spread = force_spread_per_atom(forces_comm)
+    spread = per_atom_force_spread(forces_comm)
     energy = float(energy_comm.mean())
     return {"energy": energy, "free_energy": energy, "forces": forces_comm.mean(axis=0),
             "energy_comm": energy_comm, "forces_comm": forces_comm, "energy_var": float(energy_comm.var()),

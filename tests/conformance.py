@@ -1,6 +1,7 @@
 """Conformance tests every architecture passes; a test module subclasses `ArchitectureConformance` and
 provides the `tiny_hypers` fixture (and `model_name`). Physics: forces = -dE/dR, invariances; engine:
-loss decreases, checkpoints reproduce predictions, warm start continues without re-initialisation.
+loss decreases, checkpoints reproduce predictions, warm start continues without re-initialisation, a trained
+member exports to a file whose ASE calculator reproduces the member.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from ase.build import molecule
 from ase.calculators.emt import EMT
 from scipy.spatial.transform import Rotation
 
-from fhi_al.architectures.base import REF_ENERGY_KEY, REF_FORCES_KEY
+from fhi_al.architectures.exported import ExportedModelCalculator
+from fhi_al.labeling import REF_ENERGY_KEY, REF_FORCES_KEY
 from fhi_al.training.config import TrainingConfig
 from fhi_al.training.engine import Trainer
+from fhi_al.training.head import load_exported
 
 FD_STEP_A = 1e-4
 FD_RTOL = 1e-5
@@ -65,6 +68,11 @@ class ArchitectureConformance:
     model_name: str = ""
     loss_drop_factor = 0.5  # the training loss must at least halve in `loss_epochs` epochs
     loss_epochs = 15
+    export_tolerance = dict(rtol=0, atol=1e-12)  # exported file vs the member, energies (eV) and forces (eV/Å)
+
+    def exported_calculator(self, path):
+        """An ASE calculator of an exported model file; this default reads any architecture's file."""
+        return ExportedModelCalculator(path, loader=load_exported)
 
     @pytest.fixture
     def config(self, tiny_hypers) -> TrainingConfig:
@@ -138,6 +146,21 @@ class ArchitectureConformance:
         assert trainer.evaluate(resumed, resumed.valid_atoms)["loss"] == pytest.approx(
             trainer.evaluate(member, member.valid_atoms)["loss"], rel=1e-10)
         assert trainer.evaluate(member, member.valid_atoms)["loss"] != loss_before
+
+
+    def test_trains_and_exports_to_a_calculator(self, trainer, member, data):
+        trainer.train(member, 3)
+        path = trainer.export(member)
+        assert path == trainer.run_dir / "model" / f"{member.tag}.model"
+        expected = predict(trainer, member.inference_model(), data[1])
+        calculator = self.exported_calculator(path)
+        bounds = np.cumsum([0] + [len(atoms) for atoms in data[1]])
+        for index, atoms in enumerate(data[1]):
+            atoms = atoms.copy()
+            atoms.calc = calculator
+            np.testing.assert_allclose(atoms.get_potential_energy(), expected["energy"][index], **self.export_tolerance)
+            np.testing.assert_allclose(atoms.get_forces(), expected["forces"][bounds[index]:bounds[index + 1]],
+                                       **self.export_tolerance)
 
 
 def check_export_round_trip(arch, model: torch.nn.Module, atoms: Atoms, path, *, load, calculator, label: str):

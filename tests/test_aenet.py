@@ -11,7 +11,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from conformance import ArchitectureConformance, check_export_round_trip, emt_labelled
+from conformance import ArchitectureConformance, check_export_round_trip
 
 from fhi_al.architectures.aenet.descriptors import ChebyshevDescriptor, build_graph, chebyshev, type_spins
 from fhi_al.architectures.aenet.hypers import AenetHypers
@@ -320,23 +320,3 @@ class TestAenetConformance(ArchitectureConformance):
     @pytest.fixture
     def tiny_hypers(self) -> AenetHypers:
         return AenetHypers(**TINY)
-
-
-def test_engine_trained_member_exports_to_calculator(run_dir):
-    from fhi_al.training.config import TrainingConfig
-    from fhi_al.training.engine import Trainer
-
-    data = emt_labelled(molecule("CH3CH2OH"), 6, seed=3)
-    trainer = Trainer(TrainingConfig(name_exp="ae", model="aenet", hypers=AenetHypers(**TINY), batch_size=3,
-                                     scheduler="none", ema=True, ema_decay=0.9), run_dir)
-    member = trainer.create_member("ae_1", 1, data[:4], data[4:])
-    trainer.architecture.initialize_from_samples(member.model, trainer.samples(member.train_atoms))
-    trainer.train(member, 3)
-    path = trainer.export(member)
-    assert path == run_dir / "model" / "ae_1.model"
-    atoms = data[5].copy()
-    atoms.calc = AenetCalculator(path)
-    expected = trainer.architecture.predict(member.inference_model(),
-                                            trainer.architecture.collate([trainer.architecture.featurize(atoms)]))
-    assert atoms.get_potential_energy() == pytest.approx(float(expected["energy"][0]), abs=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), expected["forces"].numpy(), atol=1e-12)

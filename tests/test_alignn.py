@@ -12,7 +12,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from conformance import ArchitectureConformance, check_export_round_trip, emt_labelled
+from conformance import ArchitectureConformance, check_export_round_trip
 
 from fhi_al.architectures.alignn.graph import build_graph
 from fhi_al.architectures.alignn.hypers import AlignnHypers
@@ -256,24 +256,3 @@ class TestAlignnConformance(ArchitectureConformance):
     @pytest.fixture
     def tiny_hypers(self) -> AlignnHypers:
         return AlignnHypers(**TINY)
-
-
-def test_engine_trains_and_exports_to_calculator(run_dir):
-    from fhi_al.training.config import TrainingConfig
-    from fhi_al.training.engine import Trainer
-
-    data = emt_labelled(molecule("CH3CH2OH"), 8, seed=3)
-    trainer = Trainer(TrainingConfig(name_exp="al", model="ALIGNN", hypers=AlignnHypers(**TINY), batch_size=3,
-                                     lr=0.01, scheduler="none", ema=True, ema_decay=0.9), run_dir)
-    member = trainer.create_member("al_1", 1, data[:6], data[6:])
-    before = trainer.evaluate(member, member.train_atoms)["forces_rmse"]
-    trainer.train(member, 6)
-    assert trainer.evaluate(member, member.train_atoms)["forces_rmse"] < 0.8 * before
-    path = trainer.export(member)
-    assert path == run_dir / "model" / "al_1.model"
-    atoms = data[7].copy()
-    atoms.calc = AlignnCalculator(path)
-    expected = trainer.architecture.predict(member.inference_model(),
-                                            trainer.architecture.collate([trainer.architecture.featurize(atoms)]))
-    assert atoms.get_potential_energy() == pytest.approx(float(expected["energy"][0]), abs=1e-12)
-    np.testing.assert_allclose(atoms.get_forces(), expected["forces"].numpy(), atol=1e-12)

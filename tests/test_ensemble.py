@@ -13,7 +13,8 @@ from mace.calculators import MACECalculator
 from conformance import emt_labelled, predict
 from fhi_al.architectures.mace import fused
 from fhi_al.architectures.mace.hypers import MaceHypers
-from fhi_al.ensemble import Ensemble, EnsembleCalculator, ensemble_seeds, force_spread_per_atom
+from fhi_al.ensemble import Ensemble, EnsembleCalculator, ensemble_seeds
+from fhi_al.uncertainty import per_atom_force_spread
 from fhi_al.training.config import TrainingConfig
 from fhi_al.training.engine import Trainer, member_tag
 
@@ -105,13 +106,6 @@ def test_members_ensemble_follows_training(trained, structures):
     np.testing.assert_array_equal(before[1:], after[1:])
 
 
-def test_force_spread_formula():
-    forces = np.zeros((2, 1, 3))
-    forces[0, 0] = [1.0, 0.0, 0.0]
-    forces[1, 0] = [-1.0, 0.0, 0.0]
-    assert force_spread_per_atom(forces) == pytest.approx([1.0])
-
-
 RICH = MaceHypers(num_channels=4, max_L=1, r_max=4.0, num_interactions=2, correlation=3, radial_MLP=[8])
 
 
@@ -146,7 +140,7 @@ def test_stacked_members_equal_mace_reference(tmp_path, monkeypatch, structures,
         np.testing.assert_allclose(result["energy_comm"], energies, rtol=1e-12, atol=1e-8)
         np.testing.assert_allclose(result["forces_comm"], forces, rtol=0, atol=1e-8)
         assert result["energy_var"] == pytest.approx(energies.var(), rel=1e-8)
-        spread = force_spread_per_atom(forces)
+        spread = per_atom_force_spread(forces)
         np.testing.assert_allclose(result["forces_uncertainty_per_atom"], spread, rtol=1e-7, atol=1e-10)
         assert result["forces_uncertainty_max"] == pytest.approx(spread.max(), rel=1e-8)
         assert np.abs(forces).max() > 1e-3 and spread.min() > 0.0

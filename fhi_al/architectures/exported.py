@@ -5,17 +5,17 @@ loader, and an ASE calculator of one exported model.
 
 from __future__ import annotations
 
+import logging
+import math
 import pickle
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
-
-import logging
-import math
 
 from ..durable import atomic_torch_save
 from ..errors import InputError
@@ -24,6 +24,35 @@ from .base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetSt
 log = logging.getLogger(__name__)
 
 MIN_ENERGY_SCALE_EV = 1e-6  # below this (e.g. zero forces in the data) the energy scale falls back to 1 eV
+
+
+@dataclass
+class GraphSample:
+    """One featurised structure: positions, elements, its neighbour graph (of the architecture's own graph
+    type) and its labels, zeros with has_* False when the structure is unlabelled."""
+
+    positions_A: torch.Tensor  # [N, 3]
+    numbers: torch.Tensor  # [N] atomic numbers
+    graph: Any
+    energy_eV: float
+    forces_eV_per_A: torch.Tensor
+    has_energy: bool
+    has_forces: bool
+
+
+@dataclass
+class GraphInputs:
+    """Model inputs of a batch: atoms of all structures concatenated, graph indices offset accordingly."""
+
+    positions_A: torch.Tensor  # [N, 3]
+    numbers: torch.Tensor  # [N] atomic numbers
+    graph: Any  # the architecture's graph type, with a `to(device)` method
+    structure_index: torch.Tensor  # [N]
+    num_structures: int
+
+    def to(self, device: torch.device | str) -> "GraphInputs":
+        return GraphInputs(self.positions_A.to(device), self.numbers.to(device), self.graph.to(device),
+                           self.structure_index.to(device), self.num_structures)
 
 
 class AtomwiseModel(torch.nn.Module):
@@ -59,6 +88,21 @@ class PositionsArchitecture(Architecture):
         return {"energy_eV": float(atoms.info[REF_ENERGY_KEY]) if has_energy else 0.0,
                 "forces_eV_per_A": torch.tensor(np.asarray(forces, dtype=float), dtype=self.dtype),
                 "has_energy": has_energy, "has_forces": has_forces}
+
+    def graph_sample(self, atoms: Atoms, graph: Any) -> GraphSample:
+        """The sample of `atoms` with its neighbour `graph` and its labels."""
+        return GraphSample(positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
+                           numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph,
+                           **self.sample_labels(atoms))
+
+    def graph_batch(self, samples: Sequence[GraphSample], graph: Any) -> Batch:
+        """The Batch of `samples` whose graphs, concatenated with offset indices, are `graph`."""
+        num_atoms = torch.tensor([len(s.numbers) for s in samples], dtype=torch.long)
+        structure_index = torch.repeat_interleave(torch.arange(len(samples)), num_atoms)
+        inputs = GraphInputs(positions_A=torch.cat([s.positions_A for s in samples]),
+                             numbers=torch.cat([s.numbers for s in samples]), graph=graph,
+                             structure_index=structure_index, num_structures=len(samples))
+        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
 
     def labelled_batch(self, samples: Any, inputs: Any, num_atoms: torch.Tensor,
                        structure_index: torch.Tensor) -> Batch:

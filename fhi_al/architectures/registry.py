@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from ..errors import SettingsError
+from ..errors import InputError, SettingsError
 from ..settings.typed import suggest
 
 if TYPE_CHECKING:
@@ -55,8 +55,6 @@ def get_architecture_class(name: str) -> type["Architecture"]:
 def load_exported(path) -> tuple["Architecture", object]:
     """(architecture, model) of a model file written by any architecture's `export` (or mace_run_train)."""
     import torch
-
-    from ..errors import InputError
 
     import mace  # noqa: F401  - before e3nn
 

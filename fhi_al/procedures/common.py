@@ -13,6 +13,8 @@ import numpy as np
 from ase import Atoms
 
 from ..data.store import DatasetStore
+from ..ensemble import ensemble_seeds
+from ..references.ledger import DEFAULT_LEDGER
 from ..training.config import TrainingConfig
 from ..training.engine import Member, Trainer, member_tag
 
@@ -32,8 +34,6 @@ class MemberSpec:
 
 def member_specs(*, name_exp: str, seed: int, ensemble_size: int) -> list[MemberSpec]:
     """Members' seeds follow from GENERAL.seed (the first is the seed itself); tags are '{name_exp}_{seed}'."""
-    from ..ensemble import ensemble_seeds
-
     seeds = ensemble_seeds(seed, ensemble_size)
     return [MemberSpec(index, member_tag(name_exp, member_seed), member_seed) for index, member_seed in enumerate(seeds)]
 
@@ -50,8 +50,6 @@ def make_trainer(settings: Any, run_dir: Path) -> Trainer:
 
 def ledger_path(run_dir: Path) -> Path:
     """The independent record of every completed reference label (one fsynced JSON line each)."""
-    from ..references.ledger import DEFAULT_LEDGER
-
     return Path(run_dir) / "logs" / DEFAULT_LEDGER
 
 

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..durable import atomic_write_bytes
+from ..durable import atomic_write_bytes, atomic_write_json
 from ..training.plots import read_history  # noqa: F401 - the procedures read histories through here
 
 log = logging.getLogger(__name__)
@@ -65,8 +65,6 @@ def reference_usage(labeler: Any, folder: Path, *, name: str) -> None:
     row per group) to `folder/{name}_reference_timeline.png` with the numbers in a JSON next to it."""
     if not hasattr(labeler, "busy_fractions"):
         return
-    from ..durable import atomic_write_json
-
     fractions = labeler.busy_fractions()
     log.info("Busy fraction of wall time: %s.", ", ".join(f"{key} {100 * value:.0f}%"
                                                            for key, value in fractions.items()))

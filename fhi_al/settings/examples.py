@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from ..durable import atomic_write_text
 from . import schema
+from .loader import hypers_class
 from .typed import section_docs
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,6 @@ def _section_lines(cls: type, depth: int) -> list[str]:
 
 
 def _architecture_lines() -> list[str]:
-    from .loader import hypers_class
-
     common = schema.ArchitectureCommon()
     lines = _section_lines(schema.ArchitectureCommon, 1)
     lines.append(f"{INDENT}# Hyperparameters of {common.model} (fhi_al/architectures/*/hypers.py):")
@@ -107,8 +107,6 @@ def example_texts() -> dict[str, str]:
 
 
 def write_examples(folder: Path = DEFAULT_FOLDER) -> list[Path]:
-    from ..durable import atomic_write_text
-
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in example_texts().items():

@@ -6,7 +6,6 @@ E = sum_i [E0(Z_i) + shift + scale * MLP_Z_i((G_i - mean_Z_i) / std_Z_i)]; `Aene
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +14,7 @@ import torch
 from ase import Atoms
 
 from ...errors import InputError
-from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
+from ..exported import AtomwiseModel, ExportedModelCalculator, GraphInputs, GraphSample, PositionsArchitecture
 from ..base import Batch, DatasetStatistics
 from .descriptors import ChebyshevDescriptor, NeighbourGraph, build_graph
 from .hypers import AenetHypers
@@ -34,34 +33,6 @@ class ScaledTanh(torch.nn.Module):
 
 
 _ACTIVATIONS = {"tanh": torch.nn.Tanh, "mtanh": ScaledTanh, "sigmoid": torch.nn.Sigmoid, "silu": torch.nn.SiLU}
-
-
-@dataclass
-class AenetInputs:
-    """Model inputs of a batch: atoms of all structures concatenated, graph indices offset accordingly."""
-
-    positions_A: torch.Tensor  # [N, 3]
-    numbers: torch.Tensor  # [N] atomic numbers
-    graph: NeighbourGraph
-    structure_index: torch.Tensor  # [N]
-    num_structures: int
-
-    def to(self, device: torch.device | str) -> "AenetInputs":
-        return AenetInputs(self.positions_A.to(device), self.numbers.to(device), self.graph.to(device),
-                           self.structure_index.to(device), self.num_structures)
-
-
-@dataclass
-class AenetSample:
-    """One featurised structure; labels are zeros with has_* False when the structure is unlabelled."""
-
-    positions_A: torch.Tensor
-    numbers: torch.Tensor
-    graph: NeighbourGraph
-    energy_eV: float
-    forces_eV_per_A: torch.Tensor
-    has_energy: bool
-    has_forces: bool
 
 
 def _mlp(num_features: int, hidden_sizes: Sequence[int], activation: str) -> torch.nn.Sequential:
@@ -112,7 +83,7 @@ class AenetModel(AtomwiseModel):
         raw = self.descriptor(positions_A, species, graph)
         return (raw - self.feature_mean[species]) / self.feature_std[species]
 
-    def atomic_energies(self, inputs: AenetInputs, positions_A: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(self, inputs: GraphInputs, positions_A: torch.Tensor) -> torch.Tensor:
         species = self.species_index(inputs.numbers)
         features = self.features(positions_A, species, inputs.graph)
         output = features.new_zeros(features.shape[0])
@@ -163,7 +134,7 @@ class AenetArchitecture(PositionsArchitecture):
         scale = torch.tensor(per_block * (2 if descriptor.weighted else 1), dtype=model.feature_std.dtype)
         model.feature_std.copy_(scale.expand_as(model.feature_std))
 
-    def fit_feature_statistics(self, model: AenetModel, samples: Sequence[AenetSample], *,
+    def fit_feature_statistics(self, model: AenetModel, samples: Sequence[GraphSample], *,
                                refit: bool = False) -> bool:
         """Per-element mean/std of the descriptors over `samples` (aenet normalises once, on the first
         training set; later calls are no-ops unless `refit`, so trained weights keep their meaning)."""
@@ -184,18 +155,15 @@ class AenetArchitecture(PositionsArchitecture):
         log.info("aenet: descriptor normalisation fitted on %d structures", len(samples))
         return True
 
-    def initialize_from_samples(self, model: AenetModel, samples: Sequence[AenetSample]) -> None:
+    def initialize_from_samples(self, model: AenetModel, samples: Sequence[GraphSample]) -> None:
         """Hook for the engine right after `build_model` with the first training set's samples."""
         self.fit_feature_statistics(model, samples)
 
-    def featurize(self, atoms: Atoms) -> AenetSample:
-        graph = build_graph(atoms, rad_cutoff_A=self.hypers.rad_cutoff, ang_cutoff_A=self.hypers.ang_cutoff,
-                            dtype=self.dtype)
-        return AenetSample(
-            positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph, **self.sample_labels(atoms))
+    def featurize(self, atoms: Atoms) -> GraphSample:
+        return self.graph_sample(atoms, build_graph(atoms, rad_cutoff_A=self.hypers.rad_cutoff,
+                                                    ang_cutoff_A=self.hypers.ang_cutoff, dtype=self.dtype))
 
-    def collate(self, samples: Sequence[AenetSample]) -> Batch:
+    def collate(self, samples: Sequence[GraphSample]) -> Batch:
         atom_offsets = np.cumsum([0] + [len(s.numbers) for s in samples])
         pair_offsets = np.cumsum([0] + [len(s.graph.pair_i) for s in samples])
         graph = NeighbourGraph(**{
@@ -204,12 +172,7 @@ class AenetArchitecture(PositionsArchitecture):
                                   ("radial_pairs", pair_offsets), ("triplet_a", pair_offsets),
                                   ("triplet_b", pair_offsets))},
             pair_shift_A=torch.cat([s.graph.pair_shift_A for s in samples]))
-        num_atoms = torch.tensor([len(s.numbers) for s in samples], dtype=torch.long)
-        structure_index = torch.repeat_interleave(torch.arange(len(samples)), num_atoms)
-        inputs = AenetInputs(positions_A=torch.cat([s.positions_A for s in samples]),
-                             numbers=torch.cat([s.numbers for s in samples]), graph=graph,
-                             structure_index=structure_index, num_structures=len(samples))
-        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
+        return self.graph_batch(samples, graph)
 
 
 

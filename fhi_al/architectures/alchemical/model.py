@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +16,7 @@ import torch
 from ase import Atoms
 
 from ...errors import InputError
-from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
+from ..exported import AtomwiseModel, ExportedModelCalculator, GraphInputs, GraphSample, PositionsArchitecture
 from ..base import Batch, DatasetStatistics
 from .features import AlchemicalPowerSpectrum, NeighbourPairs, build_pairs
 from .hypers import AlchemicalHypers
@@ -26,34 +25,6 @@ log = logging.getLogger(__name__)
 
 MAX_ATOMIC_NUMBER = 118
 EXPORT_FORMAT = "fhi_al.alchemical"
-
-
-@dataclass
-class AlchemicalInputs:
-    """Model inputs of a batch: atoms of all structures concatenated, pair indices offset accordingly."""
-
-    positions_A: torch.Tensor  # [N, 3]
-    numbers: torch.Tensor  # [N] atomic numbers
-    pairs: NeighbourPairs
-    structure_index: torch.Tensor  # [N]
-    num_structures: int
-
-    def to(self, device: torch.device | str) -> "AlchemicalInputs":
-        return AlchemicalInputs(self.positions_A.to(device), self.numbers.to(device), self.pairs.to(device),
-                                self.structure_index.to(device), self.num_structures)
-
-
-@dataclass
-class AlchemicalSample:
-    """One featurised structure; labels are zeros with has_* False when the structure is unlabelled."""
-
-    positions_A: torch.Tensor
-    numbers: torch.Tensor
-    pairs: NeighbourPairs
-    energy_eV: float
-    forces_eV_per_A: torch.Tensor
-    has_energy: bool
-    has_forces: bool
 
 
 class MultiChannelMLP(torch.nn.Module):
@@ -117,9 +88,9 @@ class AlchemicalModel(AtomwiseModel):
             return self.features.pseudo_species_weights(element_index)
         return torch.nn.functional.one_hot(element_index, len(self.species)).to(self.energy_scale_eV.dtype)
 
-    def atomic_energies(self, inputs: AlchemicalInputs, positions_A: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(self, inputs: GraphInputs, positions_A: torch.Tensor) -> torch.Tensor:
         elements = self.element_index(inputs.numbers)
-        features = self.features(positions_A, elements, inputs.pairs)
+        features = self.features(positions_A, elements, inputs.graph)
         output = (self.networks(features) * self.centre_weights(elements)).sum(-1)
         return self.atomic_energies_eV[elements] + self.energy_shift_eV + self.energy_scale_eV * output
 
@@ -150,21 +121,13 @@ class AlchemicalArchitecture(PositionsArchitecture):
         """E0s, per-atom energy shift and force-RMS scale of the current training set; weights untouched."""
         self.set_energy_statistics(model, stats, shift_eV=stats.per_atom_energy_mean, scale_eV=float(stats.forces_rms))
 
-    def featurize(self, atoms: Atoms) -> AlchemicalSample:
-        return AlchemicalSample(
-            positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long),
-            pairs=build_pairs(atoms, cutoff_A=self.hypers.cutoff_radius, dtype=self.dtype), **self.sample_labels(atoms))
+    def featurize(self, atoms: Atoms) -> GraphSample:
+        """The sample's graph is the structure's NeighbourPairs."""
+        return self.graph_sample(atoms, build_pairs(atoms, cutoff_A=self.hypers.cutoff_radius, dtype=self.dtype))
 
-    def collate(self, samples: Sequence[AlchemicalSample]) -> Batch:
+    def collate(self, samples: Sequence[GraphSample]) -> Batch:
         atom_offsets = np.cumsum([0] + [len(s.numbers) for s in samples])
-        num_atoms = torch.tensor([len(s.numbers) for s in samples], dtype=torch.long)
-        structure_index = torch.repeat_interleave(torch.arange(len(samples)), num_atoms)
-        inputs = AlchemicalInputs(positions_A=torch.cat([s.positions_A for s in samples]),
-                                  numbers=torch.cat([s.numbers for s in samples]),
-                                  pairs=NeighbourPairs.concatenate([s.pairs for s in samples], atom_offsets),
-                                  structure_index=structure_index, num_structures=len(samples))
-        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
+        return self.graph_batch(samples, NeighbourPairs.concatenate([s.graph for s in samples], atom_offsets))
 
 
 

@@ -7,7 +7,6 @@ graphs' indices come from `featurize`. `AlignnArchitecture` plugs the model into
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,7 +14,7 @@ import torch
 from ase import Atoms
 
 from ...errors import InputError
-from ..exported import AtomwiseModel, ExportedModelCalculator, PositionsArchitecture
+from ..exported import AtomwiseModel, ExportedModelCalculator, GraphInputs, GraphSample, PositionsArchitecture
 from ..base import Batch, DatasetStatistics
 from .graph import BondGraph, build_graph, concatenate
 from .hypers import AlignnHypers
@@ -26,34 +25,6 @@ log = logging.getLogger(__name__)
 MAX_ATOMIC_NUMBER = 118
 EXPORT_FORMAT = "fhi_al.alignn"
 COSINE_RANGE = (-1.0, 1.0)
-
-
-@dataclass
-class AlignnInputs:
-    """Model inputs of a batch: atoms of all structures concatenated, graph indices offset accordingly."""
-
-    positions_A: torch.Tensor  # [N, 3]
-    numbers: torch.Tensor  # [N] atomic numbers
-    graph: BondGraph
-    structure_index: torch.Tensor  # [N]
-    num_structures: int
-
-    def to(self, device: torch.device | str) -> "AlignnInputs":
-        return AlignnInputs(self.positions_A.to(device), self.numbers.to(device), self.graph.to(device),
-                            self.structure_index.to(device), self.num_structures)
-
-
-@dataclass
-class AlignnSample:
-    """One featurised structure; labels are zeros with has_* False when the structure is unlabelled."""
-
-    positions_A: torch.Tensor
-    numbers: torch.Tensor
-    graph: BondGraph
-    energy_eV: float
-    forces_eV_per_A: torch.Tensor
-    has_energy: bool
-    has_forces: bool
 
 
 def bond_geometry(positions_A: torch.Tensor, graph: BondGraph) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +82,7 @@ class AlignnModel(AtomwiseModel):
                              f"add structures containing them to the training set", where="ALIGNN model")
         return index
 
-    def atomic_energies(self, inputs: AlignnInputs, positions_A: torch.Tensor) -> torch.Tensor:
+    def atomic_energies(self, inputs: GraphInputs, positions_A: torch.Tensor) -> torch.Tensor:
         """Energy of every atom [N] in eV."""
         graph = inputs.graph
         species = self.species_index(inputs.numbers)
@@ -159,23 +130,13 @@ class AlignnArchitecture(PositionsArchitecture):
         trained weights and the neighbour normalisation stay untouched."""
         self.set_energy_statistics(model, stats, shift_eV=stats.per_atom_energy_mean, scale_eV=float(stats.forces_rms))
 
-    def featurize(self, atoms: Atoms) -> AlignnSample:
+    def featurize(self, atoms: Atoms) -> GraphSample:
         hypers = self.hypers
-        graph = build_graph(atoms, cutoff_A=hypers.cutoff, strategy=hypers.neighbor_strategy,
-                            max_neighbors=hypers.max_neighbors, dtype=self.dtype)
-        return AlignnSample(
-            positions_A=torch.tensor(atoms.positions, dtype=self.dtype),
-            numbers=torch.tensor(atoms.numbers, dtype=torch.long), graph=graph, **self.sample_labels(atoms))
+        return self.graph_sample(atoms, build_graph(atoms, cutoff_A=hypers.cutoff, strategy=hypers.neighbor_strategy,
+                                                    max_neighbors=hypers.max_neighbors, dtype=self.dtype))
 
-    def collate(self, samples: Sequence[AlignnSample]) -> Batch:
-        counts = [len(s.numbers) for s in samples]
-        num_atoms = torch.tensor(counts, dtype=torch.long)
-        structure_index = torch.repeat_interleave(torch.arange(len(samples)), num_atoms)
-        inputs = AlignnInputs(positions_A=torch.cat([s.positions_A for s in samples]),
-                              numbers=torch.cat([s.numbers for s in samples]),
-                              graph=concatenate([s.graph for s in samples], counts),
-                              structure_index=structure_index, num_structures=len(samples))
-        return self.labelled_batch(samples, inputs, num_atoms, structure_index)
+    def collate(self, samples: Sequence[GraphSample]) -> Batch:
+        return self.graph_batch(samples, concatenate([s.graph for s in samples], [len(s.numbers) for s in samples]))
 
 
 

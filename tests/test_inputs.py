@@ -179,6 +179,21 @@ def test_prepare_context_for_aims_reads_control_and_species(tmp_path):
                                        "mace_settings.yaml"]
 
 
+def test_every_console_script_runs_procedures_of_the_static_table():
+    import tomllib
+
+    from fhi_al import cli
+
+    scripts = tomllib.loads((Path(REPO_ROOT) / "pyproject.toml").read_text())["project"]["scripts"]
+    assert sorted(scripts) == sorted(cli.SCRIPTS)
+    for name, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert module == "fhi_al.cli" and f'run_procedures("{name}"' in Path(cli.__file__).read_text(), name
+        assert callable(getattr(cli, function)) and cli.SCRIPTS[name], name
+    for procedure in {p for procedures in cli.SCRIPTS.values() for p in procedures}:
+        assert callable(procedure.load())  # every procedure of the table exists in this version
+
+
 def test_cli_logs_settings_notes_into_the_log_file(tmp_path):
     """An accepted-but-unused key of the original tool is noted in the procedure's log (EMT: fast)."""
     (tmp_path / "geometry.in").write_text("atom 0 0 0 Cu\natom 0 0 2.5 Cu\n")

@@ -23,23 +23,19 @@ from ..references import compute_label, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
 from . import al_reporting, reporting
-from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, load_or_create_member, make_store,
-                     make_trainer, member_specs)
-from .initial_dataset import STAGE as INITIAL_STAGE
-from .initial_dataset import STEP as INITIAL_STEP
+from .common import (AL_STAGE, INITIAL_STAGE, TRAIN, all_label_ids, dataset_name, ensemble_forces_mae,
+                     load_or_create_member, make_store, make_trainer, member_specs)
 from ..labeling import LabelResult
 from .sampling import MDParameters
 from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make_trajectories
 
 log = logging.getLogger(__name__)
 
-STEP = "active_learning"
 # A trajectory that blows up this many times in a row from the same frame lacks data there: that frame is
 # labelled, so the ensemble learns the region instead of the trajectory looping until max_MD_steps.
 RESETS_BEFORE_LABEL = 3
-STAGE = "al"
 RECORD_PATH = Path("restart") / "al" / "state.json"
-AL_TRAIN, AL_VALID = f"{STAGE}/train", f"{STAGE}/valid"
+AL_TRAIN, AL_VALID = f"{AL_STAGE.prefix}/train", f"{AL_STAGE.prefix}/valid"
 
 
 def run(context: Any) -> None:
@@ -63,7 +59,7 @@ class ActiveLearning:
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
-        if is_done(self.run_dir, STEP):
+        if is_done(self.run_dir, AL_STAGE.marker):
             log.info("Active learning is complete already (%s); nothing to do.", self.run_dir / "done")
             return
         self.require_initial_dataset()
@@ -76,10 +72,11 @@ class ActiveLearning:
         self.export_models()
         self.write_final_datasets()
         self.report()
-        mark_done(self.run_dir, STEP, {"labels": self.state["labels"], "valid_forces_mae": self.ensemble_mae()})
+        mark_done(self.run_dir, AL_STAGE.marker,
+                  {"labels": self.state["labels"], "valid_forces_mae": self.ensemble_mae()})
 
     def require_initial_dataset(self) -> None:
-        if not is_done(self.run_dir, INITIAL_STEP):
+        if not is_done(self.run_dir, INITIAL_STAGE.marker):
             raise InputError("the initial dataset is not complete in this folder: run FHI_AL-initial-ds (or FHI_AL) "
                              "first", where=str(self.run_dir))
 
@@ -168,7 +165,7 @@ class ActiveLearning:
 
     def request_label(self, trajectory: Trajectory, frame: Any, *, kind: str) -> None:
         """Send `frame` to the reference; the trajectory waits for it (the request is on disk first)."""
-        label_id = make_label_id(STAGE, trajectory.index, trajectory.step)
+        label_id = make_label_id(AL_STAGE.prefix, trajectory.index, trajectory.step)
         trajectory.pending = {"label_id": label_id, "md_step": trajectory.step, "positions": frame.get_positions(),
                               "kind": kind}
         trajectory.status = WAITING
@@ -229,7 +226,7 @@ class ActiveLearning:
                 self.receive_label(result)
 
     def store_label(self, trajectory: Trajectory, result: LabelResult) -> None:
-        labelled = with_provenance(result.atoms, procedure=STAGE, trajectory=trajectory.index,
+        labelled = with_provenance(result.atoms, procedure=AL_STAGE.prefix, trajectory=trajectory.index,
                                    md_step=trajectory.pending["md_step"])
         n_train, n_valid = self.store.count(AL_TRAIN), self.store.count(AL_VALID)
         destination = al_destination(n_train_al=n_train, n_valid_al=n_valid, valid_ratio=self.al.valid_ratio)
@@ -328,8 +325,8 @@ class ActiveLearning:
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_data(self, tag: str) -> tuple[list, list]:
-        train = self.store.read(dataset_name(INITIAL_STAGE, TRAIN, tag)) + self.store.read(AL_TRAIN)
-        valid = self.store.read(dataset_name(INITIAL_STAGE, VALID, tag)) + self.store.read(AL_VALID)
+        train = self.store.read(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag)) + self.store.read(AL_TRAIN)
+        valid = self.store.read(dataset_name(INITIAL_STAGE.prefix, VALID, tag)) + self.store.read(AL_VALID)
         return train, valid
 
     def make_calculator(self):

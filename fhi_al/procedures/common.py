@@ -24,6 +24,20 @@ TRAIN, VALID = "train", "valid"
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A procedure's names on disk, fixed because the markers, restart records and datasets of earlier runs
+    use them: `marker` marks the procedure done (restart.mark_done); `prefix` starts its label ids, names its
+    datasets' folder (data/<prefix>/) and is the labels' `procedure` provenance."""
+
+    marker: str
+    prefix: str
+
+
+INITIAL_STAGE = Stage(marker="initial_dataset", prefix="initial")
+AL_STAGE = Stage(marker="active_learning", prefix="al")
+
+
+@dataclass(frozen=True)
 class MemberSpec:
     """Identity of one ensemble member: its tag and seed."""
 

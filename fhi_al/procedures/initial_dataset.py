@@ -22,14 +22,12 @@ from ..labeling import LabelResult, RemoteReference, label_from_results
 from ..references import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
-from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
+from .common import (INITIAL_STAGE, TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
 from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
 
 log = logging.getLogger(__name__)
 
-STEP = "initial_dataset"
-STAGE = "initial"
 RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
 TRAJECTORY = 0  # the initial dataset samples one trajectory
 
@@ -52,7 +50,7 @@ class InitialDataset:
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
-        if is_done(self.run_dir, STEP):
+        if is_done(self.run_dir, INITIAL_STAGE.marker):
             log.info("The initial dataset is complete already (%s); nothing to do.", self.run_dir / "done")
             return
         self.start_or_resume()
@@ -65,7 +63,7 @@ class InitialDataset:
         self.converge_if_asked()
         self.export_models()
         self.report()
-        mark_done(self.run_dir, STEP, {"labels": self.num_labels(), "epochs": self.state["epochs"]})
+        mark_done(self.run_dir, INITIAL_STAGE.marker, {"labels": self.num_labels(), "epochs": self.state["epochs"]})
         log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(),
                  self.state["epochs"])
 
@@ -201,7 +199,7 @@ class InitialDataset:
         started = time.perf_counter()
         frame = self.sampler.next_frame()
         self.timings["md_s"] += time.perf_counter() - started
-        label_id = make_label_id(STAGE, TRAJECTORY, frame.md_step)
+        label_id = make_label_id(INITIAL_STAGE.prefix, TRAJECTORY, frame.md_step)
         if label_id in self.stored_ids:  # stored before a kill, whose record was not yet saved
             self.save_state()
             return 0
@@ -223,7 +221,7 @@ class InitialDataset:
             if not result.ok:
                 log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
             elif result.label_id not in self.stored_ids:
-                labelled = with_provenance(result.atoms, procedure=STAGE, trajectory=TRAJECTORY,
+                labelled = with_provenance(result.atoms, procedure=INITIAL_STAGE.prefix, trajectory=TRAJECTORY,
                                            md_step=frame["md_step"])
                 self.store.append(self.destination(), labelled)
                 self.stored_ids.add(result.label_id)
@@ -239,15 +237,15 @@ class InitialDataset:
     def destination(self) -> str:
         """The member with the fewest frames gets the next one; its split keeps valid_ratio."""
         spec = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index))
-        n_train = self.store.count(dataset_name(STAGE, TRAIN, spec.tag))
-        n_valid = self.store.count(dataset_name(STAGE, VALID, spec.tag))
+        n_train = self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, spec.tag))
+        n_valid = self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, spec.tag))
         to_valid = n_valid_to_add(1, valid_ratio=self.al.valid_ratio, n_train=n_train, n_valid=n_valid)
-        return dataset_name(STAGE, VALID if to_valid else TRAIN, spec.tag)
+        return dataset_name(INITIAL_STAGE.prefix, VALID if to_valid else TRAIN, spec.tag)
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_count(self, tag: str) -> int:
-        return (self.store.count(dataset_name(STAGE, TRAIN, tag)) +
-                self.store.count(dataset_name(STAGE, VALID, tag)))
+        return (self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag)) +
+                self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, tag)))
 
     def num_labels(self) -> int:
         return sum(self.member_count(spec.tag) for spec in self.specs)
@@ -263,8 +261,8 @@ class InitialDataset:
     def attach_members(self) -> None:
         """Create or resume every member and hand it its current datasets."""
         for spec in self.specs:
-            train = self.store.read(dataset_name(STAGE, TRAIN, spec.tag))
-            valid = self.store.read(dataset_name(STAGE, VALID, spec.tag))
+            train = self.store.read(dataset_name(INITIAL_STAGE.prefix, TRAIN, spec.tag))
+            valid = self.store.read(dataset_name(INITIAL_STAGE.prefix, VALID, spec.tag))
             if spec.tag in self.members:
                 self.members[spec.tag].train_atoms = train
                 self.members[spec.tag].valid_atoms = valid

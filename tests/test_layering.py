@@ -4,6 +4,8 @@ and the lower layers import nothing above them (communicators -> references -> l
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,12 @@ def test_lower_layers_import_nothing_above_them(layer):
              if not (target == layer or target.startswith(layer + "."))
              and not any(target == low or target.startswith(low + ".") for low in allowed)}
     assert not above, sorted(above)
+
+
+def test_the_command_line_starts_without_heavy_libraries():
+    """Bad input exits within a second: the console scripts load torch, mace and the reference libraries only
+    when a procedure runs."""
+    heavy = ("torch", "mace", "e3nn", "tblite", "pyscf", "scipy", "mpi4py", "asi4py")
+    code = f"import sys, fhi_al.cli; print(sorted(set({heavy!r}) & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

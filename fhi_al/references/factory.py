@@ -11,7 +11,6 @@ from ase.calculators.calculator import Calculator
 
 from ..errors import InputError
 from .aims import AimsASICalculator
-from .emt import make_emt
 from .faults import wrap_with_faults
 from .pyscf_ref import PySCFCalculator
 
@@ -51,6 +50,8 @@ def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir:
     elif name == "pyscf":
         calc = PySCFCalculator(**options)
     elif name == "emt":
+        from .emt import make_emt  # ASE's EMT loads scipy (its neighbour list): not for runs that don't use it
+
         calc = make_emt()
     elif name == "aims":
         calc = AimsASICalculator(lib_path=aims_lib_path, control=control, species_dir=species_dir, comm=comm,

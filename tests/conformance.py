@@ -6,6 +6,9 @@ member exports to a file whose ASE calculator reproduces the member.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -147,6 +150,13 @@ class ArchitectureConformance:
             trainer.evaluate(member, member.valid_atoms)["loss"], rel=1e-10)
         assert trainer.evaluate(member, member.valid_atoms)["loss"] != loss_before
 
+
+    def test_hypers_load_without_torch(self):
+        """Settings are validated before any heavy library loads (a bad key exits within a second)."""
+        code = ("import sys; from fhi_al.architectures.registry import hypers_class; "
+                f"hypers_class({self.model_name!r})(); print(sorted({{'torch', 'e3nn', 'mace'}} & set(sys.modules)))")
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert result.stdout.strip() == "[]"
 
     def test_trains_and_exports_to_a_calculator(self, trainer, member, data):
         trainer.train(member, 3)

@@ -5,8 +5,6 @@ not grow with the elements beyond the compression, export, and training through 
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -308,12 +306,6 @@ def test_hypers_from_settings_with_registry():
                                                                             "num_pseudo_species")]:
         with pytest.raises(SettingsError, match=where):
             build_section(cls.Hypers, raw, "ARCHITECTURE")
-
-
-def test_hypers_module_does_not_import_torch():
-    code = ("import sys, fhi_al.architectures.registry as r; r.hypers_class('alchemical'); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_export_load_and_ase_calculator(arch, ethanol, rng, tmp_path):

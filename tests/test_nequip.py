@@ -3,8 +3,6 @@ forces = -dE/dR (molecules and crystals), smooth cutoff, statistics buffers, exp
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import mace  # noqa: F401  - before e3nn
 import numpy as np
@@ -224,12 +222,6 @@ def test_hypers_from_settings_with_registry():
         build_section(cls, {"per_type_energy_scale": {"H": 0.0}}, "ARCHITECTURE")
     with pytest.raises(SettingsError, match="avg_num_neighbors"):
         build_section(cls, {"avg_num_neighbors": 0}, "ARCHITECTURE")
-
-
-def test_hypers_module_imports_neither_torch_nor_e3nn():
-    code = ("import sys, fhi_al.architectures.nequip.hypers; "
-            "assert not {'torch', 'e3nn', 'mace'} & set(sys.modules), 'heavy import'")
-    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ---------------------------------------------------------------- export, calculator, engine

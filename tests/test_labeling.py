@@ -74,7 +74,7 @@ def test_label_from_results_checks_them_and_calls_nothing(water, tmp_path):
     bad = label_from_results("initial-t0-s25", water, {"energy": -1.5, "forces": forces * np.nan}, reference="xtb",
                              ledger=ledger)
     assert not bad.ok and "non-finite" in bad.error
-    assert [entry["label_id"] for entry in read_ledger(ledger.path)] == ["initial-t0-s20"]
+    assert [(entry["label_id"], entry["calls"]) for entry in read_ledger(ledger.path)] == [("initial-t0-s20", 0)]
 
 
 def test_a_ledger_told_not_to_write_writes_nothing(tmp_path):

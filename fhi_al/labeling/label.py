@@ -96,5 +96,7 @@ def label_from_results(label_id: str, atoms: Atoms, results: Mapping[str, Any], 
     except ReferenceError as error:
         return LabelResult(label_id, None, error=str(error))
     if ledger is not None:
-        as_ledger(ledger).record(label_id=label_id, energy_eV=energy, reference=reference, n_atoms=len(atoms))
+        # calls=0: the calculation was paid for (and recorded) as the MD step that produced these results
+        as_ledger(ledger).record(label_id=label_id, energy_eV=energy, reference=reference, n_atoms=len(atoms),
+                                 calls=0)
     return LabelResult(label_id, labelled)

@@ -20,6 +20,7 @@ from ..data.store import label_atoms, make_label_id
 from ..errors import InputError
 from ..md import BlowUpDetector
 from ..references.base import reference_name, reference_timeout_from_settings
+from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, load_record, mark_done, save_record
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
 from . import al_reporting, reporting
@@ -193,7 +194,8 @@ class ActiveLearning:
         started = time.perf_counter()
         try:
             _, forces = compute_label(self.reference, check.frame, timeout_s=self.timeout_s,
-                                      label_id=make_label_id("analysis", trajectory.index, check.md_step))
+                                      label_id=make_label_id("analysis", trajectory.index, check.md_step),
+                                      ledger=ledger_path(self.run_dir), purpose=ANALYSIS)
         except ReferenceError as error:
             log.warning("analysis point skipped: %s", error)
             return
@@ -332,6 +334,7 @@ class ActiveLearning:
         self.timings["other_s"] = max(wall_s - sum(self.timings.values()), 0.0)
         log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
                  "(%s).", self.state["labels"], self.ensemble_mae(), wall_s, reporting.timing_table(self.timings))
+        log.info("Whole run so far: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_data(self, tag: str) -> tuple[list, list]:

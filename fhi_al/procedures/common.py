@@ -13,6 +13,7 @@ import numpy as np
 from ase import Atoms
 
 from ..data.store import DatasetStore
+from ..references.ledger import ledger_path  # noqa: F401  (re-exported for the procedures)
 from ..training.config import TrainingConfig
 from ..training.engine import Member, Trainer, member_tag
 
@@ -46,13 +47,6 @@ def dataset_name(stage: str, split: str, tag: str) -> str:
 def make_trainer(settings: Any, run_dir: Path) -> Trainer:
     valid_skip = settings.al.active_learning.valid_skip
     return Trainer(TrainingConfig.from_settings(settings, valid_skip=valid_skip), run_dir)
-
-
-def ledger_path(run_dir: Path) -> Path:
-    """The independent record of every completed reference label (one fsynced JSON line each)."""
-    from ..references.ledger import DEFAULT_LEDGER
-
-    return Path(run_dir) / "logs" / DEFAULT_LEDGER
 
 
 def make_store(settings: Any, run_dir: Path) -> DatasetStore:

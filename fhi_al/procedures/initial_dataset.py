@@ -21,6 +21,7 @@ from ..data.store import label_atoms, make_label_id
 from ..labeling import LabelResult, label_structure
 from ..parallel import RemoteReference
 from ..references.base import reference_name, reference_timeout_from_settings
+from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
 from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
@@ -99,6 +100,8 @@ class InitialDataset:
             # of its last step are still the label of the frame (see sample_frame).
             local = not isinstance(self.reference, RemoteReference)
             driver = GuardedReference(self.reference, timeout_s=self.timeout_s) if local else self.reference
+            # every MD step is a reference call the user pays: one ledger line each
+            driver = CountingCalculator(driver, ledger=ledger_path(self.run_dir), purpose=AIMD_STEP, id_prefix="aimd")
             name = "ab initio MD"
         else:
             dtype = self.settings.mace.general.default_dtype
@@ -195,6 +198,7 @@ class InitialDataset:
         results = self.run_dir / self.trainer.config.results_dir
         reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
         reporting.reference_usage(self.labeler, results, name="initial")
+        log.info("Initial dataset: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
 
     # ------------------------------------------------------------------------------------------ labels
     def sample_frame(self) -> int:

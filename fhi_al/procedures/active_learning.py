@@ -24,8 +24,8 @@ from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, load_record, mark_done, save_record
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
 from . import al_reporting, reporting
-from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, load_or_create_member, make_store,
-                     make_trainer, member_specs)
+from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, initial_member_sets,
+                     load_or_create_member, make_store, make_trainer, member_specs)
 from .initial_dataset import STAGE as INITIAL_STAGE
 from .initial_dataset import STEP as INITIAL_STEP
 from ..labeling import LabelResult
@@ -157,10 +157,12 @@ class ActiveLearning:
 
     def check_uncertainty(self, trajectory: Trajectory) -> None:
         check = trajectory.check(self.al.uncertainty_reduction)
-        decision = self.tracker.check(check.uncertainty_eV_per_A, trajectory.index)
-        al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
         if self.al.analysis and self.analysis_due(trajectory, check.md_step):
             self.analysis_point(trajectory, check)
+        if not trajectory.spaced_from_last_label(self.al.label_spacing_steps):
+            return
+        decision = self.tracker.check(check.uncertainty_eV_per_A, trajectory.index)
+        al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
         if decision.discard:
             trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
         elif decision.label:
@@ -174,6 +176,7 @@ class ActiveLearning:
         trajectory.pending = {"label_id": label_id, "md_step": trajectory.step, "positions": frame.get_positions(),
                               "kind": kind}
         trajectory.status = WAITING
+        trajectory.last_label_step = trajectory.step
         if kind == "blow-up":
             log.info("trajectory %d: %d resets in a row; its last good frame goes to the reference", trajectory.index,
                      trajectory.resets_in_a_row)
@@ -338,9 +341,8 @@ class ActiveLearning:
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_data(self, tag: str) -> tuple[list, list]:
-        train = self.store.read(dataset_name(INITIAL_STAGE, TRAIN, tag)) + self.store.read(AL_TRAIN)
-        valid = self.store.read(dataset_name(INITIAL_STAGE, VALID, tag)) + self.store.read(AL_VALID)
-        return train, valid
+        train, valid = initial_member_sets(self.store, tag, stage=INITIAL_STAGE)
+        return train + self.store.read(AL_TRAIN), valid + self.store.read(AL_VALID)
 
     def make_calculator(self):
         from ..ensemble import EnsembleCalculator

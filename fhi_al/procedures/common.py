@@ -44,6 +44,17 @@ def dataset_name(stage: str, split: str, tag: str) -> str:
     return f"{stage}/{split}_{tag}"
 
 
+SHARED_TAG = "shared"  # initial sets every member trains on (initial_member_data: shared)
+
+
+def initial_member_sets(store: DatasetStore, tag: str, *, stage: str = "initial") -> tuple[list, list]:
+    """A member's initial training and validation frames: its own sets and the shared ones (either may be
+    empty, so a run folder built with either initial_member_data reads the same way)."""
+    train = store.read(dataset_name(stage, TRAIN, tag)) + store.read(dataset_name(stage, TRAIN, SHARED_TAG))
+    valid = store.read(dataset_name(stage, VALID, tag)) + store.read(dataset_name(stage, VALID, SHARED_TAG))
+    return train, valid
+
+
 def make_trainer(settings: Any, run_dir: Path) -> Trainer:
     valid_skip = settings.al.active_learning.valid_skip
     return Trainer(TrainingConfig.from_settings(settings, valid_skip=valid_skip), run_dir)

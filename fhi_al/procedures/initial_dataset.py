@@ -24,7 +24,8 @@ from ..references.base import reference_name, reference_timeout_from_settings
 from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
-from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
+from .common import (SHARED_TAG, TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae,
+                     initial_member_sets, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
 from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
 
@@ -144,7 +145,7 @@ class InitialDataset:
         the ML rank trains (the labels are stored when they arrive)."""
         if not getattr(self.labeler, "asynchronous", False) or self.al.initial_sampling == "aimd":
             return
-        while self.labeler.in_flight < self.al.n_samples * len(self.specs):
+        while self.labeler.in_flight < self.labels_per_round():
             self.sample_frame()
 
     def drain_labels(self) -> None:
@@ -244,34 +245,44 @@ class InitialDataset:
         return atoms
 
     def destination(self) -> str:
-        """The member with the fewest frames gets the next one; its split keeps valid_ratio."""
-        spec = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index))
-        n_train = self.store.count(dataset_name(STAGE, TRAIN, spec.tag))
-        n_valid = self.store.count(dataset_name(STAGE, VALID, spec.tag))
+        """Shared sets, or the member with the fewest frames; the split keeps valid_ratio."""
+        if self.shared:
+            tag = SHARED_TAG
+        else:
+            tag = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index)).tag
+        n_train = self.store.count(dataset_name(STAGE, TRAIN, tag))
+        n_valid = self.store.count(dataset_name(STAGE, VALID, tag))
         to_valid = n_valid_to_add(1, valid_ratio=self.al.valid_ratio, n_train=n_train, n_valid=n_valid)
-        return dataset_name(STAGE, VALID if to_valid else TRAIN, spec.tag)
+        return dataset_name(STAGE, VALID if to_valid else TRAIN, tag)
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_count(self, tag: str) -> int:
         return (self.store.count(dataset_name(STAGE, TRAIN, tag)) +
                 self.store.count(dataset_name(STAGE, VALID, tag)))
 
+    @property
+    def shared(self) -> bool:
+        return self.al.initial_member_data == "shared"
+
     def num_labels(self) -> int:
-        return sum(self.member_count(spec.tag) for spec in self.specs)
+        return sum(self.member_count(spec.tag) for spec in self.specs) + self.member_count(SHARED_TAG)
+
+    def labels_per_round(self) -> int:
+        """n_samples frames per member and round; shared sets serve every member at once."""
+        return self.al.n_samples * (1 if self.shared else len(self.specs))
 
     def labels_missing(self) -> int:
         wanted = self.al.n_samples * (self.state["round"] + 1)
-        return sum(max(wanted - self.member_count(spec.tag), 0) for spec in self.specs)
+        tags = [SHARED_TAG] if self.shared else [spec.tag for spec in self.specs]
+        return sum(max(wanted - self.member_count(tag), 0) for tag in tags)
 
     def round_complete(self) -> bool:
-        wanted = self.al.n_samples * (self.state["round"] + 1)
-        return all(self.member_count(spec.tag) >= wanted for spec in self.specs)
+        return self.labels_missing() == 0
 
     def attach_members(self) -> None:
         """Create or resume every member and hand it its current datasets."""
         for spec in self.specs:
-            train = self.store.read(dataset_name(STAGE, TRAIN, spec.tag))
-            valid = self.store.read(dataset_name(STAGE, VALID, spec.tag))
+            train, valid = initial_member_sets(self.store, spec.tag, stage=STAGE)
             if spec.tag in self.members:
                 self.members[spec.tag].train_atoms = train
                 self.members[spec.tag].valid_atoms = valid

@@ -50,6 +50,7 @@ class Trajectory:
     labels: int = 0
     resets: int = 0
     resets_in_a_row: int = 0  # since the last frame that passed the checks
+    last_label_step: int | None = None  # MD step of this trajectory's last frame sent to the reference
     last_good: LastGoodFrame = field(init=False)
 
     def __post_init__(self):
@@ -89,6 +90,11 @@ class Trajectory:
         log.warning("trajectory %d step %d: %s; back to the frame of step %d with fresh velocities", self.index,
                     self.step, reason, good_step)
 
+    def spaced_from_last_label(self, spacing_steps: int) -> bool:
+        """At least `spacing_steps` MD steps since this trajectory's last label (a frame closer to it is
+        nearly the same structure, correlated with what was just learned)."""
+        return self.last_label_step is None or self.step - self.last_label_step >= spacing_steps
+
     def check(self, reduction: str) -> Check:
         """Uncertainty of the current frame from the ensemble's per-member forces (already computed)."""
         results = self.atoms.calc.results
@@ -103,7 +109,7 @@ class Trajectory:
         return {"index": self.index, "status": self.status, "md": md_state(self.atoms, step=self.step),
                 "last_good": self.last_good.state, "rng": rng_state(self.rng), "pending": self.pending,
                 "epochs_left": self.epochs_left, "labels": self.labels, "resets": self.resets,
-                "resets_in_a_row": self.resets_in_a_row}
+                "resets_in_a_row": self.resets_in_a_row, "last_label_step": self.last_label_step}
 
     def restore(self, state: dict[str, Any]) -> None:
         restore_md_state(self.atoms, state["md"], self.dyn)
@@ -112,6 +118,7 @@ class Trajectory:
         self.status, self.pending = state["status"], state["pending"]
         self.epochs_left, self.labels, self.resets = state["epochs_left"], state["labels"], state["resets"]
         self.resets_in_a_row = state.get("resets_in_a_row", 0)
+        self.last_label_step = state.get("last_label_step")
         self.atoms.calc.reset()
 
 

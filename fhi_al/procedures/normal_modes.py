@@ -106,9 +106,10 @@ def relax(calc: Calculator | None, atoms: Atoms, *, fmax_eV_per_A: float = 0.05,
     return relaxed
 
 
-def finite_difference_hessian(atoms: Atoms, *, label_call: LabelCall, displacement_A: float = 0.01) -> np.ndarray:
+def finite_difference_hessian(atoms: Atoms, *, label_call: LabelCall, displacement_A: float = 0.01,
+                              symmetrize: bool = True) -> np.ndarray:
     """The [3N, 3N] Hessian in eV/Å^2 by central differences of the forces (6N calls of
-    `label_call(atoms, "hessian")`), symmetrized."""
+    `label_call(atoms, "hessian")`); symmetrized unless `symmetrize` is False (column j = -dF/dx_j)."""
     positions = atoms.get_positions()
     n_dof = 3 * len(atoms)
     hessian = np.empty((n_dof, n_dof))
@@ -124,7 +125,7 @@ def finite_difference_hessian(atoms: Atoms, *, label_call: LabelCall, displaceme
         hessian[:, column] = -(forces[0] - forces[1]) / (2.0 * displacement_A)
     asymmetry = float(np.abs(hessian - hessian.T).max())
     log.debug("finite-difference Hessian: largest asymmetry %.3g eV/Å^2 (symmetrized)", asymmetry)
-    return 0.5 * (hessian + hessian.T)
+    return 0.5 * (hessian + hessian.T) if symmetrize else hessian
 
 
 # ---------------------------------------------------------------- normal modes

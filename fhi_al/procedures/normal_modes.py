@@ -89,6 +89,8 @@ def relax(calc: Calculator | None, atoms: Atoms, *, fmax_eV_per_A: float = 0.05,
     Every force call goes through `label_call(atoms, "relax")`; without one, `calc` is evaluated directly.
     Returns a copy without calculator.
     """
+    if label_call is None and calc is None:
+        raise ValueError("relax needs a reference calculator or a label_call")
     label_call = label_call or direct_label_call(calc)
     work = atoms.copy()
     work.calc = LabelCallCalculator(label_call, purpose=RELAX_PURPOSE)
@@ -190,8 +192,9 @@ def normal_modes(atoms: Atoms, hessian: np.ndarray, *, periodic: bool) -> Normal
     wavenumbers = wavenumber_from_eigenvalue(eigenvalues)
     imaginary = wavenumbers < 0.0
     if imaginary.any():
+        listed = ", ".join(f"{abs(w):.0f}i" for w in wavenumbers[imaginary])
         log.warning("%d imaginary mode(s) (%s cm^-1): the structure is not a minimum; they are sampled with "
-                    "|frequency|", int(imaginary.sum()), ", ".join(f"{abs(w):.0f}i" for w in wavenumbers[imaginary]))
+                    "|frequency|", int(imaginary.sum()), listed)
     floor = eigenvalue_from_wavenumber(FREQUENCY_FLOOR_CM)
     soft = np.abs(eigenvalues) < floor
     if soft.any():
@@ -229,7 +232,8 @@ class NormalModeSampler:
     def __init__(self, atoms0: Atoms, modes: NormalModes, *, temperature_K: float, rng: np.random.Generator,
                  name: str = "normal-mode sampling"):
         if modes.vectors.shape[0] != 3 * len(atoms0):
-            raise ValueError(f"{name}: modes of {modes.vectors.shape[0] // 3} atoms for a structure of {len(atoms0)}")
+            raise ValueError(f"{name}: modes of {modes.vectors.shape[0] // 3} atoms for a structure of "
+                             f"{len(atoms0)}")
         if not temperature_K >= 0.0:
             raise InputError(f"{name}: the temperature must be >= 0 K, got {temperature_K}", where="temperature_K")
         if closest_contact_fraction(atoms0) < MIN_CONTACT_FRACTION:
@@ -295,9 +299,9 @@ class HessianRecord:
 
     @classmethod
     def from_atoms(cls, atoms: Atoms, hessian_eV_per_A2: np.ndarray, *, displacement_A: float) -> "HessianRecord":
-        return cls(numbers=atoms.numbers.copy(), positions_A=atoms.get_positions(),
-                   cell_A=np.array(atoms.cell), pbc=atoms.pbc.copy(),
-                   hessian_eV_per_A2=np.asarray(hessian_eV_per_A2, dtype=float), displacement_A=float(displacement_A))
+        return cls(numbers=atoms.numbers.copy(), positions_A=atoms.get_positions(), cell_A=np.array(atoms.cell),
+                   pbc=atoms.pbc.copy(), hessian_eV_per_A2=np.asarray(hessian_eV_per_A2, dtype=float),
+                   displacement_A=float(displacement_A))
 
     def atoms(self) -> Atoms:
         return Atoms(numbers=self.numbers, positions=self.positions_A, cell=self.cell_A, pbc=self.pbc)

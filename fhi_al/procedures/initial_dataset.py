@@ -20,13 +20,14 @@ from ..data.splits import n_valid_to_add
 from ..data.store import label_atoms, make_label_id
 from ..labeling import LabelResult, label_structure
 from ..parallel import RemoteReference
-from ..references.base import reference_name, reference_timeout_from_settings
+from ..references.base import compute_label, reference_name, reference_timeout_from_settings
 from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
 from .common import (SHARED_TAG, TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae,
                      initial_member_sets, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
+from .normal_modes import make_normal_mode_sampler
 from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 STEP = "initial_dataset"
 STAGE = "initial"
 RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
+HESSIAN_RECORD_PATH = Path("restart") / "initial_ds" / "hessian.npz"  # normal-mode sampling
 TRAJECTORY = 0  # the initial dataset samples one trajectory
 
 
@@ -52,6 +54,7 @@ class InitialDataset:
         self.store = make_store(context.settings, self.run_dir)
         self.record_path = self.run_dir / RECORD_PATH
         self.timings = {"reference_s": 0.0, "training_s": 0.0, "md_s": 0.0}
+        self.preparatory_calls = 0
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -93,7 +96,7 @@ class InitialDataset:
             if label_id not in self.stored_ids:
                 self.labeler.submit(label_id, self.frame_atoms(frame))
 
-    def make_sampler(self) -> LangevinSampler:
+    def make_sampler(self):
         md = self.settings.al.md
         rng = np.random.default_rng(md.seed)
         if self.al.initial_sampling == "aimd":
@@ -104,11 +107,21 @@ class InitialDataset:
             # every MD step is a reference call the user pays: one ledger line each
             driver = CountingCalculator(driver, ledger=ledger_path(self.run_dir), purpose=AIMD_STEP, id_prefix="aimd")
             name = "ab initio MD"
+        elif self.al.initial_sampling == "normal-modes":
+            return make_normal_mode_sampler(self.context.geometry, label_call=self.preparatory_call,
+                                            record_path=self.run_dir / HESSIAN_RECORD_PATH,
+                                            temperature_K=md.temperature, rng=rng)
         else:
             dtype = self.settings.mace.general.default_dtype
             driver, name = foundation_calculator(self.al.initial_foundational_size, dtype=dtype), "foundation MD"
         return LangevinSampler(self.context.geometry, driver, md=MDParameters.from_settings(md),
                                interval_steps=self.al.skip_step_initial, rng=rng, name=name)
+
+    def preparatory_call(self, atoms, purpose: str):
+        """One reference call that prepares sampling (relaxation, Hessian), recorded in the ledger as paid."""
+        self.preparatory_calls += 1
+        return compute_label(self.reference, atoms, timeout_s=self.timeout_s, ledger=ledger_path(self.run_dir),
+                             purpose=purpose, label_id=f"{purpose}-{self.preparatory_calls}")
 
     def finished(self) -> bool:
         if self.state["round"] == 0 or self.state["trained"]:

@@ -22,6 +22,7 @@ from ase.optimize import BFGS
 
 from ..durable import atomic_write_bytes
 from ..errors import InputError
+from ..references.ledger import HESSIAN, RELAXATION
 from ..restart import restore_rng, rng_state
 from .sampling import Frame
 
@@ -31,11 +32,12 @@ LabelCall = Callable[[Atoms, str], "tuple[float, np.ndarray]"]  # (atoms, purpos
 
 HBAR_EV_ASE_TIME = units._hbar * units.J * units.s  # hbar in eV x ASE time unit (Å sqrt(amu/eV))
 FREQUENCY_FLOOR_CM = 50.0  # softer modes (and |imaginary| ones) are sampled as if they had this wavenumber
+DEFAULT_DISPLACEMENT_A = 0.01  # finite-difference step of the Hessian
 MIN_CONTACT_FRACTION = 0.6  # a sample with d_ij < this x (r_cov,i + r_cov,j) is redrawn
 MAX_REDRAWS = 1000  # consecutive rejected samples before sampling gives up
 LINEAR_INERTIA_RATIO = 1e-6  # principal moment / largest moment below which a molecule counts as linear
-RELAX_PURPOSE = "relax"
-HESSIAN_PURPOSE = "hessian"
+RELAX_PURPOSE = RELAXATION
+HESSIAN_PURPOSE = HESSIAN
 
 
 def eigenvalue_from_wavenumber(wavenumber_cm: float) -> float:
@@ -108,7 +110,7 @@ def relax(calc: Calculator | None, atoms: Atoms, *, fmax_eV_per_A: float = 0.05,
     return relaxed
 
 
-def finite_difference_hessian(atoms: Atoms, *, label_call: LabelCall, displacement_A: float = 0.01,
+def finite_difference_hessian(atoms: Atoms, *, label_call: LabelCall, displacement_A: float = DEFAULT_DISPLACEMENT_A,
                               symmetrize: bool = True) -> np.ndarray:
     """The [3N, 3N] Hessian in eV/Å^2 by central differences of the forces (6N calls of
     `label_call(atoms, "hessian")`); symmetrized unless `symmetrize` is False (column j = -dF/dx_j)."""
@@ -325,19 +327,28 @@ class HessianRecord:
                              f"recompute the Hessian", where=str(path)) from None
 
 
-def load_or_compute_hessian(path: str | Path, atoms: Atoms, *, label_call: LabelCall,
-                            displacement_A: float = 0.01) -> np.ndarray:
-    """The Hessian of `atoms` from the record at `path` if it was taken at the same structure and step,
-    otherwise computed (6N reference calls) and saved there."""
-    path = Path(path)
-    if path.exists():
-        record = HessianRecord.load_npz(path)
-        same = (np.array_equal(record.numbers, atoms.numbers) and record.displacement_A == displacement_A
-                and np.allclose(record.positions_A, atoms.get_positions(), rtol=0.0, atol=1e-8))
-        if same:
-            log.info("Hessian read from %s", path)
-            return record.hessian_eV_per_A2
-        log.warning("%s was taken at another structure or step; recomputing the Hessian", path)
-    hessian = finite_difference_hessian(atoms, label_call=label_call, displacement_A=displacement_A)
-    HessianRecord.from_atoms(atoms, hessian, displacement_A=displacement_A).save_npz(path)
-    return hessian
+def make_normal_mode_sampler(geometry: Atoms, *, label_call: LabelCall, record_path: str | Path,
+                             temperature_K: float, rng: np.random.Generator) -> NormalModeSampler:
+    """The initial dataset's sampler for `initial_sampling: normal-modes`: relax `geometry` with the reference,
+    take the finite-difference Hessian there (both through `label_call`, so every call is counted), and sample
+    the harmonic distribution at temperature_K. The relaxed structure and its Hessian are saved at
+    `record_path`; a restart reads them instead of paying for them again."""
+    record_path = Path(record_path)
+    if record_path.exists():
+        record = HessianRecord.load_npz(record_path)
+        if not np.array_equal(record.numbers, geometry.numbers):
+            raise InputError("the saved Hessian belongs to another structure (other elements); delete it to "
+                             "recompute", where=str(record_path))
+        start = geometry.copy()
+        start.set_positions(record.positions_A)
+        hessian = record.hessian_eV_per_A2
+        log.info("Normal-mode sampling: relaxed structure and Hessian read from %s.", record_path)
+    else:
+        start = relax(None, geometry, label_call=label_call)
+        hessian = finite_difference_hessian(start, label_call=label_call)
+        HessianRecord.from_atoms(start, hessian, displacement_A=DEFAULT_DISPLACEMENT_A).save_npz(record_path)
+    modes = normal_modes(start, hessian, periodic=bool(np.any(start.pbc)))
+    wavenumbers = modes.wavenumbers_cm
+    log.info("Normal modes: %d vibrational (%.0f to %.0f cm^-1, %d imaginary), sampled at %.0f K.", modes.n_modes,
+             np.min(np.abs(wavenumbers)), np.max(np.abs(wavenumbers)), modes.n_imaginary, temperature_K)
+    return NormalModeSampler(start, modes, temperature_K=temperature_K, rng=rng)

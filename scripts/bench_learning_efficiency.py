@@ -514,6 +514,28 @@ def efficiency_calls(base: list[dict], curve: list[dict], stride: int) -> dict:
             "equivalent_ratio": equivalent * stride / max(final["reference_calls"], 1)}
 
 
+def data_distribution(run_dir: Path, pool: list, test: list) -> dict:
+    """Where the run's labels lie compared with the baseline's pool and the test set: energy per atom above the
+    pool's lowest (meV/atom) and largest atomic force (eV/Å), as percentiles, per source."""
+    from fhi_al.data.store import DatasetStore
+
+    settings = load_run_settings(run_dir)
+    store = DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
+    sources = {"initial": [a for name in store.names() if name.startswith("initial/") for a in store.read(name)],
+               "al": [a for name in store.names() if name.startswith("al/") for a in store.read(name)],
+               "pool (random MD, T)": pool, "test (T)": test[: len(test) // 2], "test (T+200 K)": test[len(test) // 2:]}
+    e_min = min(a.info["REF_energy"] / len(a) for a in pool)
+    result = {}
+    for name, frames in sources.items():
+        if not frames:
+            continue
+        energy = np.array([1e3 * (a.info["REF_energy"] / len(a) - e_min) for a in frames])
+        fmax = np.array([np.linalg.norm(a.arrays["REF_forces"], axis=1).max() for a in frames])
+        result[name] = {"n": len(frames), "energy_meV_per_atom_p10_50_90": np.percentile(energy, [10, 50, 90]).tolist(),
+                        "max_force_eV_per_A_p10_50_90": np.percentile(fmax, [10, 50, 90]).tolist()}
+    return result
+
+
 def stability(members: list, atoms0, *, temperature_K: float, ps: float) -> dict:
     """MLFF Langevin MD with the ensemble mean at temperature_K for `ps` picoseconds: the time of the first
     unphysical frame (fhi_al's blow-up detector, or a change of the covalent bonding pattern), if any."""
@@ -678,6 +700,7 @@ def main(argv=None) -> int:
               "decorrelation": {k: decorrelation[k] for k in ("decorrelation_steps", "threshold", "md_steps")},
               "efficiency_calls": efficiency_calls(base, curve, stride),
               "stability_fhi_al": stable,
+              "data_distribution": data_distribution(run_dir, pool_set(args, atoms0), test),
               "efficiency_forces": efficiency(base, curve, "forces_mae"),
               "efficiency_energy": efficiency(base, curve, "energy_mae_per_atom"),
               "calibration_analysis": calibration(run_dir, args.tag),

@@ -157,10 +157,16 @@ class ActiveLearning:
 
     def check_uncertainty(self, trajectory: Trajectory) -> None:
         check = trajectory.check(self.al.uncertainty_reduction)
-        if self.al.analysis and self.analysis_due(trajectory, check.md_step):
-            self.analysis_point(trajectory, check)
-        if not trajectory.spaced_from_last_label(self.al.label_spacing_steps):
-            return
+        analysis = self.al.analysis and self.analysis_due(trajectory, check.md_step)
+        predicted = trajectory.atoms.calc.results["forces"].copy() if analysis else None
+        if trajectory.spaced_from_last_label(self.al.label_spacing_steps):
+            self.decide(trajectory, check)
+        # after the decision: a frame that is also labelled is computed (and paid) as the label, and the
+        # analysis point reads the reference's cached results
+        if analysis:
+            self.analysis_point(trajectory, check, predicted)
+
+    def decide(self, trajectory: Trajectory, check: Any) -> None:
         decision = self.tracker.check(check.uncertainty_eV_per_A, trajectory.index)
         al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
         if decision.discard:
@@ -189,7 +195,7 @@ class ActiveLearning:
         previous = md_step - self.al.skip_step_mlff
         return md_step // self.al.analysis_skip > max(previous, 0) // self.al.analysis_skip or md_step == 0
 
-    def analysis_point(self, trajectory: Trajectory, check: Any) -> None:
+    def analysis_point(self, trajectory: Trajectory, check: Any, predicted: Any) -> None:
         """True force error of the ensemble mean at this frame, with its uncertainty; never added to the data."""
         from ..errors import ReferenceError
         from ..references.base import compute_label
@@ -204,7 +210,6 @@ class ActiveLearning:
             return
         finally:
             self.timings["reference_s"] += time.perf_counter() - started
-        predicted = trajectory.atoms.calc.results["forces"]
         al_reporting.append_analysis(self.analysis_dir, trajectory.index, check, predicted, forces)
 
     # ------------------------------------------------------------------------------------------ labels

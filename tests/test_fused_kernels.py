@@ -12,7 +12,8 @@ import torch
 from e3nn import o3
 from mace.modules.symmetric_contraction import SymmetricContraction
 
-from fhi_al.architectures.mace import fused
+from fhi_al.architectures.mace import kernels
+from fhi_al.architectures.mace.kernels import build, checked
 from fhi_al.architectures.mace.frozen import FrozenContraction
 
 TOLERANCE = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
@@ -41,11 +42,11 @@ def messages_in_torch(x, p, w, column_path, sender, receiver):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_message_kernel_matches_torch_sums(dtype):
-    lib = fused.library(dtype)
+    lib = kernels.library(dtype)
     assert lib is not None  # a C compiler is part of the test environment (the ASI tests need one too)
     x, p, w, path, sender, receiver = message_inputs(dtype)
     expected = messages_in_torch(x, p, w, path, sender, receiver)
-    result = fused.FusedMessages.apply(x, p, w, path, sender, receiver, lib)
+    result = kernels.FusedMessages.apply(x, p, w, path, sender, receiver, lib)
     torch.testing.assert_close(result, expected, **TOLERANCE[dtype])
     assert torch.all(result[5] == 0) and torch.all(result[11] == 0) and result[1].abs().min() > 0
     weights = torch.randn_like(expected)
@@ -57,14 +58,14 @@ def test_message_kernel_matches_torch_sums(dtype):
 
 def test_message_kernel_gradients_by_finite_differences():
     x, p, w, path, sender, receiver = message_inputs(torch.float64, seed=3)
-    lib = fused.library(torch.float64)
-    assert torch.autograd.gradcheck(lambda *t: fused.FusedMessages.apply(*t, path, sender, receiver, lib), (x, p, w))
+    lib = kernels.library(torch.float64)
+    assert torch.autograd.gradcheck(lambda *t: kernels.FusedMessages.apply(*t, path, sender, receiver, lib), (x, p, w))
 
 
 def test_message_kernel_skips_gradients_not_needed():
     x, p, w, path, sender, receiver = message_inputs(torch.float64)
     x = x.detach()  # e.g. the element embedding entering the first interaction
-    out = fused.FusedMessages.apply(x, p, w, path, sender, receiver, fused.library(torch.float64))
+    out = kernels.FusedMessages.apply(x, p, w, path, sender, receiver, kernels.library(torch.float64))
     grad_p, grad_w = torch.autograd.grad(out.sum(), (p, w))
     reference = torch.autograd.grad(messages_in_torch(x, p, w, path, sender, receiver).sum(), (p, w))
     torch.testing.assert_close(grad_p, reference[0], rtol=1e-12, atol=1e-12)
@@ -108,56 +109,56 @@ def test_contraction_kernel_gradients_by_finite_differences():
     elements = torch.tensor([1, 0, 2, 1])
     features = torch.randn(4, 16, 4, dtype=torch.float64, requires_grad=True)  # [atoms, ell, channels]
     coefficients = contraction.channels_last(contraction.coefficients)
-    lib = fused.library(torch.float64)
+    lib = kernels.library(torch.float64)
     assert torch.autograd.gradcheck(lambda f: contraction.contract_fused(f, elements, coefficients, lib), (features,))
 
 
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("FHI_AL_KERNEL_CACHE", str(tmp_path / "kernels"))
-    monkeypatch.setattr(fused, "_libraries", {})
+    monkeypatch.setattr(build, "_libraries", {})
     return tmp_path / "kernels"
 
 
 def test_kernels_are_compiled_once_and_reused(fresh_cache, monkeypatch):
-    assert fused.library(torch.float64) is not None
+    assert kernels.library(torch.float64) is not None
     assert len(list(fresh_cache.glob("*.so"))) == 1 and not list(fresh_cache.glob("tmp*"))
 
     def no_compiler(*args, **kwargs):
         raise AssertionError("compiled again")
 
-    monkeypatch.setattr(fused, "_libraries", {})
+    monkeypatch.setattr(build, "_libraries", {})
     monkeypatch.setattr(subprocess, "run", no_compiler)
-    assert fused.library(torch.float64) is not None
+    assert kernels.library(torch.float64) is not None
 
 
 def test_without_a_compiler_the_torch_implementation_is_used(fresh_cache, monkeypatch, caplog):
     monkeypatch.setenv("CC", str(fresh_cache / "no-such-compiler"))
-    with caplog.at_level(logging.WARNING, logger=fused.__name__):
-        assert fused.library(torch.float64) is None
+    with caplog.at_level(logging.WARNING, logger=build.__name__):
+        assert kernels.library(torch.float64) is None
     assert "using the torch implementation" in caplog.text
     assert not list(fresh_cache.glob("*"))  # nothing half-written
 
 
 def test_kernels_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("FHI_AL_FUSED_KERNELS", "0")
-    assert fused.library(torch.float64) is None
+    assert kernels.library(torch.float64) is None
     monkeypatch.setenv("FHI_AL_FUSED_KERNELS", "1")
-    assert fused.library(torch.float64) is not None
+    assert kernels.library(torch.float64) is not None
 
 
 def test_second_derivatives_are_refused():
     x, p, w, path, sender, receiver = message_inputs(torch.float64)
-    out = fused.FusedMessages.apply(x, p, w, path, sender, receiver, fused.library(torch.float64))
+    out = kernels.FusedMessages.apply(x, p, w, path, sender, receiver, kernels.library(torch.float64))
     (grad_x,) = torch.autograd.grad(out.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_x.sum().backward()
 
 
 def test_kernels_are_only_offered_for_tensors_in_main_memory():
-    assert fused.kernels_for(torch.zeros(1, dtype=torch.float64)) is fused.library(torch.float64)
-    assert fused.kernels_for(torch.zeros(1, dtype=torch.float64, device="meta")) is None
-    assert fused.kernels_for(torch.zeros(1, dtype=torch.float16)) is None
+    assert kernels.kernels_for(torch.zeros(1, dtype=torch.float64)) is kernels.library(torch.float64)
+    assert kernels.kernels_for(torch.zeros(1, dtype=torch.float64, device="meta")) is None
+    assert kernels.kernels_for(torch.zeros(1, dtype=torch.float16)) is None
 
 
 def test_a_failing_compiler_is_reported_with_its_message(fresh_cache, monkeypatch, caplog):
@@ -165,7 +166,7 @@ def test_a_failing_compiler_is_reported_with_its_message(fresh_cache, monkeypatc
     compiler.write_text("#!/bin/sh\necho 'broken-cc: no licence for today' >&2\nexit 1\n")
     compiler.chmod(0o755)
     monkeypatch.setenv("CC", str(compiler))
-    with caplog.at_level(logging.WARNING, logger=fused.__name__):
-        assert fused.library(torch.float32) is None
+    with caplog.at_level(logging.WARNING, logger=build.__name__):
+        assert kernels.library(torch.float32) is None
     assert "no licence for today" in caplog.text and "using the torch implementation" in caplog.text
     assert not list(fresh_cache.glob("*"))

@@ -4,6 +4,8 @@ equal single calls, exported files equal in-memory members and mace's own commit
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import pytest
@@ -13,6 +15,7 @@ from mace.calculators import MACECalculator
 from conformance import emt_labelled, predict
 from fhi_al.architectures.mace import kernels
 from fhi_al.architectures.mace.channel_major import InteractionPlan
+from fhi_al.architectures.mace.kernels import checked
 from fhi_al.architectures.mace.hypers import MaceHypers
 from fhi_al.ensemble import Ensemble, EnsembleCalculator, ensemble_seeds, force_spread_per_atom
 from fhi_al.training.config import TrainingConfig
@@ -169,3 +172,26 @@ def test_stacked_float32_members_equal_their_own_models(tmp_path, structures):
         forces = np.stack([o["forces"][bounds[k]:bounds[k + 1]] for o in own])
         np.testing.assert_allclose(result["forces_comm"], forces, rtol=0, atol=2e-5)
         assert np.abs(forces).max() > 1e-2
+
+
+def test_refused_kernel_inputs_fall_back_to_the_same_results(tmp_path, monkeypatch, caplog, structures):
+    """When the kernels refuse their inputs (here: every call, by a zero channel limit), the stacked model runs
+    its torch message passing and contractions instead, with the kernels' results, and says so once."""
+    trainer = Trainer(TrainingConfig(name_exp="fb", hypers=RICH, model="ScaleShiftMACE", batch_size=2,
+                                     scheduler="none"), tmp_path)
+    members = [trainer.create_member(member_tag("fb", seed), seed,
+                                     emt_labelled(molecule("CH3CH2OH"), 2 + index, seed=70 + index))
+               for index, seed in enumerate(ensemble_seeds(7, SIZE))]
+    ensemble = Ensemble.from_members(members)
+    with_kernels = ensemble.predict(structures)
+    assert kernels.library(torch.float64) is not None and ensemble._stacked[1] is not None
+    monkeypatch.setattr(checked, "MAX_LANES", 0)
+    monkeypatch.setattr(checked, "_reported", set())
+    with caplog.at_level(logging.WARNING, logger=checked.__name__):
+        fallback = ensemble.predict(structures)
+        ensemble.predict(structures)
+    assert caplog.text.count("refused its inputs") == 2  # messages and contractions, each reported once
+    for ours, theirs in zip(fallback, with_kernels):
+        np.testing.assert_allclose(ours["energy_comm"], theirs["energy_comm"], rtol=1e-12)
+        np.testing.assert_allclose(ours["forces_comm"], theirs["forces_comm"], rtol=0, atol=1e-10)
+        assert np.abs(ours["forces_comm"]).max() > 1e-3

@@ -195,3 +195,16 @@ def test_refused_kernel_inputs_fall_back_to_the_same_results(tmp_path, monkeypat
         np.testing.assert_allclose(ours["energy_comm"], theirs["energy_comm"], rtol=1e-12)
         np.testing.assert_allclose(ours["forces_comm"], theirs["forces_comm"], rtol=0, atol=1e-10)
         assert np.abs(ours["forces_comm"]).max() > 1e-3
+
+
+def test_identical_members_are_stacked_with_zero_spread(trained, structures):
+    """Parameters equal in all members are not stacked; that includes whole members (the same file twice)."""
+    trainer, members = trained
+    path = trainer.export(members[0])
+    ensemble = Ensemble.from_files([path, path])
+    result = ensemble.predict(structures[:1])[0]
+    assert ensemble._stacked[1] is not None
+    np.testing.assert_allclose(result["forces_comm"][0], result["forces_comm"][1], rtol=0, atol=1e-12)
+    own = predict(trainer, members[0].inference_model(), structures[:1])
+    np.testing.assert_allclose(result["forces_comm"][0], own["forces"], rtol=0, atol=1e-10)
+    assert result["forces_uncertainty_max"] < 1e-10

@@ -80,11 +80,15 @@ class StackedMace:
             stacked[f"model.{name}"] = torch.stack([state[name].detach() for state in states])
         self.size = len(models)
         first = models[0]
-        self.contractions = [
-            [_stacked_contraction(c, stacked.pop(f"model.products.{i}.symmetric_contractions.contractions.{j}."
-                                                 "coefficients"))
-             for j, c in enumerate(product.symmetric_contractions.contractions)]
-            for i, product in enumerate(first.products)]
+        self.contractions = []
+        for i, product in enumerate(first.products):
+            names = [f"products.{i}.symmetric_contractions.contractions.{j}.coefficients"
+                     for j in range(len(product.symmetric_contractions.contractions))]
+            # the kernels need every member's coefficients, also where all members share them
+            self.contractions.append([
+                _stacked_contraction(c, stacked.pop(f"model.{name}") if f"model.{name}" in stacked
+                                     else torch.stack([state[name] for state in states]))
+                for c, name in zip(product.symmetric_contractions.contractions, names)])
         self.stages = {"embed": _subset(stacked, ("node_embedding", "radial_embedding", "spherical_harmonics",
                                                    "atomic_energies_fn")),
                        "energy": _subset(stacked, ("scale_shift",))}

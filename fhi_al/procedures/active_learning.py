@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..data.splits import VALID, al_destination
 from ..data.store import label_atoms, make_label_id
 from ..errors import InputError
-from ..md import BlowUpDetector
+from ..md import MDParameters
 from ..references.base import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
@@ -28,7 +28,6 @@ from .common import (TRAIN, all_label_ids, dataset_name, ensemble_forces_mae, lo
 from .initial_dataset import STAGE as INITIAL_STAGE
 from .initial_dataset import STEP as INITIAL_STEP
 from ..labeling import LabelResult
-from .sampling import MDParameters
 from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make_trajectories
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,6 @@ class ActiveLearning:
         self.calc = self.make_calculator()
         self.trajectories = make_trajectories(self.context.geometry, self.calc, count=self.al.num_trajectories,
                                               md=self.md, seed=self.settings.al.md.seed)
-        self.detector = BlowUpDetector(target_temperature_K=self.md.temperature_K)
         saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
         self.state = saved or {"labels": 0, "metrics": {}, "stale": {}, "best_loss": {}, "threshold": None,
                                "trajectories": None}
@@ -143,7 +141,7 @@ class ActiveLearning:
         steps = min(self.al.skip_step_mlff, self.al.max_MD_steps - trajectory.step)
         started = time.perf_counter()
         before = trajectory.step
-        reason = trajectory.advance(steps, self.detector)
+        reason = trajectory.advance(steps)
         self.timings["md_s"] += time.perf_counter() - started
         self.bar.update(max(trajectory.step - before, 0))
         if reason is None:

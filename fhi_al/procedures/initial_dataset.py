@@ -19,13 +19,14 @@ from tqdm import tqdm
 from ..data.splits import n_valid_to_add
 from ..data.store import label_atoms, make_label_id
 from ..labeling import LabelResult, label_structure
+from ..md import MDParameters
 from ..parallel import RemoteReference
 from ..references.base import reference_name, reference_timeout_from_settings
 from ..restart import is_done, load_record, mark_done, save_record
 from . import reporting
 from .common import (TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
-from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
+from .sampling import GuardedReference, LangevinSampler, foundation_calculator
 
 log = logging.getLogger(__name__)
 

@@ -84,26 +84,47 @@ def kinetic_temperature_K(atoms: Atoms) -> float:
     return 2.0 * kinetic_eV / (dof * units.kB)
 
 
-def md_state(atoms: Atoms, *, step: int = 0) -> dict[str, Any]:
-    """Everything needed to continue a trajectory (with the RNG state from fhi_al.restart.rng_state)."""
-    return {"numbers": atoms.get_atomic_numbers().copy(), "positions": atoms.get_positions(),
-            "momenta": atoms.get_momenta(), "cell": atoms.get_cell().array.copy(), "pbc": atoms.get_pbc().copy(),
-            "step": int(step)}
+@dataclass
+class MDState:
+    """Everything needed to continue a trajectory, with the RNG state kept by its owner."""
+
+    numbers: np.ndarray
+    positions: np.ndarray  # Å
+    momenta: np.ndarray  # ASE units (amu Å / ASE time)
+    cell: np.ndarray  # Å
+    pbc: np.ndarray
+    step: int
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain values for fhi_al.restart.save_record (the layout of restart records since version 1)."""
+        return {"numbers": self.numbers, "positions": self.positions, "momenta": self.momenta, "cell": self.cell,
+                "pbc": self.pbc, "step": int(self.step)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "MDState":
+        return cls(numbers=np.asarray(record["numbers"]), positions=np.asarray(record["positions"], dtype=float),
+                   momenta=np.asarray(record["momenta"], dtype=float), cell=np.asarray(record["cell"], dtype=float),
+                   pbc=np.asarray(record["pbc"], dtype=bool), step=int(record["step"]))
 
 
-def restore_md_state(atoms: Atoms, state: dict[str, Any], dyn: Langevin | None = None) -> int:
+def md_state(atoms: Atoms, *, step: int = 0) -> MDState:
+    """The MD state of `atoms` at `step` (copies)."""
+    return MDState(numbers=atoms.get_atomic_numbers().copy(), positions=atoms.get_positions(),
+                   momenta=atoms.get_momenta(), cell=atoms.get_cell().array.copy(), pbc=atoms.get_pbc().copy(),
+                   step=int(step))
+
+
+def restore_md_state(atoms: Atoms, state: MDState, dyn: Any = None) -> int:
     """Put `state` back into `atoms` (and the step counter into `dyn`); returns the step."""
-    numbers = np.asarray(state["numbers"])
-    if not np.array_equal(numbers, atoms.get_atomic_numbers()):
+    if not np.array_equal(state.numbers, atoms.get_atomic_numbers()):
         raise ValueError("MD state belongs to a different structure (atomic numbers differ)")
-    atoms.set_cell(state["cell"])
-    atoms.set_pbc(state["pbc"])
-    atoms.set_positions(state["positions"])
-    atoms.set_momenta(state["momenta"])
-    step = int(state["step"])
+    atoms.set_cell(state.cell)
+    atoms.set_pbc(state.pbc)
+    atoms.set_positions(state.positions)
+    atoms.set_momenta(state.momenta)
     if dyn is not None:
-        dyn.nsteps = step
-    return step
+        dyn.nsteps = state.step
+    return state.step
 
 
 class BlowUpDetector:
@@ -160,7 +181,7 @@ class LastGoodFrame:
         restore_md_state(atoms, self.state)
         initialize_velocities(atoms, temperature_K, rng)
         self.resets += 1
-        return int(self.state["step"])
+        return self.state.step
 
 
 class BlowUp(Exception):
@@ -260,14 +281,14 @@ class GuardedDynamics:
     def last_good_frame(self) -> Atoms:
         """The frame a reset goes back to (calculator-free copy)."""
         frame = self.snapshot()
-        frame.set_positions(self.last_good.state["positions"])
+        frame.set_positions(self.last_good.state.positions)
         return frame
 
-    def state(self) -> dict[str, Any]:
-        """The MD state of the current frame (with the RNG state saved by the owner)."""
+    def state(self) -> MDState:
+        """The MD state of the current frame (the RNG state is saved by the owner of `rng`)."""
         return md_state(self.atoms, step=self.step)
 
-    def restore(self, state: dict[str, Any], *, last_good: dict[str, Any] | None = None) -> None:
+    def restore(self, state: MDState, *, last_good: MDState | None = None) -> None:
         """Continue from a saved MD state; the last good frame is `last_good` or the restored frame."""
         restore_md_state(self.atoms, state, self.dyn)
         if last_good is None:

@@ -85,7 +85,7 @@ def test_md_state_restart_is_exact(tmp_path):
     md.initialize_velocities(atoms, TARGET_K, rng)
     dyn = md.make_langevin(atoms, temperature_K=TARGET_K, timestep_fs=5.0, friction_per_fs=0.02, rng=rng)
     dyn.run(40)
-    restart.save_record(tmp_path / "md.json", {"md": md.md_state(atoms, step=dyn.nsteps),
+    restart.save_record(tmp_path / "md.json", {"md": md.md_state(atoms, step=dyn.nsteps).to_record(),
                                                "rng": restart.rng_state(rng)})
     dyn.run(30)
     expected_positions, expected_momenta = atoms.get_positions(), atoms.get_momenta()
@@ -94,13 +94,13 @@ def test_md_state_restart_is_exact(tmp_path):
     resumed = cu13()
     rng2 = restart.restore_rng(record["rng"])
     dyn2 = md.make_langevin(resumed, temperature_K=TARGET_K, timestep_fs=5.0, friction_per_fs=0.02, rng=rng2)
-    assert md.restore_md_state(resumed, record["md"], dyn2) == 40 and dyn2.nsteps == 40
+    assert md.restore_md_state(resumed, md.MDState.from_record(record["md"]), dyn2) == 40 and dyn2.nsteps == 40
     dyn2.run(30)
     assert dyn2.nsteps == 70
     np.testing.assert_array_equal(resumed.get_positions(), expected_positions)
     np.testing.assert_array_equal(resumed.get_momenta(), expected_momenta)
     with pytest.raises(ValueError):
-        md.restore_md_state(cu4(), record["md"])
+        md.restore_md_state(cu4(), md.MDState.from_record(record["md"]))
 
 
 @pytest.fixture
@@ -211,8 +211,8 @@ def test_guard_checks_only_the_frame_a_segment_ends_on():
     guard.on_good_frame(lambda: checked.append(guard.step))
     for _ in range(3):
         assert guard.run(10) is None
-    assert checked == [10, 20, 30] and guard.last_good.state["step"] == 30
-    np.testing.assert_array_equal(guard.last_good.state["positions"], guard.atoms.get_positions())
+    assert checked == [10, 20, 30] and guard.last_good.state.step == 30
+    np.testing.assert_array_equal(guard.last_good.state.positions, guard.atoms.get_positions())
     assert guard.run(0) is None and checked == [10, 20, 30, 30]  # a run of 0 steps still checks its frame
 
 
@@ -241,7 +241,7 @@ def test_guard_restore_continues_exactly():
     resumed = guarded_cu13(seed=99)
     resumed.rng.bit_generator.state = restart.restore_rng(rng_saved).bit_generator.state
     resumed.restore(state)
-    assert resumed.step == 20 and resumed.last_good.state["step"] == 20
+    assert resumed.step == 20 and resumed.last_good.state.step == 20
     resumed.run(20)
     np.testing.assert_array_equal(resumed.atoms.get_positions(), expected)
 

@@ -17,6 +17,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ..errors import InputError, ReferenceError
 from ..md import GuardedDynamics, MDParameters, initialize_velocities, make_dynamics
 from ..restart import restore_rng, rng_state
+from .state import SamplerState
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,13 @@ class LangevinSampler:
     def _hand_out(self) -> None:
         self._frame = Frame(self.dynamics.snapshot(), self.step, dict(self.atoms.calc.results))
 
-    def state(self) -> dict[str, Any]:
-        return {"md": self.dynamics.state(), "rng": rng_state(self.rng), "failures": self.failures}
+    def state(self) -> SamplerState:
+        return SamplerState(md=self.dynamics.state(), rng=rng_state(self.rng), failures=self.failures)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.dynamics.restore(state["md"])
-        restored = restore_rng(state["rng"])
-        self.rng.bit_generator.state = restored.bit_generator.state
-        self.dynamics.resets = int(state.get("failures", 0))
+    def restore(self, state: SamplerState) -> None:
+        self.dynamics.restore(state.md)
+        self.rng.bit_generator.state = restore_rng(state.rng).bit_generator.state
+        self.dynamics.resets = state.failures
 
 
 class GuardedReference(Calculator):

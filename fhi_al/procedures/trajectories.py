@@ -16,11 +16,12 @@ from ase.calculators.calculator import Calculator
 from ..md import BlowUpDetector, GuardedDynamics, LastGoodFrame, MDParameters, initialize_velocities, make_dynamics
 from ..restart import restore_rng, rng_state
 from ..uncertainty import frame_uncertainty
+from .state import TrajectoryState
 
 log = logging.getLogger(__name__)
 
 RUNNING = "running"
-WAITING = "waiting"  # for the reference label of `pending`
+WAITING = "waiting"  # for the reference label of its pending frame (held by the LabelBook)
 TRAINING = "training"  # epochs_left epochs of training owed before MD resumes
 FINISHED = "finished"  # reached max_MD_steps
 
@@ -43,7 +44,6 @@ class Trajectory:
     dynamics: GuardedDynamics
     md: MDParameters
     status: str = RUNNING
-    pending: dict[str, Any] | None = None  # the frame waiting for its label: label_id, positions, md_step
     epochs_left: int = 0
     labels: int = 0
 
@@ -104,19 +104,16 @@ class Trajectory:
         frame.calc = None
         return Check(self.step, frame_uncertainty(results["forces_comm"], reduction), frame)
 
-    def state(self) -> dict[str, Any]:
-        return {"index": self.index, "status": self.status, "md": self.dynamics.state(),
-                "last_good": self.last_good.state, "rng": rng_state(self.rng), "pending": self.pending,
-                "epochs_left": self.epochs_left, "labels": self.labels, "resets": self.resets,
-                "resets_in_a_row": self.resets_in_a_row}
+    def state(self) -> TrajectoryState:
+        return TrajectoryState(index=self.index, status=self.status, md=self.dynamics.state(),
+                               last_good=self.last_good.state, rng=rng_state(self.rng), epochs_left=self.epochs_left,
+                               labels=self.labels, resets=self.resets, resets_in_a_row=self.resets_in_a_row)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.dynamics.restore(state["md"], last_good=state["last_good"])
-        self.rng.bit_generator.state = restore_rng(state["rng"]).bit_generator.state
-        self.status, self.pending = state["status"], state["pending"]
-        self.epochs_left, self.labels = state["epochs_left"], state["labels"]
-        self.dynamics.resets = state["resets"]
-        self.resets_in_a_row = state.get("resets_in_a_row", 0)
+    def restore(self, state: TrajectoryState) -> None:
+        self.dynamics.restore(state.md, last_good=state.last_good)
+        self.rng.bit_generator.state = restore_rng(state.rng).bit_generator.state
+        self.status, self.epochs_left, self.labels = state.status, state.epochs_left, state.labels
+        self.dynamics.resets, self.resets_in_a_row = state.resets, state.resets_in_a_row
 
 
 def make_trajectories(start: Atoms, calc: Calculator, *, count: int, md: MDParameters,

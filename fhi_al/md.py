@@ -200,8 +200,8 @@ class GuardedDynamics:
     overheating); a good frame becomes the last good frame and is handed to the `on_good_frame` observers.
     A bad frame, or a failed calculation, puts the trajectory back on the last good frame with fresh
     Maxwell-Boltzmann velocities (from `rng`); the step counter keeps running, so ids made from the step
-    stay unique. Checking once per segment (not per step) keeps the cost and the random stream of resets
-    independent of the segment's length.
+    stay unique. Only a segment's last frame is checked (one neighbour list per hand-out, not per step): the
+    samplers' behaviour and random streams stay those of the restart records written so far.
     """
 
     def __init__(self, dyn: Any, *, rng: np.random.Generator, temperature_K: float, name: str = "MD",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -50,10 +49,6 @@ class Trajectory:
     @property
     def atoms(self) -> Atoms:
         return self.dynamics.atoms
-
-    @property
-    def dyn(self) -> Any:
-        return self.dynamics.dyn
 
     @property
     def rng(self) -> np.random.Generator:

@@ -85,7 +85,8 @@ def test_round_trip_is_exact_and_versioned(tmp_path):
     trajectory = TrajectoryState(index=0, status="training", md=md_state(atoms, step=20),
                                  last_good=md_state(atoms, step=10), rng=RNG_STATE, epochs_left=3, labels=1,
                                  resets=4, resets_in_a_row=2)
-    pending = {"al-t0-s20": PendingLabel("al-t0-s20", 20, atoms.get_positions(), trajectory=0, kind="blow-up")}
+    pending = {"al-t0-s20": PendingLabel("al-t0-s20", 20, atoms.get_positions(), trajectory=0, kind="blow-up",
+                                         cell=np.diag([9.0, 10.0, 11.0]))}
     state = ActiveLearningState(labels=1, metrics={"m": {"loss": 0.5}}, threshold={"x": [1, 2]},
                                 trajectories=[trajectory], pending=pending)
     file = StateFile(tmp_path / "al.json", ActiveLearningState)
@@ -96,6 +97,9 @@ def test_round_trip_is_exact_and_versioned(tmp_path):
     np.testing.assert_array_equal(back.trajectories[0].md.momenta, atoms.get_momenta())  # bit-exact
     assert back.trajectories[0].last_good.step == 10 and back.trajectories[0].resets_in_a_row == 2
     assert back.pending["al-t0-s20"].kind == "blow-up" and back.threshold == {"x": [1, 2]}
+    frame = back.pending["al-t0-s20"].atoms(WATER)  # the frame's own cell (NPT), not the template's
+    np.testing.assert_array_equal(frame.get_cell().array, np.diag([9.0, 10.0, 11.0]))
+    np.testing.assert_array_equal(frame.get_positions(), atoms.get_positions())
     initial = InitialDatasetState(round=1, sampler=SamplerState(md_state(atoms, step=5), RNG_STATE, 2))
     StateFile(tmp_path / "ids.json", InitialDatasetState).save(initial)
     loaded = StateFile(tmp_path / "ids.json", InitialDatasetState).load()

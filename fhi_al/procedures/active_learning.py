@@ -171,7 +171,8 @@ class ActiveLearning:
     def request_label(self, trajectory: Trajectory, frame: Any, *, kind: str) -> None:
         """Send `frame` to the reference; the trajectory waits for it (the request is on disk first)."""
         label = PendingLabel(make_label_id(STAGE, trajectory.index, trajectory.step), trajectory.step,
-                             frame.get_positions(), trajectory=trajectory.index, kind=kind)
+                             frame.get_positions(), trajectory=trajectory.index, kind=kind,
+                             cell=frame.get_cell().array.copy())
         trajectory.status = WAITING
         if kind == "blow-up":
             log.info("trajectory %d: %d resets in a row; its last good frame goes to the reference", trajectory.index,

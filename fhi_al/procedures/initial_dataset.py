@@ -193,7 +193,8 @@ class InitialDataset:
         with self.timings.measure("md_s"):
             frame = self.sampler.next_frame()
         label_id = make_label_id(STAGE, TRAJECTORY, frame.md_step)
-        label = PendingLabel(label_id, frame.md_step, frame.atoms.get_positions(), trajectory=TRAJECTORY)
+        label = PendingLabel(label_id, frame.md_step, frame.atoms.get_positions(), trajectory=TRAJECTORY,
+                             cell=frame.atoms.get_cell().array.copy())
         if self.book.is_stored(label.label_id):  # stored before a kill, whose record was not yet saved
             self.save_state()
             return 0

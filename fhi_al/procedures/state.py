@@ -41,11 +41,14 @@ class PendingLabel:
     positions: np.ndarray  # Å, of the atoms of the trajectory it comes from
     trajectory: int = 0
     kind: str | None = None  # why an AL frame was labelled: "threshold", "blow-up", ...
+    cell: np.ndarray | None = None  # Å; None: the template's (records of version 1, which had no cell)
 
     def atoms(self, template: Atoms) -> Atoms:
-        """The frame: a calculator-free copy of `template` (same atoms, cell) at the saved positions."""
+        """The frame: a calculator-free copy of `template` (same atoms) at the saved positions and cell."""
         frame = template.copy()
         frame.calc = None
+        if self.cell is not None:
+            frame.set_cell(self.cell)
         frame.set_positions(self.positions)
         return frame
 
@@ -54,6 +57,8 @@ class PendingLabel:
                   "trajectory": int(self.trajectory)}
         if self.kind is not None:
             record["kind"] = self.kind
+        if self.cell is not None:
+            record["cell"] = self.cell
         return record
 
     @classmethod
@@ -61,7 +66,8 @@ class PendingLabel:
         """Both layouts: version 1 kept the id as the map's key (initial) and the trajectory implicit."""
         return cls(label_id=str(record.get("label_id", label_id)), md_step=int(record["md_step"]),
                    positions=np.asarray(record["positions"], dtype=float),
-                   trajectory=int(record.get("trajectory", trajectory)), kind=record.get("kind"))
+                   trajectory=int(record.get("trajectory", trajectory)), kind=record.get("kind"),
+                   cell=None if record.get("cell") is None else np.asarray(record["cell"], dtype=float))
 
 
 def pending_to_record(pending: dict[str, PendingLabel]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ase.vibrations import VibrationsData
 
 from fhi_al.errors import InputError
 from fhi_al.procedures import normal_modes as nm
+from fhi_al.procedures.state import SamplerState
 from fhi_al.procedures.sampling import Frame
 from fhi_al.references.base import make_reference
 from fhi_al.restart import load_record, save_record
@@ -261,11 +262,11 @@ def test_bad_temperature_is_an_input_error(water_modes):
 def test_state_and_restore_reproduce_the_next_frames(water_modes, tmp_path):
     atoms, _, modes = water_modes
     sampler, _, _ = sample(atoms, modes, temperature_K=40000.0, seed=6, count=20)
-    json.dumps(sampler.state())
-    save_record(tmp_path / "state.json", sampler.state())
+    json.dumps(sampler.state().to_record())
+    save_record(tmp_path / "state.json", sampler.state().to_record())
     expected = [sampler.next_frame() for _ in range(5)]
     restored = nm.NormalModeSampler(atoms, modes, temperature_K=40000.0, rng=np.random.default_rng(99))
-    restored.restore(load_record(tmp_path / "state.json"))
+    restored.restore(SamplerState.from_record(load_record(tmp_path / "state.json")))
     assert restored.step == 20
     again = [restored.next_frame() for _ in range(5)]
     assert [f.md_step for f in again] == [f.md_step for f in expected] == [21, 22, 23, 24, 25]

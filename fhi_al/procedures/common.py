@@ -64,14 +64,6 @@ def make_store(settings: Any, run_dir: Path) -> DatasetStore:
     return DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
 
 
-def all_label_ids(store: DatasetStore) -> set[str]:
-    """Every label id stored anywhere in the run's datasets."""
-    ids: set[str] = set()
-    for name in store.names():
-        ids |= store.label_ids(name)
-    return ids
-
-
 def load_or_create_member(trainer: Trainer, spec: MemberSpec, train: Sequence[Atoms],
                           valid: Sequence[Atoms]) -> Member:
     """The member from its latest checkpoint (warm start across restarts), else a new one."""

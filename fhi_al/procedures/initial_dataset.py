@@ -9,7 +9,6 @@ duplicates one; members continue from their checkpoints.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,20 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
-from ..data.store import label_atoms, make_label_id
+from ..data.store import make_label_id
 from ..labeling import LabelResult, label_structure
+from ..md import MDParameters
 from ..parallel import RemoteReference
 from ..references.base import compute_label, reference_name, reference_timeout_from_settings
 from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
-from ..restart import is_done, load_record, mark_done, save_record
+from ..restart import is_done, mark_done
 from . import reporting
-from .common import (SHARED_TAG, TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae,
-                     initial_member_sets, ledger_path,
+from .common import (SHARED_TAG, TRAIN, VALID, dataset_name, ensemble_forces_mae, initial_member_sets, ledger_path,
                      load_or_create_member, make_store, make_trainer, member_specs)
+from .label_book import LabelBook, Timings
 from .normal_modes import make_normal_mode_sampler
-from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
+from .sampling import GuardedReference, LangevinSampler, foundation_calculator
+from .state import InitialDatasetState, PendingLabel, StateFile
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,9 @@ class InitialDataset:
         self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
                                   seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
         self.store = make_store(context.settings, self.run_dir)
-        self.record_path = self.run_dir / RECORD_PATH
-        self.timings = {"reference_s": 0.0, "training_s": 0.0, "md_s": 0.0}
+        self.state_file = StateFile(self.run_dir / RECORD_PATH, InitialDatasetState,
+                                    enabled=self.settings.al.misc.create_restart)
+        self.timings = Timings()
         self.preparatory_calls = 0
 
     # ------------------------------------------------------------------------------------------ steps
@@ -63,17 +65,17 @@ class InitialDataset:
             return
         self.start_or_resume()
         while not self.finished():
-            if not self.state["trained"]:  # a round whose training was interrupted is finished first
+            if not self.state.trained:  # a round whose training was interrupted is finished first
                 self.collect_round()
             self.prefetch_next_round()
             self.train_round()
-        self.drain_labels()
+        self.book.drain(self.store_results_one)
+        self.attach_members()
         self.converge_if_asked()
         self.export_models()
         self.report()
-        mark_done(self.run_dir, STEP, {"labels": self.num_labels(), "epochs": self.state["epochs"]})
-        log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(),
-                 self.state["epochs"])
+        mark_done(self.run_dir, STEP, {"labels": self.num_labels(), "epochs": self.state.epochs})
+        log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(), self.state.epochs)
 
     def start_or_resume(self) -> None:
         self.reference = self.context.services.reference
@@ -82,19 +84,18 @@ class InitialDataset:
         self.sampler = self.make_sampler()
         self.trainer = make_trainer(self.settings, self.run_dir)
         self.members: dict[str, Any] = {}
-        saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
-        self.state = saved or {"round": 0, "epochs": 0, "trained": [], "metrics": {}, "sampler": None,
-                               "pending": {}}
-        if self.state["sampler"] is not None:
-            self.sampler.restore(self.state["sampler"])
+        self.state = self.state_file.load()
+        if self.state.sampler is not None:
+            self.sampler.restore(self.state.sampler)
             log.info("Resuming the initial dataset at round %d (MD step %d, %d labels stored).",
-                     self.state["round"], self.sampler.step, self.num_labels())
-        self.stored_ids = all_label_ids(self.store)
-        if self.stored_ids:
+                     self.state.round, self.sampler.step, self.num_labels())
+        self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=STAGE,
+                              reference=reference_name(self.reference), template=lambda _: self.context.geometry,
+                              save=self.save_state, timings=self.timings)
+        if self.book.stored_ids:
             self.attach_members()
-        for label_id, frame in self.state["pending"].items():  # in flight when the run stopped: ask again
-            if label_id not in self.stored_ids:
-                self.labeler.submit(label_id, self.frame_atoms(frame))
+        for label in self.book.resubmit():  # stored just before the kill: only the record is behind
+            self.book.pending.pop(label.label_id)
 
     def make_sampler(self):
         md = self.settings.al.md
@@ -105,7 +106,8 @@ class InitialDataset:
             local = not isinstance(self.reference, RemoteReference)
             driver = GuardedReference(self.reference, timeout_s=self.timeout_s) if local else self.reference
             # every MD step is a reference call the user pays: one ledger line each
-            driver = CountingCalculator(driver, ledger=ledger_path(self.run_dir), purpose=AIMD_STEP, id_prefix="aimd")
+            driver = CountingCalculator(driver, ledger=ledger_path(self.run_dir), purpose=AIMD_STEP,
+                                        id_prefix="aimd")
             name = "ab initio MD"
         elif self.al.initial_sampling == "normal-modes":
             return make_normal_mode_sampler(self.context.geometry, label_call=self.preparatory_call,
@@ -124,14 +126,14 @@ class InitialDataset:
                              purpose=purpose, label_id=f"{purpose}-{self.preparatory_calls}")
 
     def finished(self) -> bool:
-        if self.state["round"] == 0 or self.state["trained"]:
+        if self.state.round == 0 or self.state.trained:
             return False  # no round yet, or a round whose training is unfinished
-        mae = ensemble_forces_mae(list(self.state["metrics"].values()))
+        mae = ensemble_forces_mae(list(self.state.metrics.values()))
         target = self.al.lambda_ * self.al.desired_acc
         if mae <= target:
             log.info("Ensemble validation force MAE %.4f eV/Å <= lambda x desired_acc = %.4f eV/Å.", mae, target)
             return True
-        if self.state["epochs"] >= self.al.max_initial_epochs:
+        if self.state.epochs >= self.al.max_initial_epochs:
             log.info("Reached max_initial_epochs = %d (force MAE %.4f eV/Å, target %.4f eV/Å).",
                      self.al.max_initial_epochs, mae, target)
             return True
@@ -140,7 +142,7 @@ class InitialDataset:
     def collect_round(self) -> None:
         """Label frames until every member holds n_samples x (round + 1) frames. Frames of the foundation
         model go to the labeler, so that in parallel mode sampling goes on while reference groups label."""
-        with tqdm(total=self.labels_missing(), desc=f"round {self.state['round'] + 1}: labels", unit="label",
+        with tqdm(total=self.labels_missing(), desc=f"round {self.state.round + 1}: labels", unit="label",
                   disable=None, leave=False) as bar:
             while not self.round_complete():
                 stored = self.store_results(self.labeler.collect())
@@ -149,8 +151,8 @@ class InitialDataset:
                 else:
                     stored += self.store_results(self.labeler.wait())
                 bar.update(stored)
-        self.state["round"] += 1
-        self.state["trained"] = [spec.tag for spec in self.specs]
+        self.state.round += 1
+        self.state.trained = [spec.tag for spec in self.specs]
         self.save_state()
 
     def prefetch_next_round(self) -> None:
@@ -161,36 +163,25 @@ class InitialDataset:
         while self.labeler.in_flight < self.labels_per_round():
             self.sample_frame()
 
-    def drain_labels(self) -> None:
-        """At the end, frames not yet sent to the reference are dropped; labels being computed are stored
-        when they arrive, so none that was computed is lost."""
-        for label_id in self.labeler.cancel_queued():
-            self.state["pending"].pop(label_id, None)
-        self.save_state()
-        while self.labeler.in_flight:
-            self.store_results(self.labeler.wait())
-        self.attach_members()
-
     def train_round(self) -> None:
         """Each member trains intermediate_epochs with warm start; checkpoint and record after each."""
         self.attach_members()
-        for tag in list(self.state["trained"]):
+        for tag in list(self.state.trained):
             member = self.members[tag]
-            started = time.perf_counter()
-            metrics = self.trainer.train(member, self.al.intermediate_epochs,
-                                         use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
-            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
-            self.trainer.save_checkpoint(member)
-            self.timings["training_s"] += time.perf_counter() - started
-            self.state["metrics"][tag] = metrics
-            self.state["trained"].remove(tag)
+            with self.timings.measure("training_s"):
+                metrics = self.trainer.train(member, self.al.intermediate_epochs,
+                                             use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
+                metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
+                self.trainer.save_checkpoint(member)
+            self.state.metrics[tag] = metrics
+            self.state.trained.remove(tag)
             self.save_state()
-        self.state["epochs"] += self.al.intermediate_epochs
+        self.state.epochs += self.al.intermediate_epochs
         self.save_state()
-        mae = ensemble_forces_mae(list(self.state["metrics"].values()))
+        mae = ensemble_forces_mae(list(self.state.metrics.values()))
         log.info("Round %d: %d labels, %d epochs per member, ensemble validation force MAE %.4f eV/Å, "
-                 "energy MAE %.2f meV/atom.", self.state["round"], self.num_labels(), self.state["epochs"], mae,
-                 1e3 * float(np.mean([m["energy_mae_per_atom"] for m in self.state["metrics"].values()])))
+                 "energy MAE %.2f meV/atom.", self.state.round, self.num_labels(), self.state.epochs, mae,
+                 1e3 * float(np.mean([m["energy_mae_per_atom"] for m in self.state.metrics.values()])))
 
     def converge_if_asked(self) -> None:
         if not self.al.converge_initial:
@@ -217,45 +208,35 @@ class InitialDataset:
     # ------------------------------------------------------------------------------------------ labels
     def sample_frame(self) -> int:
         """Sample one frame; label it at once (ab initio MD: the driver's results) or queue it. -> labels stored"""
-        started = time.perf_counter()
-        frame = self.sampler.next_frame()
-        self.timings["md_s"] += time.perf_counter() - started
+        with self.timings.measure("md_s"):
+            frame = self.sampler.next_frame()
         label_id = make_label_id(STAGE, TRAJECTORY, frame.md_step)
-        if label_id in self.stored_ids:  # stored before a kill, whose record was not yet saved
+        label = PendingLabel(label_id, frame.md_step, frame.atoms.get_positions(), trajectory=TRAJECTORY,
+                             cell=frame.atoms.get_cell().array.copy())
+        if self.book.is_stored(label.label_id):  # stored before a kill, whose record was not yet saved
             self.save_state()
             return 0
-        self.state["pending"][label_id] = {"md_step": frame.md_step, "positions": frame.atoms.get_positions()}
-        self.save_state()
-        if self.al.initial_sampling == "aimd":
-            # The driving calculator is the reference: its results at this frame are the label (compute_label
-            # finds them cached in the calculator and does not recompute).
-            return self.store_results([label_structure(self.reference, label_id, frame.atoms,
-                                                       timeout_s=self.timeout_s, ledger=ledger_path(self.run_dir))])
-        self.labeler.submit(label_id, frame.atoms)
-        return 0
+        if self.al.initial_sampling != "aimd":
+            self.book.request(label)
+            return 0
+        # The driving calculator is the reference: its results at this frame are the label (compute_label
+        # finds them cached in the calculator and does not recompute).
+        self.book.add(label)
+        return self.store_results([label_structure(self.reference, label.label_id, frame.atoms,
+                                                   timeout_s=self.timeout_s, ledger=ledger_path(self.run_dir))])
 
     def store_results(self, results: list[LabelResult]) -> int:
-        stored = 0
-        for result in results:
-            frame = self.state["pending"].pop(result.label_id)
-            self.timings["reference_s"] += result.seconds
-            if not result.ok:
-                log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
-            elif result.label_id not in self.stored_ids:
-                labelled = label_atoms(self.frame_atoms(frame), energy_eV=result.energy_eV,
-                                       forces_eV_per_A=result.forces_eV_per_A, procedure=STAGE,
-                                       trajectory=TRAJECTORY, md_step=frame["md_step"],
-                                       reference=reference_name(self.reference), label_id=result.label_id)
-                self.store.append(self.destination(), labelled)
-                self.stored_ids.add(result.label_id)
-                stored += 1
-            self.save_state()
-        return stored
+        return sum(self.store_results_one(result) for result in results)
 
-    def frame_atoms(self, frame: dict[str, Any]):
-        atoms = self.context.geometry.copy()
-        atoms.set_positions(frame["positions"])
-        return atoms
+    def store_results_one(self, result: LabelResult) -> int:
+        label = self.book.take(result)
+        stored = 0
+        if not result.ok:
+            log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
+        else:
+            stored = int(self.book.store_label(result, label, self.destination) is not None)
+        self.save_state()
+        return stored
 
     def destination(self) -> str:
         """Shared sets, or the member with the fewest frames; the split keeps valid_ratio."""
@@ -285,7 +266,7 @@ class InitialDataset:
         return self.al.n_samples * (1 if self.shared else len(self.specs))
 
     def labels_missing(self) -> int:
-        wanted = self.al.n_samples * (self.state["round"] + 1)
+        wanted = self.al.n_samples * (self.state.round + 1)
         tags = [SHARED_TAG] if self.shared else [spec.tag for spec in self.specs]
         return sum(max(wanted - self.member_count(tag), 0) for tag in tags)
 
@@ -303,6 +284,5 @@ class InitialDataset:
                 self.members[spec.tag] = load_or_create_member(self.trainer, spec, train, valid)
 
     def save_state(self) -> None:
-        self.state["sampler"] = self.sampler.state()
-        if self.settings.al.misc.create_restart:
-            save_record(self.record_path, self.state)
+        self.state.sampler = self.sampler.state()
+        self.state_file.save(self.state)

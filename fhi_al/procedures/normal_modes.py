@@ -25,6 +25,7 @@ from ..errors import InputError
 from ..references.ledger import HESSIAN, RELAXATION
 from ..restart import restore_rng, rng_state
 from .sampling import Frame
+from .state import SamplerState
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +277,13 @@ class NormalModeSampler:
                          f"{MIN_CONTACT_FRACTION} of their covalent radii sum; lower the temperature "
                          f"({self.temperature_K:g} K)", where="temperature_K")
 
-    def state(self) -> dict[str, Any]:
-        return {"samples": self._samples, "rng": rng_state(self.rng), "failures": self.failures}
+    def state(self) -> SamplerState:
+        return SamplerState(md=None, rng=rng_state(self.rng), failures=self.failures, samples=self._samples)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._samples = int(state["samples"])
-        self.rng.bit_generator.state = restore_rng(state["rng"]).bit_generator.state
-        self.failures = int(state.get("failures", 0))
+    def restore(self, state: SamplerState) -> None:
+        self._samples = int(state.samples)
+        self.rng.bit_generator.state = restore_rng(state.rng).bit_generator.state
+        self.failures = int(state.failures)
 
 
 # ---------------------------------------------------------------- restart record

@@ -1,11 +1,12 @@
-"""Molecular dynamics for sampling: an ASE Langevin factory, velocities, restartable MD state and
-detection of exploding trajectories with a reset to the last good frame.
+"""Molecular dynamics for sampling: the dynamics factory, velocities, restartable MD state and one guarded
+dynamics (blow-up detection, return to the last good frame with fresh velocities) that every MD runs in.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import numpy as np
 from ase import Atoms, units
@@ -21,6 +22,26 @@ DEFAULT_MAX_DISTANCE_A = 5.0
 # Instantaneous temperatures of small molecules fluctuate strongly (chi-squared with 3N-3 dof):
 # for 8 atoms, 5x the target has a probability below 1e-12 per step in a healthy run.
 DEFAULT_MAX_TEMPERATURE_FACTOR = 5.0
+
+
+@dataclass(frozen=True)
+class MDParameters:
+    """The thermostat of every MD the tool runs (settings section MD)."""
+
+    temperature_K: float
+    timestep_fs: float
+    friction_per_fs: float
+
+    @classmethod
+    def from_settings(cls, md_settings: Any) -> "MDParameters":
+        return cls(temperature_K=md_settings.temperature, timestep_fs=md_settings.timestep,
+                   friction_per_fs=md_settings.friction)
+
+
+def make_dynamics(atoms: Atoms, *, md: MDParameters, rng: np.random.Generator) -> Langevin:
+    """The dynamics of `md` on `atoms` (NVT Langevin; the place where NPT integrators will be chosen)."""
+    return make_langevin(atoms, temperature_K=md.temperature_K, timestep_fs=md.timestep_fs,
+                        friction_per_fs=md.friction_per_fs, rng=rng)
 
 
 def make_langevin(atoms: Atoms, *, temperature_K: float, timestep_fs: float, friction_per_fs: float,
@@ -63,26 +84,47 @@ def kinetic_temperature_K(atoms: Atoms) -> float:
     return 2.0 * kinetic_eV / (dof * units.kB)
 
 
-def md_state(atoms: Atoms, *, step: int = 0) -> dict[str, Any]:
-    """Everything needed to continue a trajectory (with the RNG state from fhi_al.restart.rng_state)."""
-    return {"numbers": atoms.get_atomic_numbers().copy(), "positions": atoms.get_positions(),
-            "momenta": atoms.get_momenta(), "cell": atoms.get_cell().array.copy(), "pbc": atoms.get_pbc().copy(),
-            "step": int(step)}
+@dataclass
+class MDState:
+    """Everything needed to continue a trajectory, with the RNG state kept by its owner."""
+
+    numbers: np.ndarray
+    positions: np.ndarray  # Å
+    momenta: np.ndarray  # ASE units (amu Å / ASE time)
+    cell: np.ndarray  # Å
+    pbc: np.ndarray
+    step: int
+
+    def to_record(self) -> dict[str, Any]:
+        """Plain values for fhi_al.restart.save_record (the layout of restart records since version 1)."""
+        return {"numbers": self.numbers, "positions": self.positions, "momenta": self.momenta, "cell": self.cell,
+                "pbc": self.pbc, "step": int(self.step)}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "MDState":
+        return cls(numbers=np.asarray(record["numbers"]), positions=np.asarray(record["positions"], dtype=float),
+                   momenta=np.asarray(record["momenta"], dtype=float), cell=np.asarray(record["cell"], dtype=float),
+                   pbc=np.asarray(record["pbc"], dtype=bool), step=int(record["step"]))
 
 
-def restore_md_state(atoms: Atoms, state: dict[str, Any], dyn: Langevin | None = None) -> int:
+def md_state(atoms: Atoms, *, step: int = 0) -> MDState:
+    """The MD state of `atoms` at `step` (copies)."""
+    return MDState(numbers=atoms.get_atomic_numbers().copy(), positions=atoms.get_positions(),
+                   momenta=atoms.get_momenta(), cell=atoms.get_cell().array.copy(), pbc=atoms.get_pbc().copy(),
+                   step=int(step))
+
+
+def restore_md_state(atoms: Atoms, state: MDState, dyn: Any = None) -> int:
     """Put `state` back into `atoms` (and the step counter into `dyn`); returns the step."""
-    numbers = np.asarray(state["numbers"])
-    if not np.array_equal(numbers, atoms.get_atomic_numbers()):
+    if not np.array_equal(state.numbers, atoms.get_atomic_numbers()):
         raise ValueError("MD state belongs to a different structure (atomic numbers differ)")
-    atoms.set_cell(state["cell"])
-    atoms.set_pbc(state["pbc"])
-    atoms.set_positions(state["positions"])
-    atoms.set_momenta(state["momenta"])
-    step = int(state["step"])
+    atoms.set_cell(state.cell)
+    atoms.set_pbc(state.pbc)
+    atoms.set_positions(state.positions)
+    atoms.set_momenta(state.momenta)
     if dyn is not None:
-        dyn.nsteps = step
-    return step
+        dyn.nsteps = state.step
+    return state.step
 
 
 class BlowUpDetector:
@@ -139,29 +181,119 @@ class LastGoodFrame:
         restore_md_state(atoms, self.state)
         initialize_velocities(atoms, temperature_K, rng)
         self.resets += 1
-        return int(self.state["step"])
+        return self.state.step
 
 
-class BlowUpGuard:
-    """Observer for `dyn.attach(guard, interval=...)`: checks each visited frame, records good ones and
-    resets the trajectory to the last good frame (fresh velocities, step counter kept) on a blow-up."""
+class BlowUp(Exception):
+    """Raised by the guard observer to end a run on a frame that failed the checks."""
 
-    def __init__(self, dyn: Langevin, detector: BlowUpDetector, rng: np.random.Generator, *, name: str = "MD"):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class GuardedDynamics:
+    """One guarded MD: any ASE dynamics (Langevin today; NPT integrators alike) run in segments of
+    `run(steps)`, with observers attached through `dyn.attach`.
+
+    The guard observer checks the frame each segment ends on (non-finite numbers, a flying atom,
+    overheating); a good frame becomes the last good frame and is handed to the `on_good_frame` observers.
+    A bad frame, or a failed calculation, puts the trajectory back on the last good frame with fresh
+    Maxwell-Boltzmann velocities (from `rng`); the step counter keeps running, so ids made from the step
+    stay unique. Only a segment's last frame is checked (one neighbour list per hand-out, not per step): the
+    samplers' behaviour and random streams stay those of the restart records written so far.
+    """
+
+    def __init__(self, dyn: Any, *, rng: np.random.Generator, temperature_K: float, name: str = "MD",
+                 failure: str = "calculation failed", detector: BlowUpDetector | None = None):
         self.dyn = dyn
-        self.detector = detector
         self.rng = rng
+        self.temperature_K = temperature_K
         self.name = name
-        self.last_good = LastGoodFrame(dyn.atoms, step=dyn.nsteps)
-        self.events: list[tuple[int, str]] = []
+        self.failure = failure
+        self.detector = detector or BlowUpDetector(target_temperature_K=temperature_K)
+        self.last_good = LastGoodFrame(dyn.atoms, step=int(dyn.nsteps))
+        self.resets = 0
+        self.resets_in_a_row = 0  # since the last frame that passed the checks
+        self.events: list[tuple[int, str]] = []  # (step, reason) of every reset
+        self.good_frame_observers: list[Callable[[], None]] = []
+        self._checked = False
+        dyn.attach(self._guard, interval=1)
 
-    def __call__(self) -> None:
-        atoms = self.dyn.atoms
-        reason = self.detector.check(atoms)
-        if reason is None:
-            self.last_good.record(atoms, step=self.dyn.nsteps)
-            return
-        self.events.append((self.dyn.nsteps, reason))
-        good_step = int(self.last_good.state["step"])
-        log.warning("%s step %d: %s; resetting to the frame of step %d with fresh velocities",
-                    self.name, self.dyn.nsteps, reason, good_step)
-        self.last_good.reset(atoms, temperature_K=self.detector.target_temperature_K, rng=self.rng)
+    @property
+    def atoms(self) -> Atoms:
+        return self.dyn.atoms
+
+    @property
+    def step(self) -> int:
+        return int(self.dyn.nsteps)
+
+    def on_good_frame(self, observer: Callable[[], None]) -> None:
+        """Call `observer()` on every segment-end frame that passed the checks (e.g. a frame hand-out)."""
+        self.good_frame_observers.append(observer)
+
+    def run(self, steps: int) -> str | None:
+        """Run `steps` steps; returns None on a good frame, else the reason of the reset that followed."""
+        self._checked = False
+        try:
+            self.dyn.run(steps)
+            if not self._checked:  # a run of 0 steps past step 0 calls no observer
+                self._guard(final=True)
+        except BlowUp as blow_up:
+            reason = blow_up.reason
+        except Exception as error:  # noqa: BLE001 - any failure of the driving calculator is a bad frame
+            reason = f"{self.failure}: {type(error).__name__}: {error}"
+        else:
+            return None
+        self.reset(reason)
+        return reason
+
+    def _guard(self, final: bool = False) -> None:
+        if not final and self.dyn.nsteps != getattr(self.dyn, "max_steps", None):
+            return  # only the frame a segment ends on is checked
+        self._checked = True
+        reason = self.detector.check(self.atoms)
+        if reason is not None:
+            raise BlowUp(reason)
+        self.last_good.record(self.atoms, step=self.step)
+        self.resets_in_a_row = 0
+        for observer in self.good_frame_observers:
+            observer()
+
+    def reset(self, reason: str) -> None:
+        """Back to the last good frame with fresh velocities (also for a reason found outside, e.g. an
+        uncertainty above its upper bound)."""
+        good_step = self.last_good.reset(self.atoms, temperature_K=self.temperature_K, rng=self.rng)
+        if self.atoms.calc is not None:
+            self.atoms.calc.reset()
+        self.resets += 1
+        self.resets_in_a_row += 1
+        self.events.append((self.step, reason))
+        log.warning("%s step %d: %s; back to the frame of step %d with fresh velocities", self.name, self.step,
+                    reason, good_step)
+
+    def snapshot(self) -> Atoms:
+        """A calculator-free copy of the current frame."""
+        frame = self.atoms.copy()
+        frame.calc = None
+        return frame
+
+    def last_good_frame(self) -> Atoms:
+        """The frame a reset goes back to (calculator-free copy)."""
+        frame = self.snapshot()
+        frame.set_positions(self.last_good.state.positions)
+        return frame
+
+    def state(self) -> MDState:
+        """The MD state of the current frame (the RNG state is saved by the owner of `rng`)."""
+        return md_state(self.atoms, step=self.step)
+
+    def restore(self, state: MDState, *, last_good: MDState | None = None) -> None:
+        """Continue from a saved MD state; the last good frame is `last_good` or the restored frame."""
+        restore_md_state(self.atoms, state, self.dyn)
+        if last_good is None:
+            self.last_good.record(self.atoms, step=self.step)
+        else:
+            self.last_good.state = last_good
+        if self.atoms.calc is not None:
+            self.atoms.calc.reset()

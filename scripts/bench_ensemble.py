@@ -2,8 +2,8 @@
 vs mace's MACECalculator committee of the same 4 model files called once per structure, and vs one model.
 Writes scripts/results/bench_ensemble.{json,png}.
 
-ensemble_batch_K* evaluate all members as one stacked model (the default, with the fused C kernels of
-fhi_al/architectures/mace/fused.py); ensemble_torch_K* the same without the kernels (FHI_AL_FUSED_KERNELS=0);
+ensemble_batch_K* evaluate all members as one stacked model (the default, with the optional C kernels of
+fhi_al/architectures/mace/kernels/); ensemble_torch_K* the same without the kernels (FHI_AL_FUSED_KERNELS=0);
 ensemble_looped_K* evaluate the members one by one on the same batched graph, for comparison.
 
 Timings alternate between methods within every repeat so machine load affects all of them; medians of
@@ -29,7 +29,7 @@ from ase.build import molecule  # noqa: E402
 from ase.io import read  # noqa: E402
 from mace.calculators import MACECalculator  # noqa: E402
 
-from fhi_al.architectures.mace import fused  # noqa: E402
+from fhi_al.architectures.mace import kernels  # noqa: E402
 from fhi_al.architectures.mace.hypers import MaceHypers  # noqa: E402
 from fhi_al.ensemble import EnsembleCalculator, ensemble_seeds  # noqa: E402
 from fhi_al.training.config import TrainingConfig  # noqa: E402
@@ -82,12 +82,12 @@ def per_structure_calls(calculator, batch) -> np.ndarray:
     return _clocks() - start
 
 
-def batched_call(calculator: EnsembleCalculator, batch, kernels: bool = True) -> np.ndarray:
-    os.environ[fused.DISABLE_VARIABLE] = "1" if kernels else "0"
+def batched_call(calculator: EnsembleCalculator, batch, use_kernels: bool = True) -> np.ndarray:
+    os.environ[kernels.DISABLE_VARIABLE] = "1" if use_kernels else "0"
     start = _clocks()
     results = calculator.calculate_batch(batch)
     elapsed = _clocks() - start
-    os.environ[fused.DISABLE_VARIABLE] = "1"
+    os.environ[kernels.DISABLE_VARIABLE] = "1"
     assert all("forces_uncertainty_max" in r for r in results)
     return elapsed
 
@@ -107,7 +107,7 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
     # warm-up
     per_structure_calls(single, pool[:2]); per_structure_calls(committee, pool[:2]); batched_call(ensemble, pool[:8])
     batched_call(looped, pool[:8])
-    batched_call(ensemble, pool[:8], kernels=False)
+    batched_call(ensemble, pool[:8], use_kernels=False)
     for _ in range(repeats):
         timings["single_model"].append((per_structure_calls(single, pool[:calls]) / calls).tolist())
         timings["mace_committee"].append((per_structure_calls(committee, pool[:calls]) / calls).tolist())
@@ -119,7 +119,7 @@ def measure(paths: list[Path], repeats: int, calls: int) -> dict[str, list[list[
             if f"ensemble_looped_K{k}" in timings:
                 elapsed = sum(batched_call(looped, chunk) for chunk in chunks)
                 timings[f"ensemble_looped_K{k}"].append((elapsed / (calls * k)).tolist())
-                elapsed = sum(batched_call(ensemble, chunk, kernels=False) for chunk in chunks)
+                elapsed = sum(batched_call(ensemble, chunk, use_kernels=False) for chunk in chunks)
                 timings[f"ensemble_torch_K{k}"].append((elapsed / (calls * k)).tolist())
     return timings
 
@@ -176,7 +176,7 @@ def main() -> int:
         "throughput_gain_vs_committee": {str(k): committee / median[f"ensemble_batch_K{k}"] for k in KS},
         "throughput_gain_vs_committee_without_kernels": {
             str(k): committee / median[f"ensemble_torch_K{k}"] for k in (1, max(KS))},
-        "fused_kernels": fused.library(torch.float64) is not None,
+        "fused_kernels": kernels.library(torch.float64) is not None,
         "targets": {"ratio_4_members_vs_single_model": 1.5, "throughput_gain_vs_committee_K8": 8.0},
         "torch": torch.__version__, "mace": mace.__version__, "load_average": os.getloadavg(),
     }

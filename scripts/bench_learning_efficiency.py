@@ -67,7 +67,12 @@ HOT_OFFSET_K = 200.0  # the second test temperature is T + this
 TEST_STRIDE = 40  # MD steps between test frames
 POOL_STRIDE = 20  # MD steps between frames of the baseline's reference-MD pool
 EQUILIBRATION_STEPS = 200
-TEST_SEED, POOL_SEED = 1001, 2002
+DECORRELATION_STEPS = 4000  # continuous reference MD for the force autocorrelation
+ACF_MAX_LAG = 400
+ACF_THRESHOLD = 0.1
+STABILITY_PS = 20.0  # MLFF MD at T + HOT_OFFSET_K with the final ensemble
+STABILITY_CHECK_STEPS = 20
+TEST_SEED, POOL_SEED, STABILITY_SEED = 1001, 2002, 3003
 VALID_FRACTION = 0.1  # baseline train/valid split (90/10)
 ENSEMBLE_SIZE = 2
 POLL_S = 5.0
@@ -137,6 +142,51 @@ def test_set(args, atoms0) -> list:
         return frames
 
     return cached_frames(path, make)
+
+
+def force_decorrelation(args, atoms0) -> dict:
+    """How many MD steps apart reference-MD frames must be to be independent: the normalised autocorrelation
+    of the atomic force components along DECORRELATION_STEPS of continuous reference MD at T (cached). The
+    decorrelation stride is the smallest lag from which |C(lag)| stays below ACF_THRESHOLD."""
+    path = RESULTS / f"{NAME}_decorrelation_{args.molecule}_{args.reference}_{args.temperature_K:g}K.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    calc = make_reference(name=args.reference, options=REFERENCE_OPTIONS[args.reference])
+    atoms = atoms0.copy()
+    atoms.calc = calc
+    rng = np.random.default_rng(POOL_SEED + 1)
+    initialize_velocities(atoms, args.temperature_K, rng)
+    dyn = make_langevin(atoms, temperature_K=args.temperature_K, timestep_fs=TIMESTEP_FS,
+                        friction_per_fs=FRICTION_PER_FS, rng=rng)
+    dyn.run(EQUILIBRATION_STEPS)
+    forces = []
+    dyn.attach(lambda: forces.append(atoms.calc.results["forces"].copy()), interval=1)
+    dyn.run(DECORRELATION_STEPS)
+    acf = autocorrelation(np.array(forces), max_lag=ACF_MAX_LAG)
+    below = np.abs(acf) < ACF_THRESHOLD
+    stride = next(lag for lag in range(len(acf)) if below[lag:].all()) if below[-1] else ACF_MAX_LAG
+    result = {"acf": acf.tolist(), "timestep_fs": TIMESTEP_FS, "threshold": ACF_THRESHOLD,
+              "md_steps": DECORRELATION_STEPS, "decorrelation_steps": int(stride)}
+    path.write_text(json.dumps(result))
+    print(f"force autocorrelation below {ACF_THRESHOLD} from {stride} MD steps on", flush=True)
+    return result
+
+
+def autocorrelation(series: np.ndarray, *, max_lag: int) -> np.ndarray:
+    """Normalised autocorrelation C(lag), lag = 0..max_lag, of a [T, ...] series averaged over its components."""
+    x = series.reshape(len(series), -1)
+    x = x - x.mean(axis=0)
+    n = len(x)
+    spectrum = np.fft.rfft(x, n=2 * n, axis=0)
+    raw = np.fft.irfft(spectrum * np.conj(spectrum), axis=0)[: max_lag + 1].sum(axis=1)
+    raw /= (n - np.arange(max_lag + 1))  # unbiased: fewer pairs at larger lags
+    return raw / raw[0]
+
+
+def baseline_stride(decorrelation: dict) -> int:
+    """MD steps the baseline pays per frame: the pool's stride, or less where the forces decorrelate sooner
+    (frames further apart than needed would charge the baseline for steps it need not run)."""
+    return min(decorrelation["decorrelation_steps"], POOL_STRIDE)
 
 
 def pool_set(args, atoms0) -> list:
@@ -330,9 +380,22 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def label_times(run_dir: Path) -> list[float]:
-    """When each reference label of the run was stored (the ledger, without analysis-mode calls), sorted."""
-    return sorted(r["time"] for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
-                  if not str(r.get("label_id", "")).startswith("analysis"))
+    """When each reference label of the run was stored (the ledger's completed labels), sorted."""
+    from fhi_al.references.ledger import is_stored_label
+
+    return sorted(r["time"] for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl") if is_stored_label(r))
+
+
+def paid_call_times(run_dir: Path) -> list[float]:
+    """When each reference calculation the user pays for ran (MD steps, Hessian, labels, failures; analysis-mode
+    calls and labels read from an MD step's results excluded), sorted; one entry per call."""
+    from fhi_al.references.ledger import ANALYSIS
+
+    times = []
+    for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl"):
+        if r.get("purpose", "label") != ANALYSIS:
+            times += [r["time"]] * int(r.get("calls", 1))
+    return sorted(times)
 
 
 def checkpoint_points(run_dir: Path, config: TrainingConfig) -> list[dict]:
@@ -356,7 +419,7 @@ def checkpoint_points(run_dir: Path, config: TrainingConfig) -> list[dict]:
             entries.append({"path": path, "epoch": epoch, "time": record.get("time", path.stat().st_mtime),
                             "n_data": record.get("n_train", 0) + record.get("n_valid", 0)})
         per_member.append(entries)
-    ledger = label_times(run_dir)
+    ledger, paid = label_times(run_dir), paid_call_times(run_dir)
     count = min(len(entries) for entries in per_member)
     if len({len(entries) for entries in per_member}) != 1:
         print(f"warning: members have {[len(e) for e in per_member]} checkpoints; pairing the first {count}",
@@ -368,6 +431,7 @@ def checkpoint_points(run_dir: Path, config: TrainingConfig) -> list[dict]:
         points.append({"paths": [e["path"] for e in group], "epochs": [e["epoch"] for e in group],
                        "tags": [s.tag for s in specs], "time": end,
                        "labels": int(np.searchsorted(ledger, end, side="right")),
+                       "reference_calls": int(np.searchsorted(paid, end, side="right")),
                        "member_data": [e["n_data"] for e in group]})
     return points, trainer
 
@@ -389,15 +453,16 @@ def select_points(points: list[dict]) -> list[dict]:
 def fhi_al_curve(run_dir: Path, test: list) -> list[dict]:
     config = run_config(run_dir, keep_checkpoints=True)
     points, trainer = checkpoint_points(run_dir, config)
-    rows = []
+    rows, members = [], []
     for point in select_points(points):
         members = [trainer.load_member(tag, path=path) for tag, path in zip(point["tags"], point["paths"])]
         errors = ensemble_errors(Ensemble.from_members(members), test)
-        rows.append({"n_labels": point["labels"], "epochs": point["epochs"], "member_data": point["member_data"],
+        rows.append({"n_labels": point["labels"], "reference_calls": point["reference_calls"],
+                     "epochs": point["epochs"], "member_data": point["member_data"],
                      "checkpoints": [p.name for p in point["paths"]], **errors})
-        print(f"fhi_al labels={point['labels']} epochs={point['epochs']}: forces "
+        print(f"fhi_al labels={point['labels']} calls={point['reference_calls']} epochs={point['epochs']}: forces "
               f"{1e3 * errors['forces_mae']:.1f} meV/Å", flush=True)
-    return rows
+    return rows, members
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -433,6 +498,77 @@ def efficiency(base: list[dict], curve: list[dict], key: str) -> dict:
             "equivalent_ratio": equivalent / max(final["n_labels"], 1)}
 
 
+def efficiency_calls(base: list[dict], curve: list[dict], stride: int) -> dict:
+    """Reference calls (what users pay) for the largest baseline's force error: the baseline pays N x stride
+    MD steps of reference MD, fhi_al every paid call in its ledger up to the checkpoint."""
+    sizes, means, _ = baseline_means(base, "forces_mae")
+    target, baseline_calls = float(means[-1]), int(sizes[-1]) * stride
+    reached = next((row["reference_calls"] for row in curve if row["forces_mae"] <= target), None)
+    final = curve[-1]
+    equivalent, extrapolated = equivalent_baseline_labels(sizes, means, final["forces_mae"])
+    return {"baseline_stride_steps": stride, "baseline_largest_n": int(sizes[-1]),
+            "baseline_largest_n_calls": baseline_calls, "baseline_largest_n_mae": target,
+            "fhi_al_calls_to_reach_it": reached, "ratio": (baseline_calls / reached) if reached else None,
+            "fhi_al_final_calls": final["reference_calls"], "fhi_al_final_mae": final["forces_mae"],
+            "baseline_calls_for_fhi_al_final_mae": equivalent * stride, "equivalent_extrapolated": extrapolated,
+            "equivalent_ratio": equivalent * stride / max(final["reference_calls"], 1)}
+
+
+def data_distribution(run_dir: Path, pool: list, test: list) -> dict:
+    """Where the run's labels lie compared with the baseline's pool and the test set: energy per atom above the
+    pool's lowest (meV/atom) and largest atomic force (eV/Å), as percentiles, per source."""
+    from fhi_al.data.store import DatasetStore
+
+    settings = load_run_settings(run_dir)
+    store = DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
+    sources = {"initial": [a for name in store.names() if name.startswith("initial/") for a in store.read(name)],
+               "al": [a for name in store.names() if name.startswith("al/") for a in store.read(name)],
+               "pool (random MD, T)": pool, "test (T)": test[: len(test) // 2], "test (T+200 K)": test[len(test) // 2:]}
+    e_min = min(a.info["REF_energy"] / len(a) for a in pool)
+    result = {}
+    for name, frames in sources.items():
+        if not frames:
+            continue
+        energy = np.array([1e3 * (a.info["REF_energy"] / len(a) - e_min) for a in frames])
+        fmax = np.array([np.linalg.norm(a.arrays["REF_forces"], axis=1).max() for a in frames])
+        result[name] = {"n": len(frames), "energy_meV_per_atom_p10_50_90": np.percentile(energy, [10, 50, 90]).tolist(),
+                        "max_force_eV_per_A_p10_50_90": np.percentile(fmax, [10, 50, 90]).tolist()}
+    return result
+
+
+def stability(members: list, atoms0, *, temperature_K: float, ps: float) -> dict:
+    """MLFF Langevin MD with the ensemble mean at temperature_K for `ps` picoseconds: the time of the first
+    unphysical frame (fhi_al's blow-up detector, or a change of the covalent bonding pattern), if any."""
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    from fhi_al.ensemble import EnsembleCalculator
+    from fhi_al.md import BlowUpDetector
+
+    def bonds(atoms):
+        i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.25))
+        return {(a, b) for a, b in zip(i, j) if a < b}
+
+    atoms = atoms0.copy()
+    atoms.calc = EnsembleCalculator(Ensemble.from_members(members))
+    rng = np.random.default_rng(STABILITY_SEED)
+    initialize_velocities(atoms, temperature_K, rng)
+    dyn = make_langevin(atoms, temperature_K=temperature_K, timestep_fs=TIMESTEP_FS,
+                        friction_per_fs=FRICTION_PER_FS, rng=rng)
+    detector, topology = BlowUpDetector(target_temperature_K=temperature_K), bonds(atoms0)
+    steps = int(round(1000 * ps / TIMESTEP_FS))
+    started = time.perf_counter()
+    for _ in range(steps // STABILITY_CHECK_STEPS):
+        dyn.run(STABILITY_CHECK_STEPS)
+        reason = detector.check(atoms) or ("bonding pattern changed" if bonds(atoms) != topology else None)
+        if reason:
+            break
+    survived_ps = dyn.nsteps * TIMESTEP_FS / 1000
+    result = {"temperature_K": temperature_K, "target_ps": ps, "survived_ps": survived_ps, "failure": reason,
+              "seconds": time.perf_counter() - started}
+    print(f"stability at {temperature_K:g} K: {survived_ps:.2f} of {ps:g} ps ({reason or 'no failure'})", flush=True)
+    return result
+
+
 def calibration(run_dir: Path, tag: str) -> dict:
     records = read_jsonl(run_dir / "analysis" / "analysis.jsonl")
     unc = [r["uncertainty"] for r in records]
@@ -447,26 +583,39 @@ def calibration(run_dir: Path, tag: str) -> dict:
     return result
 
 
-def plot(base: list[dict], curve: list[dict], path: Path, retrained: dict | None, title: str) -> None:
+def plot(base: list[dict], curve: list[dict], path: Path, retrained: dict | None, title: str, *, stride: int,
+         decorrelation: dict) -> None:
+    """Test-set force error against reference calls (what users pay) and against labels, and the force
+    autocorrelation that sets the baseline's stride."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.3))
-    for axis, key, unit, scale in ((axes[0], "forces_mae", "force MAE (meV/Å)", 1e3),
-                                   (axes[1], "energy_mae_per_atom", "energy MAE (meV/atom)", 1e3)):
-        sizes, means, stds = baseline_means(base, key)
-        axis.errorbar(sizes, scale * means, yerr=scale * stds, fmt="o-", capsize=3, label="random reference MD frames")
-        labels = [max(r["n_labels"], 1) for r in curve]
-        axis.plot(labels, [scale * r[key] for r in curve], "s-", ms=3, label="fhi_al active learning (checkpoints)")
-        if retrained:
-            axis.plot([retrained["n_labels"]], [scale * retrained[key]], "*", ms=12, color="tab:green",
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), gridspec_kw={"width_ratios": [1.2, 1.2, 0.8]})
+    sizes, means, stds = baseline_means(base, "forces_mae")
+    for axis, x_key, scale_x, xlabel in ((axes[0], "reference_calls", stride, "reference calls (what users pay)"),
+                                         (axes[1], "n_labels", 1, "reference labels")):
+        axis.errorbar(sizes * scale_x, 1e3 * means, yerr=1e3 * stds, fmt="o-", capsize=3,
+                      label="random reference-MD frames" + (f" ({stride} MD steps each)" if scale_x > 1 else ""))
+        axis.plot([max(r[x_key], 1) for r in curve], [1e3 * r["forces_mae"] for r in curve], "s-", ms=3,
+                  label="fhi_al active learning (checkpoints)")
+        if retrained and x_key == "n_labels":
+            axis.plot([retrained["n_labels"]], [1e3 * retrained["forces_mae"]], "*", ms=12, color="tab:green",
                       label="fhi_al's final data, members retrained from scratch")
-        axis.axhline(scale * means[-1], color="grey", ls=":", lw=1, label=f"baseline N={sizes[-1]}")
+        axis.axhline(1e3 * means[-1], color="grey", ls=":", lw=1, label=f"baseline N={sizes[-1]}")
         axis.set_xscale("log")
         axis.set_yscale("log")
-        axis.set_xlabel("reference labels")
-        axis.set_ylabel(f"test-set {unit}")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("test-set force MAE (meV/Å)")
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+        axis.legend(fontsize=7)
+    acf = np.array(decorrelation["acf"])
+    lags_fs = np.arange(len(acf)) * decorrelation["timestep_fs"]
+    axes[2].plot(lags_fs, acf, lw=1)
+    axes[2].axhspan(-decorrelation["threshold"], decorrelation["threshold"], color="grey", alpha=0.2)
+    axes[2].axvline(decorrelation["decorrelation_steps"] * decorrelation["timestep_fs"], color="tab:red", ls="--",
+                    lw=1, label=f"decorrelated after {decorrelation['decorrelation_steps']} steps")
+    axes[2].set_xlabel("lag (fs)")
+    axes[2].set_ylabel("force autocorrelation (reference MD)")
+    axes[2].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -496,6 +645,8 @@ def parse_args(argv=None):
                         "(default: the largest baseline size)")
     parser.add_argument("--baseline-only", action="store_true",
                         help="only fill the baseline cache (no FHI_AL run, no report)")
+    parser.add_argument("--stability-ps", type=float, default=STABILITY_PS,
+                        help="ps of MLFF MD at T + 200 K with the final ensemble (0 = skip)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.config = dict(QUICK if args.quick else FULL)
@@ -525,12 +676,16 @@ def main(argv=None) -> int:
     process = start_run(run_dir)
     print(f"FHI_AL running in {run_dir} (pid {process.pid})", flush=True)
     test = test_set(args, atoms0)
+    decorrelation = force_decorrelation(args, atoms0)
+    stride = baseline_stride(decorrelation)
     if not args.skip_baseline:
         base = baseline(args, run_dir, pool_set(args, atoms0), test)
     status = process.wait()
     print(f"FHI_AL finished with status {status} after {time.perf_counter() - started:.0f} s", flush=True)
-    curve = fhi_al_curve(run_dir, test)
+    curve, final_members = fhi_al_curve(run_dir, test)
     retrained = retrained_on_run_data(args, run_dir, test)
+    stable = (stability(final_members, atoms0, temperature_K=args.temperature_K + HOT_OFFSET_K,
+                        ps=args.stability_ps) if args.stability_ps > 0 else None)
     if args.skip_baseline:
         base = wait_for_baseline(args)
     report = {"molecule": args.molecule, "formula": atoms0.get_chemical_formula(), "reference": args.reference,
@@ -542,6 +697,10 @@ def main(argv=None) -> int:
               "baseline_config": {k: args.config[k] for k in ("structure_epochs", "min_epochs", "patience")}
               | {"baseline_sizes": args.baseline_sizes}
               | {"max_epochs_cap": args.epochs, "seeds": args.seeds},
+              "decorrelation": {k: decorrelation[k] for k in ("decorrelation_steps", "threshold", "md_steps")},
+              "efficiency_calls": efficiency_calls(base, curve, stride),
+              "stability_fhi_al": stable,
+              "data_distribution": data_distribution(run_dir, pool_set(args, atoms0), test),
               "efficiency_forces": efficiency(base, curve, "forces_mae"),
               "efficiency_energy": efficiency(base, curve, "energy_mae_per_atom"),
               "calibration_analysis": calibration(run_dir, args.tag),
@@ -552,10 +711,12 @@ def main(argv=None) -> int:
     (args.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1, default=str))
     png = args.out_dir / f"{NAME}_{args.tag}.png"
     plot(base, curve, png, retrained, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
-         f"{args.temperature_K + HOT_OFFSET_K:g} K, ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""))
+         f"{args.temperature_K + HOT_OFFSET_K:g} K, ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""),
+         stride=stride, decorrelation=decorrelation)
     FIGS.mkdir(exist_ok=True)
     shutil.copy(png, FIGS / png.name)
-    print(json.dumps({k: report[k] for k in ("efficiency_forces", "efficiency_energy", "calibration_analysis")},
+    print(json.dumps({k: report[k] for k in ("efficiency_calls", "efficiency_forces", "calibration_analysis",
+                                             "stability_fhi_al")},
                      indent=1), flush=True)
     return 0
 

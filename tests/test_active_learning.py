@@ -105,3 +105,18 @@ def test_sigkill_at_several_moments_then_rerun(tmp_path):
     assert before <= set(ids) | {i for i in before if i.startswith("analysis-")}, "a label was lost"
     assert {i for i in ids if i.startswith("al-")}
     assert "Resuming active learning" in "".join(p.read_text() for p in (folder / "logs").glob("*.log"))
+
+
+def test_every_label_is_paid_and_analysis_is_counted_apart(finished_run):
+    from fhi_al.references.ledger import ANALYSIS, LABEL, ReferenceCost, read_ledger
+
+    entries = read_ledger(finished_run / "logs" / "reference_ledger.jsonl")
+    al_labels = [e for e in entries if e["purpose"] == LABEL and e["label_id"].startswith("al-")]
+    # an analysis point at a labelled frame must not hide the label's cost in the analysis count
+    assert al_labels and all(e["calls"] == 1 for e in al_labels)
+    analysis = [e for e in entries if e["purpose"] == ANALYSIS]
+    assert analysis and all(e["label_id"].startswith("analysis-") for e in analysis)
+    cost = ReferenceCost.from_ledger(finished_run / "logs" / "reference_ledger.jsonl")
+    assert cost.calls[ANALYSIS] == sum(e["calls"] for e in analysis)
+    assert cost.paid == sum(e["calls"] for e in entries if e["purpose"] != ANALYSIS)
+    assert "analysis-mode calls (not part of the cost)" in (finished_run / "logs" / "AL.log").read_text()

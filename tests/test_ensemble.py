@@ -4,6 +4,8 @@ equal single calls, exported files equal in-memory members and mace's own commit
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import pytest
@@ -11,7 +13,9 @@ from ase.build import molecule
 from mace.calculators import MACECalculator
 
 from conformance import emt_labelled, predict
-from fhi_al.architectures.mace import fused
+from fhi_al.architectures.mace import kernels
+from fhi_al.architectures.mace.channel_major import InteractionPlan
+from fhi_al.architectures.mace.kernels import checked
 from fhi_al.architectures.mace.hypers import MaceHypers
 from fhi_al.ensemble import Ensemble, EnsembleCalculator, ensemble_seeds
 from fhi_al.uncertainty import per_atom_force_spread
@@ -109,29 +113,27 @@ def test_members_ensemble_follows_training(trained, structures):
 RICH = MaceHypers(num_channels=4, max_L=1, r_max=4.0, num_interactions=2, correlation=3, radial_MLP=[8])
 
 
-@pytest.mark.parametrize("path", ["fused", "channel-major", "e3nn-messages"])
+@pytest.mark.parametrize("path", ["fused", "channel-major", "member-wise"])
 @pytest.mark.parametrize("hypers", [TINY, RICH], ids=["L0-nu2", "L1-nu3"])
 def test_stacked_members_equal_mace_reference(tmp_path, monkeypatch, structures, hypers, path):
-    """The stacked evaluation of all members (frozen contractions, vmapped layers, message passing by the fused
-    C kernels, channel-major in torch, or through e3nn's modules) against each member's own mace modules,
-    unfrozen and evaluated one by one: energies, forces and the uncertainties built on them."""
+    """The ensemble's evaluation of all members (stacked: frozen contractions, vmapped dense layers, message
+    passing by the fused C kernels or channel-major in torch; or, for members the stacked model does not take,
+    member by member) against each member's own mace modules, unfrozen and evaluated one by one: energies,
+    forces and the uncertainties built on them."""
     if path != "fused":
         monkeypatch.setenv("FHI_AL_FUSED_KERNELS", "0")
-    assert (fused.library(torch.float64) is not None) == (path == "fused")
-    plans = path != "e3nn-messages"
+    assert (kernels.library(torch.float64) is not None) == (path == "fused")
+    stacked = path != "member-wise"
+    if not stacked:  # a block the stacked model cannot take: the ensemble falls back to member-wise inference
+        monkeypatch.setattr(InteractionPlan, "supports", staticmethod(lambda block: False))
     trainer = Trainer(TrainingConfig(name_exp="st", hypers=hypers, model="ScaleShiftMACE", batch_size=2,
                                      scheduler="none"), tmp_path)
     members = [trainer.create_member(member_tag("st", seed), seed,
                                      emt_labelled(molecule("CH3CH2OH"), 2 + index, seed=30 + index))
                for index, seed in enumerate(ensemble_seeds(3, SIZE))]
     ensemble = Ensemble.from_members(members)
-    if not plans:
-        ensemble.predict(structures[:1])  # builds the stacked predictor
-        stacked = ensemble._stacked[1].__self__  # the StackedMace behind the predictor
-        assert len(stacked.template.plans) == hypers.num_interactions  # both blocks have a plan ...
-        stacked.template.plans = torch.nn.ModuleDict()  # ... which this case switches off
     results = ensemble.predict(structures)
-    assert ensemble._stacked is not None and ensemble._stacked[1] is not None  # the stacked path ran
+    assert ensemble._stacked is not None and (ensemble._stacked[1] is not None) == stacked  # the path that ran
     bounds = np.cumsum([0] + [len(atoms) for atoms in structures])
     own = [predict(trainer, member.averaged_model(), structures) for member in members]  # mace's modules
     for k, result in enumerate(results):
@@ -155,7 +157,7 @@ def test_stacked_float32_members_equal_their_own_models(tmp_path, structures):
                for index, seed in enumerate(ensemble_seeds(5, SIZE))]
     ensemble = Ensemble.from_members(members)
     results = ensemble.predict(structures)
-    assert fused.library(torch.float32) is not None and ensemble._stacked[1] is not None
+    assert kernels.library(torch.float32) is not None and ensemble._stacked[1] is not None
     assert members[0].averaged_model().r_max.dtype == torch.float32
     bounds = np.cumsum([0] + [len(atoms) for atoms in structures])
     own = [predict(trainer, member.averaged_model(), structures) for member in members]
@@ -164,3 +166,39 @@ def test_stacked_float32_members_equal_their_own_models(tmp_path, structures):
         forces = np.stack([o["forces"][bounds[k]:bounds[k + 1]] for o in own])
         np.testing.assert_allclose(result["forces_comm"], forces, rtol=0, atol=2e-5)
         assert np.abs(forces).max() > 1e-2
+
+
+def test_refused_kernel_inputs_fall_back_to_the_same_results(tmp_path, monkeypatch, caplog, structures):
+    """When the kernels refuse their inputs (here: every call, by a zero channel limit), the stacked model runs
+    its torch message passing and contractions instead, with the kernels' results, and says so once."""
+    trainer = Trainer(TrainingConfig(name_exp="fb", hypers=RICH, model="ScaleShiftMACE", batch_size=2,
+                                     scheduler="none"), tmp_path)
+    members = [trainer.create_member(member_tag("fb", seed), seed,
+                                     emt_labelled(molecule("CH3CH2OH"), 2 + index, seed=70 + index))
+               for index, seed in enumerate(ensemble_seeds(7, SIZE))]
+    ensemble = Ensemble.from_members(members)
+    with_kernels = ensemble.predict(structures)
+    assert kernels.library(torch.float64) is not None and ensemble._stacked[1] is not None
+    monkeypatch.setattr(checked, "MAX_LANES", 0)
+    monkeypatch.setattr(checked, "_reported", set())
+    with caplog.at_level(logging.WARNING, logger=checked.__name__):
+        fallback = ensemble.predict(structures)
+        ensemble.predict(structures)
+    assert caplog.text.count("refused its inputs") == 2  # messages and contractions, each reported once
+    for ours, theirs in zip(fallback, with_kernels):
+        np.testing.assert_allclose(ours["energy_comm"], theirs["energy_comm"], rtol=1e-12)
+        np.testing.assert_allclose(ours["forces_comm"], theirs["forces_comm"], rtol=0, atol=1e-10)
+        assert np.abs(ours["forces_comm"]).max() > 1e-3
+
+
+def test_identical_members_are_stacked_with_zero_spread(trained, structures):
+    """Parameters equal in all members are not stacked; that includes whole members (the same file twice)."""
+    trainer, members = trained
+    path = trainer.export(members[0])
+    ensemble = Ensemble.from_files([path, path])
+    result = ensemble.predict(structures[:1])[0]
+    assert ensemble._stacked[1] is not None
+    np.testing.assert_allclose(result["forces_comm"][0], result["forces_comm"][1], rtol=0, atol=1e-12)
+    own = predict(trainer, members[0].inference_model(), structures[:1])
+    np.testing.assert_allclose(result["forces_comm"][0], own["forces"], rtol=0, atol=1e-10)
+    assert result["forces_uncertainty_max"] < 1e-10

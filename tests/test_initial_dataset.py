@@ -64,6 +64,21 @@ def test_stop_criterion_and_outputs(finished_aimd_run):
     assert (finished_aimd_run / "results" / "initial_learning_curve.png").stat().st_size > 1000
 
 
+def test_every_ab_initio_md_step_is_counted_as_paid(finished_aimd_run):
+    from fhi_al.references.ledger import AIMD_STEP, LABEL, ReferenceCost, read_ledger
+
+    entries = read_ledger(finished_aimd_run / "logs" / "reference_ledger.jsonl")
+    steps = [e for e in entries if e["purpose"] == AIMD_STEP]
+    labels = [e for e in entries if e["purpose"] == LABEL]
+    assert len(labels) == 16 and all(e["calls"] == 0 for e in labels)  # read from the MD step's results
+    # skip_step_initial 5: 16 frames need 80 MD steps, each one force call, plus the first call at step 0
+    assert len(steps) >= 16 * 5 + 1 and all(e["calls"] == 1 for e in steps)
+    cost = ReferenceCost.from_ledger(finished_aimd_run / "logs" / "reference_ledger.jsonl")
+    assert cost.paid == len(steps) and cost.labels == 16
+    log_text = (finished_aimd_run / "logs" / "initial_dataset.log").read_text()
+    assert f"{cost.paid} reference calls paid ({cost.paid} aimd step" in log_text
+
+
 def test_rerun_of_a_finished_run_does_nothing(finished_aimd_run):
     before = sorted(p.stat().st_mtime_ns for p in (finished_aimd_run / "data").rglob("*.xyz"))
     result = run_cli("FHI_AL-initial-ds", finished_aimd_run)

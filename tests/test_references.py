@@ -12,12 +12,15 @@ from ase import Atoms
 from ase.build import molecule
 from ase.calculators.emt import EMT
 from ase.constraints import FixAtoms
+from ase import units
 from ase.units import Bohr, Hartree
 
 from fhi_al.errors import InputError, ReferenceError, SettingsError
 from fhi_al.references import (FaultSpec, Ledger, compute_label, make_reference, parse_faults, read_ledger,
                                reference_from_settings, reference_kwargs)
 from fhi_al.references.faults import ENV_VAR, FaultInjectingCalculator
+from fhi_al.references.ledger import (AIMD_STEP, ANALYSIS, CountingCalculator, ReferenceCost,
+                                     ledger_label_ids)
 
 FD_STEP_A = 1e-3
 PYSCF_FAST = {"xc": "lda,vwn", "basis": "sto-3g"}
@@ -207,16 +210,53 @@ def test_fault_env_var_and_bad_specs(monkeypatch):
 
 # ---- ledger ------------------------------------------------------------------------------------------------
 
-def test_ledger_records_completed_labels_only(tmp_path, water):
+def test_ledger_records_every_calculation_with_its_purpose(tmp_path, water):
     ledger_path = tmp_path / "ledger.jsonl"
     good = make_reference(name="emt")
     energy, _ = compute_label(good, water, ledger=ledger_path, label_id="initial-t0-s0")
     with pytest.raises(ReferenceError):
         compute_label(make_reference(name="emt", faults="error=1.0"), water, ledger=ledger_path, label_id="x")
+    # same structure, same calculator: its cached results are the label, no new calculation
     compute_label(good, water, ledger=Ledger(ledger_path), label_id="initial-t0-s1")
+    shifted = water.copy()
+    shifted.positions[0, 0] += 0.05
+    compute_label(good, shifted, ledger=ledger_path, label_id="analysis-t0-s5", purpose=ANALYSIS)
     with open(ledger_path, "a") as handle:
         handle.write('{"label_id": "torn')  # a kill during an append
     entries = read_ledger(ledger_path)
-    assert [entry["label_id"] for entry in entries] == ["initial-t0-s0", "initial-t0-s1"]
+    assert [entry["label_id"] for entry in entries] == ["initial-t0-s0", "x", "initial-t0-s1", "analysis-t0-s5"]
+    assert [entry["calls"] for entry in entries] == [1, 1, 0, 1]
+    assert [entry["ok"] for entry in entries] == [True, False, True, True]
+    assert entries[1]["energy_eV"] is None
     assert entries[0]["energy_eV"] == pytest.approx(energy) and entries[0]["reference"] == "emt"
     assert json.loads(ledger_path.read_text().splitlines()[0])["n_atoms"] == 3
+    assert ledger_label_ids(ledger_path) == ["initial-t0-s0", "initial-t0-s1"]
+    cost = ReferenceCost.from_ledger(ledger_path)
+    assert cost.paid == 2 and cost.failed == 1 and cost.labels == 2 and cost.calls[ANALYSIS] == 1
+    assert "2 reference calls paid" in cost.summary() and "1 analysis-mode" in cost.summary()
+
+
+def test_old_ledger_lines_without_purpose_are_labels(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    path.write_text('{"label_id": "al-t0-s3", "energy_eV": -1.0, "time": 1.0, "pid": 1}\n')
+    assert ledger_label_ids(path) == ["al-t0-s3"]
+    assert ReferenceCost.from_ledger(path).paid == 1
+
+
+def test_counting_calculator_records_every_md_step_and_failure(tmp_path, water):
+    from ase.md.verlet import VelocityVerlet
+
+    ledger_path = tmp_path / "ledger.jsonl"
+    atoms = water.copy()
+    atoms.calc = CountingCalculator(make_reference(name="emt"), ledger=ledger_path, purpose=AIMD_STEP)
+    VelocityVerlet(atoms, timestep=0.5 * units.fs).run(7)
+    entries = read_ledger(ledger_path)
+    assert len(entries) == atoms.calc.count == 8  # the first force call and one per step
+    assert {e["purpose"] for e in entries} == {AIMD_STEP} and ledger_label_ids(ledger_path) == []
+    failing = water.copy()
+    failing.calc = CountingCalculator(make_reference(name="emt", faults="error=1.0"), ledger=ledger_path,
+                                      purpose=AIMD_STEP)
+    with pytest.raises(ReferenceError):
+        failing.get_forces()
+    cost = ReferenceCost.from_ledger(ledger_path)
+    assert cost.calls[AIMD_STEP] == 9 and cost.failed == 1 and cost.paid == 9 and cost.labels == 0

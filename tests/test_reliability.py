@@ -181,7 +181,7 @@ def assert_reset_to_start(trajectory, start_positions, caplog, reason_text: str,
                for r in caplog.records if r.levelno == logging.WARNING)
     detector = BlowUpDetector(target_temperature_K=TARGET_K)
     assert trajectory.advance(10, detector) is None  # the run goes on from the reset frame
-    assert trajectory.step == 20 and trajectory.last_good.state["step"] == 20
+    assert trajectory.step == 20 and trajectory.last_good.state.step == 20
     assert trajectory.resets == 1
 
 

@@ -91,15 +91,18 @@ def stored_frames(folder: Path) -> list:
 
 
 def ledger_ids(folder: Path) -> list[str]:
+    """Completed labels in the run's ledger (MD steps, Hessians, analysis and failed calls left out)."""
     path = folder / "logs" / "reference_ledger.jsonl"
     if not path.exists():
         return []
     ids = []
     for line in path.read_text().splitlines():
         try:
-            ids.append(json.loads(line)["label_id"])
-        except (json.JSONDecodeError, KeyError):
-            pass
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # torn by a kill
+            continue
+        if entry.get("purpose", "label") == "label" and entry.get("ok", True):
+            ids.append(entry["label_id"])
     return ids
 
 

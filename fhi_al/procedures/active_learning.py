@@ -16,17 +16,19 @@ from typing import Any
 from tqdm import tqdm
 
 from ..data.splits import VALID, al_destination
-from ..data.store import make_label_id, with_provenance
+from ..data.store import make_label_id
 from ..errors import InputError, ReferenceError
-from ..md import BlowUpDetector
+from ..labeling import LabelResult
+from ..md import MDParameters
 from ..references import compute_label, reference_timeout_from_settings
-from ..restart import is_done, load_record, mark_done, save_record
+from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
+from ..restart import is_done, mark_done
 from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
 from . import al_reporting, reporting
-from .common import (AL_STAGE, INITIAL_STAGE, TRAIN, all_label_ids, dataset_name, ensemble_forces_mae,
+from .common import (AL_STAGE, INITIAL_STAGE, TRAIN, dataset_name, ensemble_forces_mae, initial_member_sets,
                      load_or_create_member, make_store, make_trainer, member_specs)
-from ..labeling import LabelResult
-from .sampling import MDParameters
+from .label_book import LabelBook, Timings
+from .state import ActiveLearningState, PendingLabel, StateFile
 from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make_trajectories
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,10 @@ class ActiveLearning:
         self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
                                   seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
         self.store = make_store(context.settings, self.run_dir)
-        self.record_path = self.run_dir / RECORD_PATH
+        self.state_file = StateFile(self.run_dir / RECORD_PATH, ActiveLearningState,
+                                    enabled=self.settings.al.misc.create_restart)
         self.analysis_dir = self.run_dir / "analysis"
-        self.timings = {"reference_s": 0.0, "training_s": 0.0, "md_s": 0.0}
+        self.timings = Timings()
         self.started = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------ steps
@@ -67,13 +70,13 @@ class ActiveLearning:
         with self.progress_bar() as self.bar:
             while not self.should_stop():
                 self.visit_trajectories()
-        self.drain_labels()
+        self.book.drain(self.receive_label, on_cancel=self.cancelled)
         self.converge_if_asked()
         self.export_models()
         self.write_final_datasets()
         self.report()
         mark_done(self.run_dir, AL_STAGE.marker,
-                  {"labels": self.state["labels"], "valid_forces_mae": self.ensemble_mae()})
+                  {"labels": self.state.labels, "valid_forces_mae": self.ensemble_mae()})
 
     def require_initial_dataset(self) -> None:
         if not is_done(self.run_dir, INITIAL_STAGE.marker):
@@ -90,19 +93,18 @@ class ActiveLearning:
         self.calc = self.make_calculator()
         self.trajectories = make_trajectories(self.context.geometry, self.calc, count=self.al.num_trajectories,
                                               md=self.md, seed=self.settings.al.md.seed)
-        self.detector = BlowUpDetector(target_temperature_K=self.md.temperature_K)
-        saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
-        self.state = saved or {"labels": 0, "metrics": {}, "stale": {}, "best_loss": {}, "threshold": None,
-                               "trajectories": None}
-        self.tracker = self.make_tracker(self.state["threshold"])
-        if self.state["trajectories"] is not None:
-            for trajectory, saved_state in zip(self.trajectories, self.state["trajectories"]):
+        self.state = self.state_file.load()
+        self.tracker = self.make_tracker(self.state.threshold)
+        if self.state.trajectories is not None:
+            for trajectory, saved_state in zip(self.trajectories, self.state.trajectories):
                 trajectory.restore(saved_state)
-            log.info("Resuming active learning: %d labels so far, MD steps %s.", self.state["labels"],
+            log.info("Resuming active learning: %d labels so far, MD steps %s.", self.state.labels,
                      [t.step for t in self.trajectories])
-        self.stored_ids = all_label_ids(self.store)
-        if not self.state["metrics"]:
-            self.state["metrics"] = {tag: self.trainer.evaluate(m, m.valid_atoms) for tag, m in self.members.items()}
+        self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=AL_STAGE.prefix,
+                              template=lambda label: self.trajectories[label.trajectory].atoms, save=self.save_state,
+                              timings=self.timings)
+        if not self.state.metrics:
+            self.state.metrics = {tag: self.trainer.evaluate(m, m.valid_atoms) for tag, m in self.members.items()}
             log.info("Starting active learning: ensemble validation force MAE %.4f eV/Å.", self.ensemble_mae())
         self.resubmit_pending()
 
@@ -137,10 +139,9 @@ class ActiveLearning:
     # ------------------------------------------------------------------------------------------ MD
     def propagate(self, trajectory: Trajectory) -> None:
         steps = min(self.al.skip_step_mlff, self.al.max_MD_steps - trajectory.step)
-        started = time.perf_counter()
         before = trajectory.step
-        reason = trajectory.advance(steps, self.detector)
-        self.timings["md_s"] += time.perf_counter() - started
+        with self.timings.measure("md_s"):
+            reason = trajectory.advance(steps)
         self.bar.update(max(trajectory.step - before, 0))
         if reason is None:
             self.check_uncertainty(trajectory)
@@ -152,10 +153,18 @@ class ActiveLearning:
 
     def check_uncertainty(self, trajectory: Trajectory) -> None:
         check = trajectory.check(self.al.uncertainty_reduction)
+        analysis = self.al.analysis and self.analysis_due(trajectory, check.md_step)
+        predicted = trajectory.atoms.calc.results["forces"].copy() if analysis else None
+        if trajectory.spaced_from_last_label(self.al.label_spacing_steps):
+            self.decide(trajectory, check)
+        # after the decision: a frame that is also labelled is computed (and paid) as the label, and the
+        # analysis point reads the reference's cached results
+        if analysis:
+            self.analysis_point(trajectory, check, predicted)
+
+    def decide(self, trajectory: Trajectory, check: Any) -> None:
         decision = self.tracker.check(check.uncertainty_eV_per_A, trajectory.index)
         al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
-        if self.al.analysis and self.analysis_due(trajectory, check.md_step):
-            self.analysis_point(trajectory, check)
         if decision.discard:
             trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
         elif decision.label:
@@ -165,73 +174,61 @@ class ActiveLearning:
 
     def request_label(self, trajectory: Trajectory, frame: Any, *, kind: str) -> None:
         """Send `frame` to the reference; the trajectory waits for it (the request is on disk first)."""
-        label_id = make_label_id(AL_STAGE.prefix, trajectory.index, trajectory.step)
-        trajectory.pending = {"label_id": label_id, "md_step": trajectory.step, "positions": frame.get_positions(),
-                              "kind": kind}
+        label = PendingLabel(make_label_id(AL_STAGE.prefix, trajectory.index, trajectory.step), trajectory.step,
+                             frame.get_positions(), trajectory=trajectory.index, kind=kind,
+                             cell=frame.get_cell().array.copy())
         trajectory.status = WAITING
+        trajectory.last_label_step = trajectory.step
         if kind == "blow-up":
             log.info("trajectory %d: %d resets in a row; its last good frame goes to the reference", trajectory.index,
                      trajectory.resets_in_a_row)
             trajectory.resets_in_a_row = 0
             al_reporting.append_blow_up_label(self.analysis_dir, trajectory.index, trajectory.step)
-        self.save_state()
-        self.labeler.submit(label_id, frame)
+        self.book.request(label)
 
     def analysis_due(self, trajectory: Trajectory, md_step: int) -> bool:
         previous = md_step - self.al.skip_step_mlff
         return md_step // self.al.analysis_skip > max(previous, 0) // self.al.analysis_skip or md_step == 0
 
-    def analysis_point(self, trajectory: Trajectory, check: Any) -> None:
+    def analysis_point(self, trajectory: Trajectory, check: Any, predicted: Any) -> None:
         """True force error of the ensemble mean at this frame, with its uncertainty; never added to the data."""
-        started = time.perf_counter()
         try:
-            _, forces = compute_label(self.reference, check.frame, timeout_s=self.timeout_s,
-                                      label_id=make_label_id("analysis", trajectory.index, check.md_step))
+            with self.timings.measure("reference_s"):
+                _, forces = compute_label(self.reference, check.frame, timeout_s=self.timeout_s,
+                                          label_id=make_label_id("analysis", trajectory.index, check.md_step),
+                                          ledger=ledger_path(self.run_dir), purpose=ANALYSIS)
         except ReferenceError as error:
             log.warning("analysis point skipped: %s", error)
             return
-        finally:
-            self.timings["reference_s"] += time.perf_counter() - started
-        predicted = trajectory.atoms.calc.results["forces"]
         al_reporting.append_analysis(self.analysis_dir, trajectory.index, check, predicted, forces)
 
     # ------------------------------------------------------------------------------------------ labels
     def receive_label(self, result: LabelResult) -> None:
-        trajectory = next(t for t in self.trajectories if t.pending and t.pending["label_id"] == result.label_id)
-        self.timings["reference_s"] += result.seconds
+        label = self.book.take(result)
+        trajectory = self.trajectories[label.trajectory]
         if not result.ok:
             log.warning("trajectory %d: reference failed on %s, frame skipped: %s", trajectory.index,
                         result.label_id, result.error)
-            trajectory.pending, trajectory.status = None, RUNNING
+            trajectory.status = RUNNING
             self.save_state()
             return
-        if result.label_id not in self.stored_ids:
-            self.store_label(trajectory, result)
-        trajectory.pending, trajectory.status = None, TRAINING
+        self.store_label(result, label)
+        trajectory.status = TRAINING
         trajectory.epochs_left = self.al.max_epochs_worker
         trajectory.labels += 1
-        self.state["labels"] += 1
+        self.state.labels += 1
         self.save_state()
 
-    def drain_labels(self) -> None:
-        """At the end, frames not yet sent to the reference are dropped; labels being computed are stored
-        when they arrive, so none that was computed is lost."""
-        cancelled = set(self.labeler.cancel_queued())
-        for trajectory in self.trajectories:
-            if trajectory.pending and trajectory.pending["label_id"] in cancelled:
-                trajectory.pending, trajectory.status = None, RUNNING
-        self.save_state()
-        while self.labeler.in_flight:
-            for result in self.labeler.wait():
-                self.receive_label(result)
+    def cancelled(self, label: PendingLabel) -> None:
+        """A frame dropped at the end before it reached the reference: its trajectory stops waiting."""
+        self.trajectories[label.trajectory].status = RUNNING
 
-    def store_label(self, trajectory: Trajectory, result: LabelResult) -> None:
-        labelled = with_provenance(result.atoms, procedure=AL_STAGE.prefix, trajectory=trajectory.index,
-                                   md_step=trajectory.pending["md_step"])
+    def store_label(self, result: LabelResult, label: PendingLabel) -> None:
         n_train, n_valid = self.store.count(AL_TRAIN), self.store.count(AL_VALID)
         destination = al_destination(n_train_al=n_train, n_valid_al=n_valid, valid_ratio=self.al.valid_ratio)
-        self.store.append(AL_VALID if destination == VALID else AL_TRAIN, labelled)
-        self.stored_ids.add(result.label_id)
+        labelled = self.book.store_label(result, label, AL_VALID if destination == VALID else AL_TRAIN)
+        if labelled is None:  # stored before a kill
+            return
         for member in self.members.values():
             (member.valid_atoms if destination == VALID else member.train_atoms).append(labelled)
         log.info("label %s stored in %s (%d AL labels: %d train, %d valid).", result.label_id, destination,
@@ -239,18 +236,16 @@ class ActiveLearning:
 
     def resubmit_pending(self) -> None:
         """Frames that were waiting for the reference when the run stopped: stored already, or asked again."""
+        for label in self.book.resubmit():  # stored just before the kill: its trajectory trains next
+            self.book.pending.pop(label.label_id)
+            trajectory = self.trajectories[label.trajectory]
+            trajectory.status, trajectory.epochs_left = TRAINING, self.al.max_epochs_worker
+        waiting = {label.trajectory for label in self.book.pending.values()}
         for trajectory in self.trajectories:
-            if trajectory.status != WAITING:
-                continue
-            label_id = trajectory.pending["label_id"]
-            if label_id in self.stored_ids:
-                trajectory.pending, trajectory.status = None, TRAINING
-                trajectory.epochs_left = self.al.max_epochs_worker
-                continue
-            frame = trajectory.atoms.copy()
-            frame.calc = None
-            frame.set_positions(trajectory.pending["positions"])
-            self.labeler.submit(label_id, frame)
+            if trajectory.status == WAITING and trajectory.index not in waiting:
+                log.warning("trajectory %d was waiting for a label that the restart record does not hold; "
+                            "it runs on", trajectory.index)
+                trajectory.status = RUNNING
 
     # ------------------------------------------------------------------------------------------ training
     def train_visit(self, trajectory: Trajectory) -> None:
@@ -261,26 +256,26 @@ class ActiveLearning:
             metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
             self.trainer.save_checkpoint(member)
             self.track_progress(tag, metrics)
-        self.timings["training_s"] += time.perf_counter() - started
+        self.timings.training_s += time.perf_counter() - started
         trajectory.epochs_left -= epochs
         if trajectory.epochs_left <= 0:
             trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
-        self.bar.set_postfix(labels=self.state["labels"], mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
+        self.bar.set_postfix(labels=self.state.labels, mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
                              threshold=_fmt(self.tracker.threshold))
 
     def track_progress(self, tag: str, metrics: dict[str, float]) -> None:
         """Latest metrics per member; a member stuck for reset_optimizer_after checks gets a fresh optimizer."""
-        self.state["metrics"][tag] = metrics
-        best = self.state["best_loss"].get(tag, float("inf"))
+        self.state.metrics[tag] = metrics
+        best = self.state.best_loss.get(tag, float("inf"))
         if metrics["loss"] < best:
-            self.state["best_loss"][tag], self.state["stale"][tag] = metrics["loss"], 0
+            self.state.best_loss[tag], self.state.stale[tag] = metrics["loss"], 0
             return
-        self.state["stale"][tag] = self.state["stale"].get(tag, 0) + 1
+        self.state.stale[tag] = self.state.stale.get(tag, 0) + 1
         limit = self.al.reset_optimizer_after
-        if limit is not None and self.state["stale"][tag] >= limit:
+        if limit is not None and self.state.stale[tag] >= limit:
             log.info("%s: no improvement in %d checks; resetting its optimizer.", tag, limit)
             self.trainer.reset_optimizer(self.members[tag])
-            self.state["stale"][tag] = 0
+            self.state.stale[tag] = 0
 
     def converge_if_asked(self) -> None:
         if not self.al.converge_al:
@@ -292,11 +287,11 @@ class ActiveLearning:
             metrics = self.trainer.converge(self.members[tag], self.al.max_final_epochs, self.al.patience,
                                             self.al.margin)
             if metrics is not None:
-                self.state["metrics"][tag] = metrics
-        self.timings["training_s"] += time.perf_counter() - started
+                self.state.metrics[tag] = metrics
+        self.timings.training_s += time.perf_counter() - started
 
     def best_member(self) -> str:
-        return min(self.members, key=lambda tag: self.state["metrics"].get(tag, {}).get("loss", float("inf")))
+        return min(self.members, key=lambda tag: self.state.metrics.get(tag, {}).get("loss", float("inf")))
 
     # ------------------------------------------------------------------------------------------ outputs
     def export_models(self) -> None:
@@ -319,15 +314,16 @@ class ActiveLearning:
         if self.al.analysis:
             al_reporting.calibration(self.analysis_dir, self.analysis_dir / "calibration.png")
         wall_s = time.perf_counter() - self.started
-        self.timings["other_s"] = max(wall_s - sum(self.timings.values()), 0.0)
+        timings = self.timings.as_dict()
+        timings["other_s"] = max(wall_s - sum(timings.values()), 0.0)
         log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
-                 "(%s).", self.state["labels"], self.ensemble_mae(), wall_s, reporting.timing_table(self.timings))
+                 "(%s).", self.state.labels, self.ensemble_mae(), wall_s, reporting.timing_table(timings))
+        log.info("Whole run so far: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_data(self, tag: str) -> tuple[list, list]:
-        train = self.store.read(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag)) + self.store.read(AL_TRAIN)
-        valid = self.store.read(dataset_name(INITIAL_STAGE.prefix, VALID, tag)) + self.store.read(AL_VALID)
-        return train, valid
+        train, valid = initial_member_sets(self.store, tag, stage=INITIAL_STAGE.prefix)
+        return train + self.store.read(AL_TRAIN), valid + self.store.read(AL_VALID)
 
     def make_calculator(self):
         from ..ensemble import EnsembleCalculator
@@ -343,7 +339,7 @@ class ActiveLearning:
                                 upper_bound=self.al.uncertainty_upper_bound)
 
     def ensemble_mae(self) -> float:
-        return ensemble_forces_mae([self.state["metrics"].get(spec.tag) for spec in self.specs])
+        return ensemble_forces_mae([self.state.metrics.get(spec.tag) for spec in self.specs])
 
     def progress_bar(self):
         total = self.al.num_trajectories * self.al.max_MD_steps
@@ -351,11 +347,11 @@ class ActiveLearning:
         return tqdm(total=total, initial=done, desc="active learning MD", unit="step", disable=None)
 
     def save_state(self) -> None:
-        if not self.settings.al.misc.create_restart:
+        if not self.state_file.enabled:
             return
-        self.state["threshold"] = self.tracker.state_dict()
-        self.state["trajectories"] = [t.state() for t in self.trajectories]
-        save_record(self.record_path, self.state)
+        self.state.threshold = self.tracker.state_dict()
+        self.state.trajectories = [t.state() for t in self.trajectories]
+        self.state_file.save(self.state)
 
 
 def _fmt(value: float | None) -> str:

@@ -16,9 +16,10 @@ from ase.data import atomic_numbers
 
 from ..durable import append_durable, atomic_write_text
 from ..errors import InputError
-from ..parallel import root_only
+from ..parallel import is_root, root_only
 from ..references import (compute_label, make_reference, options_dict, reference_kwargs,
                           reference_timeout_from_settings)
+from ..references.ledger import ATOMIC_ENERGY, Ledger, ledger_path
 from ..references.pyscf_ref import DEFAULT_BASIS, DEFAULT_XC
 from ..references.xtb import DEFAULT_METHOD
 
@@ -81,7 +82,7 @@ def reference_factory(*, name: str, options: Any = None, comm: Any = None, run_d
 
 
 def isolated_atom_energies(elements: Iterable[str], *, calculator_factory: CalculatorFactory,
-                           timeout_s: float | None = None) -> dict[str, float]:
+                           timeout_s: float | None = None, ledger: Any = None) -> dict[str, float]:
     """Energy (eV) of each neutral isolated atom in its ground-state spin multiplicity, ordered by Z.
 
     Every rank of the reference communicator must call this (the reference calls are collective).
@@ -92,7 +93,7 @@ def isolated_atom_energies(elements: Iterable[str], *, calculator_factory: Calcu
         calc = calculator_factory(symbol, unpaired)
         try:
             energy, _ = compute_label(calc, Atoms(symbol, positions=[(0.0, 0.0, 0.0)]), timeout_s=timeout_s,
-                                      label_id=f"atom-{symbol}")
+                                      label_id=f"atom-{symbol}", ledger=ledger, purpose=ATOMIC_ENERGY)
         finally:
             if hasattr(calc, "close"):
                 calc.close()
@@ -149,7 +150,8 @@ def run(context: Any) -> dict[str, float]:
     log.info("computing isolated-atom energies of %s with %s", ", ".join(sorted(set(elements))), reference)
     factory = reference_factory(**kwargs, comm=getattr(context, "comm", None), run_dir=run_dir,
                                 control=getattr(context, "control", None))
-    energies = isolated_atom_energies(elements, calculator_factory=factory,
+    ledger = Ledger(ledger_path(run_dir), writes=is_root(getattr(context, "comm", None)))
+    energies = isolated_atom_energies(elements, calculator_factory=factory, ledger=ledger,
                                       timeout_s=reference_timeout_from_settings(context.settings))
     write_outputs(run_dir, energies, reference=reference)
     return energies

@@ -14,7 +14,7 @@ from ase import Atoms
 
 from ..data.store import DatasetStore
 from ..ensemble import ensemble_seeds
-from ..references.ledger import DEFAULT_LEDGER
+from ..references.ledger import ledger_path  # noqa: F401  (re-exported for the procedures)
 from ..training.config import TrainingConfig
 from ..training.engine import Member, Trainer, member_tag
 
@@ -57,26 +57,24 @@ def dataset_name(stage: str, split: str, tag: str) -> str:
     return f"{stage}/{split}_{tag}"
 
 
+SHARED_TAG = "shared"  # initial sets every member trains on (initial_member_data: shared)
+
+
+def initial_member_sets(store: DatasetStore, tag: str, *, stage: str = INITIAL_STAGE.prefix) -> tuple[list, list]:
+    """A member's initial training and validation frames: its own sets and the shared ones (either may be
+    empty, so a run folder built with either initial_member_data reads the same way)."""
+    train = store.read(dataset_name(stage, TRAIN, tag)) + store.read(dataset_name(stage, TRAIN, SHARED_TAG))
+    valid = store.read(dataset_name(stage, VALID, tag)) + store.read(dataset_name(stage, VALID, SHARED_TAG))
+    return train, valid
+
+
 def make_trainer(settings: Any, run_dir: Path) -> Trainer:
     valid_skip = settings.al.active_learning.valid_skip
     return Trainer(TrainingConfig.from_settings(settings, valid_skip=valid_skip), run_dir)
 
 
-def ledger_path(run_dir: Path) -> Path:
-    """The independent record of every completed reference label (one fsynced JSON line each)."""
-    return Path(run_dir) / "logs" / DEFAULT_LEDGER
-
-
 def make_store(settings: Any, run_dir: Path) -> DatasetStore:
     return DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
-
-
-def all_label_ids(store: DatasetStore) -> set[str]:
-    """Every label id stored anywhere in the run's datasets."""
-    ids: set[str] = set()
-    for name in store.names():
-        ids |= store.label_ids(name)
-    return ids
 
 
 def load_or_create_member(trainer: Trainer, spec: MemberSpec, train: Sequence[Atoms],

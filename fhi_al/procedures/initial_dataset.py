@@ -9,7 +9,6 @@ duplicates one; members continue from their checkpoints.
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,24 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
-from ..data.store import make_label_id, with_provenance
+from ..data.store import make_label_id
 from ..labeling import LabelResult, RemoteReference, label_from_results
-from ..references import reference_name, reference_timeout_from_settings
-from ..restart import is_done, load_record, mark_done, save_record
+from ..md import MDParameters
+from ..references import compute_label, reference_name, reference_timeout_from_settings
+from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
+from ..restart import is_done, mark_done
 from . import reporting
-from .common import (INITIAL_STAGE, TRAIN, VALID, all_label_ids, dataset_name, ensemble_forces_mae, ledger_path,
-                     load_or_create_member, make_store, make_trainer, member_specs)
-from .sampling import GuardedReference, LangevinSampler, MDParameters, foundation_calculator
+from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, dataset_name, ensemble_forces_mae, initial_member_sets,
+                     ledger_path, load_or_create_member, make_store, make_trainer, member_specs)
+from .label_book import LabelBook, Timings
+from .normal_modes import make_normal_mode_sampler
+from .sampling import GuardedReference, LangevinSampler, foundation_calculator
+from .state import InitialDatasetState, PendingLabel, StateFile
 
 log = logging.getLogger(__name__)
 
 RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
+HESSIAN_RECORD_PATH = Path("restart") / "initial_ds" / "hessian.npz"  # normal-mode sampling
 TRAJECTORY = 0  # the initial dataset samples one trajectory
 
 
@@ -45,8 +50,10 @@ class InitialDataset:
         self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
                                   seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
         self.store = make_store(context.settings, self.run_dir)
-        self.record_path = self.run_dir / RECORD_PATH
-        self.timings = {"reference_s": 0.0, "training_s": 0.0, "md_s": 0.0}
+        self.state_file = StateFile(self.run_dir / RECORD_PATH, InitialDatasetState,
+                                    enabled=self.settings.al.misc.create_restart)
+        self.timings = Timings()
+        self.preparatory_calls = 0
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -55,17 +62,17 @@ class InitialDataset:
             return
         self.start_or_resume()
         while not self.finished():
-            if not self.state["trained"]:  # a round whose training was interrupted is finished first
+            if not self.state.trained:  # a round whose training was interrupted is finished first
                 self.collect_round()
             self.prefetch_next_round()
             self.train_round()
-        self.drain_labels()
+        self.book.drain(self.store_results_one)
+        self.attach_members()
         self.converge_if_asked()
         self.export_models()
         self.report()
-        mark_done(self.run_dir, INITIAL_STAGE.marker, {"labels": self.num_labels(), "epochs": self.state["epochs"]})
-        log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(),
-                 self.state["epochs"])
+        mark_done(self.run_dir, INITIAL_STAGE.marker, {"labels": self.num_labels(), "epochs": self.state.epochs})
+        log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(), self.state.epochs)
 
     def start_or_resume(self) -> None:
         self.reference = self.context.services.reference
@@ -74,21 +81,19 @@ class InitialDataset:
         self.sampler = self.make_sampler()
         self.trainer = make_trainer(self.settings, self.run_dir)
         self.members: dict[str, Any] = {}
-        saved = load_record(self.record_path) if self.settings.al.misc.create_restart else None
-        self.state = saved or {"round": 0, "epochs": 0, "trained": [], "metrics": {}, "sampler": None,
-                               "pending": {}}
-        if self.state["sampler"] is not None:
-            self.sampler.restore(self.state["sampler"])
+        self.state = self.state_file.load()
+        if self.state.sampler is not None:
+            self.sampler.restore(self.state.sampler)
             log.info("Resuming the initial dataset at round %d (MD step %d, %d labels stored).",
-                     self.state["round"], self.sampler.step, self.num_labels())
-        self.stored_ids = all_label_ids(self.store)
-        if self.stored_ids:
+                     self.state.round, self.sampler.step, self.num_labels())
+        self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=INITIAL_STAGE.prefix,
+                              template=lambda _: self.context.geometry, save=self.save_state, timings=self.timings)
+        if self.book.stored_ids:
             self.attach_members()
-        for label_id, frame in self.state["pending"].items():  # in flight when the run stopped: ask again
-            if label_id not in self.stored_ids:
-                self.labeler.submit(label_id, self.frame_atoms(frame))
+        for label in self.book.resubmit():  # stored just before the kill: only the record is behind
+            self.book.pending.pop(label.label_id)
 
-    def make_sampler(self) -> LangevinSampler:
+    def make_sampler(self):
         md = self.settings.al.md
         rng = np.random.default_rng(md.seed)
         if self.al.initial_sampling == "aimd":
@@ -96,22 +101,35 @@ class InitialDataset:
             # step that made a frame are that frame's label (see sample_frame).
             local = not isinstance(self.reference, RemoteReference)
             driver = GuardedReference(self.reference, timeout_s=self.timeout_s) if local else self.reference
+            # every MD step is a reference call the user pays: one ledger line each
+            driver = CountingCalculator(driver, ledger=ledger_path(self.run_dir), purpose=AIMD_STEP,
+                                        id_prefix="aimd")
             name = "ab initio MD"
+        elif self.al.initial_sampling == "normal-modes":
+            return make_normal_mode_sampler(self.context.geometry, label_call=self.preparatory_call,
+                                            record_path=self.run_dir / HESSIAN_RECORD_PATH,
+                                            temperature_K=md.temperature, rng=rng)
         else:
             dtype = self.settings.mace.general.default_dtype
             driver, name = foundation_calculator(self.al.initial_foundational_size, dtype=dtype), "foundation MD"
         return LangevinSampler(self.context.geometry, driver, md=MDParameters.from_settings(md),
                                interval_steps=self.al.skip_step_initial, rng=rng, name=name)
 
+    def preparatory_call(self, atoms, purpose: str):
+        """One reference call that prepares sampling (relaxation, Hessian), recorded in the ledger as paid."""
+        self.preparatory_calls += 1
+        return compute_label(self.reference, atoms, timeout_s=self.timeout_s, ledger=ledger_path(self.run_dir),
+                             purpose=purpose, label_id=f"{purpose}-{self.preparatory_calls}")
+
     def finished(self) -> bool:
-        if self.state["round"] == 0 or self.state["trained"]:
+        if self.state.round == 0 or self.state.trained:
             return False  # no round yet, or a round whose training is unfinished
-        mae = ensemble_forces_mae(list(self.state["metrics"].values()))
+        mae = ensemble_forces_mae(list(self.state.metrics.values()))
         target = self.al.lambda_ * self.al.desired_acc
         if mae <= target:
             log.info("Ensemble validation force MAE %.4f eV/Å <= lambda x desired_acc = %.4f eV/Å.", mae, target)
             return True
-        if self.state["epochs"] >= self.al.max_initial_epochs:
+        if self.state.epochs >= self.al.max_initial_epochs:
             log.info("Reached max_initial_epochs = %d (force MAE %.4f eV/Å, target %.4f eV/Å).",
                      self.al.max_initial_epochs, mae, target)
             return True
@@ -120,7 +138,7 @@ class InitialDataset:
     def collect_round(self) -> None:
         """Label frames until every member holds n_samples x (round + 1) frames. Frames of the foundation
         model go to the labeler, so that in parallel mode sampling goes on while reference groups label."""
-        with tqdm(total=self.labels_missing(), desc=f"round {self.state['round'] + 1}: labels", unit="label",
+        with tqdm(total=self.labels_missing(), desc=f"round {self.state.round + 1}: labels", unit="label",
                   disable=None, leave=False) as bar:
             while not self.round_complete():
                 stored = self.store_results(self.labeler.collect())
@@ -129,8 +147,8 @@ class InitialDataset:
                 else:
                     stored += self.store_results(self.labeler.wait())
                 bar.update(stored)
-        self.state["round"] += 1
-        self.state["trained"] = [spec.tag for spec in self.specs]
+        self.state.round += 1
+        self.state.trained = [spec.tag for spec in self.specs]
         self.save_state()
 
     def prefetch_next_round(self) -> None:
@@ -138,39 +156,28 @@ class InitialDataset:
         the ML rank trains (the labels are stored when they arrive)."""
         if not getattr(self.labeler, "asynchronous", False) or self.al.initial_sampling == "aimd":
             return
-        while self.labeler.in_flight < self.al.n_samples * len(self.specs):
+        while self.labeler.in_flight < self.labels_per_round():
             self.sample_frame()
-
-    def drain_labels(self) -> None:
-        """At the end, frames not yet sent to the reference are dropped; labels being computed are stored
-        when they arrive, so none that was computed is lost."""
-        for label_id in self.labeler.cancel_queued():
-            self.state["pending"].pop(label_id, None)
-        self.save_state()
-        while self.labeler.in_flight:
-            self.store_results(self.labeler.wait())
-        self.attach_members()
 
     def train_round(self) -> None:
         """Each member trains intermediate_epochs with warm start; checkpoint and record after each."""
         self.attach_members()
-        for tag in list(self.state["trained"]):
+        for tag in list(self.state.trained):
             member = self.members[tag]
-            started = time.perf_counter()
-            metrics = self.trainer.train(member, self.al.intermediate_epochs,
-                                         use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
-            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
-            self.trainer.save_checkpoint(member)
-            self.timings["training_s"] += time.perf_counter() - started
-            self.state["metrics"][tag] = metrics
-            self.state["trained"].remove(tag)
+            with self.timings.measure("training_s"):
+                metrics = self.trainer.train(member, self.al.intermediate_epochs,
+                                             use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
+                metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
+                self.trainer.save_checkpoint(member)
+            self.state.metrics[tag] = metrics
+            self.state.trained.remove(tag)
             self.save_state()
-        self.state["epochs"] += self.al.intermediate_epochs
+        self.state.epochs += self.al.intermediate_epochs
         self.save_state()
-        mae = ensemble_forces_mae(list(self.state["metrics"].values()))
+        mae = ensemble_forces_mae(list(self.state.metrics.values()))
         log.info("Round %d: %d labels, %d epochs per member, ensemble validation force MAE %.4f eV/Å, "
-                 "energy MAE %.2f meV/atom.", self.state["round"], self.num_labels(), self.state["epochs"], mae,
-                 1e3 * float(np.mean([m["energy_mae_per_atom"] for m in self.state["metrics"].values()])))
+                 "energy MAE %.2f meV/atom.", self.state.round, self.num_labels(), self.state.epochs, mae,
+                 1e3 * float(np.mean([m["energy_mae_per_atom"] for m in self.state.metrics.values()])))
 
     def converge_if_asked(self) -> None:
         if not self.al.converge_initial:
@@ -192,77 +199,81 @@ class InitialDataset:
         results = self.run_dir / self.trainer.config.results_dir
         reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
         reporting.reference_usage(self.labeler, results, name="initial")
+        log.info("Initial dataset: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
 
     # ------------------------------------------------------------------------------------------ labels
     def sample_frame(self) -> int:
         """Sample one frame; label it at once (ab initio MD: the driver's results) or queue it. -> labels stored"""
-        started = time.perf_counter()
-        frame = self.sampler.next_frame()
-        self.timings["md_s"] += time.perf_counter() - started
+        with self.timings.measure("md_s"):
+            frame = self.sampler.next_frame()
         label_id = make_label_id(INITIAL_STAGE.prefix, TRAJECTORY, frame.md_step)
-        if label_id in self.stored_ids:  # stored before a kill, whose record was not yet saved
+        label = PendingLabel(label_id, frame.md_step, frame.atoms.get_positions(), trajectory=TRAJECTORY,
+                             cell=frame.atoms.get_cell().array.copy())
+        if self.book.is_stored(label.label_id):  # stored before a kill, whose record was not yet saved
             self.save_state()
             return 0
-        self.state["pending"][label_id] = {"md_step": frame.md_step, "positions": frame.atoms.get_positions()}
-        self.save_state()
-        if self.al.initial_sampling == "aimd":
-            # The driving calculator is the reference: the results of this MD step are the label (no second call).
-            return self.store_results([label_from_results(label_id, frame.atoms, frame.results,
-                                                          reference=reference_name(self.reference),
-                                                          ledger=ledger_path(self.run_dir))])
-        self.labeler.submit(label_id, frame.atoms)
-        return 0
+        if self.al.initial_sampling != "aimd":
+            self.book.request(label)
+            return 0
+        # The driving calculator is the reference: the results of this MD step are the label (no second call;
+        # the step itself is in the ledger as an aimd_step, the label with calls=0).
+        self.book.add(label)
+        return self.store_results([label_from_results(label.label_id, frame.atoms, frame.results,
+                                                      reference=reference_name(self.reference),
+                                                      ledger=ledger_path(self.run_dir))])
 
     def store_results(self, results: list[LabelResult]) -> int:
+        return sum(self.store_results_one(result) for result in results)
+
+    def store_results_one(self, result: LabelResult) -> int:
+        label = self.book.take(result)
         stored = 0
-        for result in results:
-            frame = self.state["pending"].pop(result.label_id)
-            self.timings["reference_s"] += result.seconds
-            if not result.ok:
-                log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
-            elif result.label_id not in self.stored_ids:
-                labelled = with_provenance(result.atoms, procedure=INITIAL_STAGE.prefix, trajectory=TRAJECTORY,
-                                           md_step=frame["md_step"])
-                self.store.append(self.destination(), labelled)
-                self.stored_ids.add(result.label_id)
-                stored += 1
-            self.save_state()
+        if not result.ok:
+            log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
+        else:
+            stored = int(self.book.store_label(result, label, self.destination) is not None)
+        self.save_state()
         return stored
 
-    def frame_atoms(self, frame: dict[str, Any]):
-        atoms = self.context.geometry.copy()
-        atoms.set_positions(frame["positions"])
-        return atoms
-
     def destination(self) -> str:
-        """The member with the fewest frames gets the next one; its split keeps valid_ratio."""
-        spec = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index))
-        n_train = self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, spec.tag))
-        n_valid = self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, spec.tag))
+        """Shared sets, or the member with the fewest frames; the split keeps valid_ratio."""
+        if self.shared:
+            tag = SHARED_TAG
+        else:
+            tag = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index)).tag
+        n_train = self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag))
+        n_valid = self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, tag))
         to_valid = n_valid_to_add(1, valid_ratio=self.al.valid_ratio, n_train=n_train, n_valid=n_valid)
-        return dataset_name(INITIAL_STAGE.prefix, VALID if to_valid else TRAIN, spec.tag)
+        return dataset_name(INITIAL_STAGE.prefix, VALID if to_valid else TRAIN, tag)
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_count(self, tag: str) -> int:
         return (self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag)) +
                 self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, tag)))
 
+    @property
+    def shared(self) -> bool:
+        return self.al.initial_member_data == "shared"
+
     def num_labels(self) -> int:
-        return sum(self.member_count(spec.tag) for spec in self.specs)
+        return sum(self.member_count(spec.tag) for spec in self.specs) + self.member_count(SHARED_TAG)
+
+    def labels_per_round(self) -> int:
+        """n_samples frames per member and round; shared sets serve every member at once."""
+        return self.al.n_samples * (1 if self.shared else len(self.specs))
 
     def labels_missing(self) -> int:
-        wanted = self.al.n_samples * (self.state["round"] + 1)
-        return sum(max(wanted - self.member_count(spec.tag), 0) for spec in self.specs)
+        wanted = self.al.n_samples * (self.state.round + 1)
+        tags = [SHARED_TAG] if self.shared else [spec.tag for spec in self.specs]
+        return sum(max(wanted - self.member_count(tag), 0) for tag in tags)
 
     def round_complete(self) -> bool:
-        wanted = self.al.n_samples * (self.state["round"] + 1)
-        return all(self.member_count(spec.tag) >= wanted for spec in self.specs)
+        return self.labels_missing() == 0
 
     def attach_members(self) -> None:
         """Create or resume every member and hand it its current datasets."""
         for spec in self.specs:
-            train = self.store.read(dataset_name(INITIAL_STAGE.prefix, TRAIN, spec.tag))
-            valid = self.store.read(dataset_name(INITIAL_STAGE.prefix, VALID, spec.tag))
+            train, valid = initial_member_sets(self.store, spec.tag, stage=INITIAL_STAGE.prefix)
             if spec.tag in self.members:
                 self.members[spec.tag].train_atoms = train
                 self.members[spec.tag].valid_atoms = valid
@@ -270,6 +281,5 @@ class InitialDataset:
                 self.members[spec.tag] = load_or_create_member(self.trainer, spec, train, valid)
 
     def save_state(self) -> None:
-        self.state["sampler"] = self.sampler.state()
-        if self.settings.al.misc.create_restart:
-            save_record(self.record_path, self.state)
+        self.state.sampler = self.sampler.state()
+        self.state_file.save(self.state)

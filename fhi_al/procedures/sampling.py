@@ -1,5 +1,6 @@
 """Structure samplers for the initial dataset: Langevin MD on the reference (ab initio MD) or on a
 foundation MACE model, handing out a frame every `interval_steps` steps; restartable and self-healing.
+A sampler has `next_frame() -> Frame`, `step`, `state()` and `restore(state)`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import InputError, ReferenceError
-from ..md import BlowUpDetector, LastGoodFrame, initialize_velocities, make_langevin, md_state, restore_md_state
+from ..md import GuardedDynamics, MDParameters, initialize_velocities, make_dynamics
+from ..references import compute_label
 from ..restart import restore_rng, rng_state
+from .state import SamplerState
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +35,12 @@ class Frame:
     results: dict[str, Any] | None = None  # raw results of the driving calculator at this frame
 
 
-@dataclass(frozen=True)
-class MDParameters:
-    temperature_K: float
-    timestep_fs: float
-    friction_per_fs: float
-
-    @classmethod
-    def from_settings(cls, md_settings: Any) -> "MDParameters":
-        return cls(temperature_K=md_settings.temperature, timestep_fs=md_settings.timestep,
-                   friction_per_fs=md_settings.friction)
-
-
 class LangevinSampler:
     """Langevin MD driven by `calc`, yielding a frame every `interval_steps` steps.
 
-    A failed calculation (ReferenceError) or an exploding frame puts the trajectory back on its last good
-    frame with fresh velocities; the failure is logged and sampling continues.
+    The MD runs in a GuardedDynamics: a failed calculation (ReferenceError) or an exploding frame puts
+    the trajectory back on its last good frame with fresh velocities; the failure is logged and sampling
+    continues.
     """
 
     def __init__(self, atoms: Atoms, calc: Calculator, *, md: MDParameters, interval_steps: int,
@@ -60,55 +52,40 @@ class LangevinSampler:
         self.rng = rng
         self.name = name
         initialize_velocities(self.atoms, md.temperature_K, rng)
-        self.dyn = make_langevin(self.atoms, temperature_K=md.temperature_K, timestep_fs=md.timestep_fs,
-                                 friction_per_fs=md.friction_per_fs, rng=rng)
-        self.detector = BlowUpDetector(target_temperature_K=md.temperature_K)
-        self.last_good = LastGoodFrame(self.atoms, step=0)
-        self.failures = 0
+        self.dynamics = GuardedDynamics(make_dynamics(self.atoms, md=md, rng=rng), rng=rng,
+                                        temperature_K=md.temperature_K, name=name)
+        self.dynamics.on_good_frame(self._hand_out)
+        self._frame: Frame | None = None
 
     @property
     def step(self) -> int:
-        return int(self.dyn.nsteps)
+        return self.dynamics.step
+
+    @property
+    def failures(self) -> int:
+        return self.dynamics.resets
 
     def next_frame(self) -> Frame:
         consecutive = 0
         while True:
-            try:
-                self.dyn.run(self.interval_steps)
-                reason = self.detector.check(self.atoms)
-            except Exception as error:  # noqa: BLE001 - any failure of the driving calculator is a bad frame
-                reason = f"calculation failed: {type(error).__name__}: {error}"
-            if reason is None:
-                self.last_good.record(self.atoms, step=self.step)
-                return Frame(self._snapshot(), self.step, dict(self.atoms.calc.results))
+            self._frame = None
+            reason = self.dynamics.run(self.interval_steps)
+            if reason is None and self._frame is not None:
+                return self._frame
             consecutive += 1
-            self.failures += 1
-            self._reset(reason)
             if consecutive >= MAX_CONSECUTIVE_FAILURES:
                 raise ReferenceError(f"{self.name}: {consecutive} failures in a row; last: {reason}")
 
-    def _snapshot(self) -> Atoms:
-        frame = self.atoms.copy()
-        frame.calc = None
-        return frame
+    def _hand_out(self) -> None:
+        self._frame = Frame(self.dynamics.snapshot(), self.step, dict(self.atoms.calc.results))
 
-    def _reset(self, reason: str) -> None:
-        # The step counter keeps running, so label ids (made from the step) stay unique after a reset.
-        good_step = self.last_good.reset(self.atoms, temperature_K=self.md.temperature_K, rng=self.rng)
-        self.atoms.calc.reset()
-        log.warning("%s step %d: %s; back to the frame of step %d with fresh velocities", self.name, self.step,
-                    reason, good_step)
+    def state(self) -> SamplerState:
+        return SamplerState(md=self.dynamics.state(), rng=rng_state(self.rng), failures=self.failures)
 
-    def state(self) -> dict[str, Any]:
-        return {"md": md_state(self.atoms, step=self.step), "rng": rng_state(self.rng), "failures": self.failures}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        restore_md_state(self.atoms, state["md"], self.dyn)
-        restored = restore_rng(state["rng"])
-        self.rng.bit_generator.state = restored.bit_generator.state
-        self.failures = int(state.get("failures", 0))
-        self.last_good.record(self.atoms, step=self.step)
-        self.atoms.calc.reset()
+    def restore(self, state: SamplerState) -> None:
+        self.dynamics.restore(state.md)
+        self.rng.bit_generator.state = restore_rng(state.rng).bit_generator.state
+        self.dynamics.resets = state.failures
 
 
 class GuardedReference(Calculator):
@@ -127,8 +104,6 @@ class GuardedReference(Calculator):
         return self.calc.name  # ASE's Calculator.name: the guarded reference's identity
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
-        from ..references.base import compute_label
-
         super().calculate(atoms, properties, system_changes)
         energy, forces = compute_label(self.calc, self.atoms, timeout_s=self.timeout_s)
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}

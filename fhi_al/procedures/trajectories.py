@@ -6,22 +6,21 @@ state it needs to resume after a kill.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from ..md import BlowUpDetector, LastGoodFrame, initialize_velocities, make_langevin, md_state, restore_md_state
+from ..md import BlowUpDetector, GuardedDynamics, LastGoodFrame, MDParameters, initialize_velocities, make_dynamics
 from ..restart import restore_rng, rng_state
 from ..uncertainty import frame_uncertainty
-from .sampling import MDParameters
+from .state import TrajectoryState
 
 log = logging.getLogger(__name__)
 
 RUNNING = "running"
-WAITING = "waiting"  # for the reference label of `pending`
+WAITING = "waiting"  # for the reference label of its pending frame (held by the LabelBook)
 TRAINING = "training"  # epochs_left epochs of training owed before MD resumes
 FINISHED = "finished"  # reached max_MD_steps
 
@@ -37,57 +36,64 @@ class Check:
 
 @dataclass
 class Trajectory:
-    """One MLFF trajectory. `dyn` is an ase.md Langevin run on `atoms` (calculator: the ensemble)."""
+    """One MLFF trajectory: a GuardedDynamics on `atoms` (calculator: the ensemble) and its place in the
+    active-learning loop (status, the frame waiting for its label, training owed, counters)."""
 
     index: int
-    atoms: Atoms
-    dyn: Any
-    rng: np.random.Generator
+    dynamics: GuardedDynamics
     md: MDParameters
     status: str = RUNNING
-    pending: dict[str, Any] | None = None  # the frame waiting for its label: label_id, positions, md_step
     epochs_left: int = 0
     labels: int = 0
-    resets: int = 0
-    resets_in_a_row: int = 0  # since the last frame that passed the checks
-    last_good: LastGoodFrame = field(init=False)
+    last_label_step: int | None = None  # MD step of this trajectory's last frame sent to the reference
 
-    def __post_init__(self):
-        self.last_good = LastGoodFrame(self.atoms, step=self.step)
+    @property
+    def atoms(self) -> Atoms:
+        return self.dynamics.atoms
+
+    @property
+    def rng(self) -> np.random.Generator:
+        return self.dynamics.rng
 
     @property
     def step(self) -> int:
-        return int(self.dyn.nsteps)
+        return self.dynamics.step
 
-    def advance(self, steps: int, detector: BlowUpDetector) -> str | None:
+    @property
+    def last_good(self) -> LastGoodFrame:
+        return self.dynamics.last_good
+
+    @property
+    def resets(self) -> int:
+        return self.dynamics.resets
+
+    @property
+    def resets_in_a_row(self) -> int:
+        """Resets since the last frame that passed the checks."""
+        return self.dynamics.resets_in_a_row
+
+    @resets_in_a_row.setter
+    def resets_in_a_row(self, value: int) -> None:
+        self.dynamics.resets_in_a_row = value
+
+    def advance(self, steps: int, detector: BlowUpDetector | None = None) -> str | None:
         """Run `steps` MD steps; a blow-up (or a failed model call) resets to the last good frame."""
-        try:
-            self.dyn.run(steps)
-            reason = detector.check(self.atoms)
-        except Exception as error:  # noqa: BLE001 - any failure of the model call is a bad frame
-            reason = f"model evaluation failed: {type(error).__name__}: {error}"
-        if reason is None:
-            self.last_good.record(self.atoms, step=self.step)
-            self.resets_in_a_row = 0
-        else:
-            self.reset(reason)
-        return reason
+        if detector is not None:
+            self.dynamics.detector = detector
+        return self.dynamics.run(steps)
 
     def last_good_frame(self) -> Atoms:
         """The frame the trajectory goes back to after a blow-up (calculator-free copy)."""
-        frame = self.atoms.copy()
-        frame.calc = None
-        frame.set_positions(self.last_good.state["positions"])
-        return frame
+        return self.dynamics.last_good_frame()
 
     def reset(self, reason: str) -> None:
         # The step counter keeps running, so label ids (made from the step) stay unique after a reset.
-        good_step = self.last_good.reset(self.atoms, temperature_K=self.md.temperature_K, rng=self.rng)
-        self.atoms.calc.reset()
-        self.resets += 1
-        self.resets_in_a_row += 1
-        log.warning("trajectory %d step %d: %s; back to the frame of step %d with fresh velocities", self.index,
-                    self.step, reason, good_step)
+        self.dynamics.reset(reason)
+
+    def spaced_from_last_label(self, spacing_steps: int) -> bool:
+        """At least `spacing_steps` MD steps since this trajectory's last label (a frame closer to it is
+        nearly the same structure, correlated with what was just learned)."""
+        return self.last_label_step is None or self.step - self.last_label_step >= spacing_steps
 
     def check(self, reduction: str) -> Check:
         """Uncertainty of the current frame from the ensemble's per-member forces (already computed)."""
@@ -99,20 +105,18 @@ class Trajectory:
         frame.calc = None
         return Check(self.step, frame_uncertainty(results["forces_comm"], reduction), frame)
 
-    def state(self) -> dict[str, Any]:
-        return {"index": self.index, "status": self.status, "md": md_state(self.atoms, step=self.step),
-                "last_good": self.last_good.state, "rng": rng_state(self.rng), "pending": self.pending,
-                "epochs_left": self.epochs_left, "labels": self.labels, "resets": self.resets,
-                "resets_in_a_row": self.resets_in_a_row}
+    def state(self) -> TrajectoryState:
+        return TrajectoryState(index=self.index, status=self.status, md=self.dynamics.state(),
+                               last_good=self.last_good.state, rng=rng_state(self.rng), epochs_left=self.epochs_left,
+                               labels=self.labels, resets=self.resets, resets_in_a_row=self.resets_in_a_row,
+                               last_label_step=self.last_label_step)
 
-    def restore(self, state: dict[str, Any]) -> None:
-        restore_md_state(self.atoms, state["md"], self.dyn)
-        self.last_good.state = state["last_good"]
-        self.rng.bit_generator.state = restore_rng(state["rng"]).bit_generator.state
-        self.status, self.pending = state["status"], state["pending"]
-        self.epochs_left, self.labels, self.resets = state["epochs_left"], state["labels"], state["resets"]
-        self.resets_in_a_row = state.get("resets_in_a_row", 0)
-        self.atoms.calc.reset()
+    def restore(self, state: TrajectoryState) -> None:
+        self.dynamics.restore(state.md, last_good=state.last_good)
+        self.rng.bit_generator.state = restore_rng(state.rng).bit_generator.state
+        self.status, self.epochs_left, self.labels = state.status, state.epochs_left, state.labels
+        self.dynamics.resets, self.resets_in_a_row = state.resets, state.resets_in_a_row
+        self.last_label_step = state.last_label_step
 
 
 def make_trajectories(start: Atoms, calc: Calculator, *, count: int, md: MDParameters,
@@ -125,7 +129,7 @@ def make_trajectories(start: Atoms, calc: Calculator, *, count: int, md: MDParam
         atoms = start.copy()
         atoms.calc = calc
         initialize_velocities(atoms, md.temperature_K, rng)
-        dyn = make_langevin(atoms, temperature_K=md.temperature_K, timestep_fs=md.timestep_fs,
-                            friction_per_fs=md.friction_per_fs, rng=rng)
-        trajectories.append(Trajectory(index=index, atoms=atoms, dyn=dyn, rng=rng, md=md))
+        dynamics = GuardedDynamics(make_dynamics(atoms, md=md, rng=rng), rng=rng, temperature_K=md.temperature_K,
+                                   name=f"trajectory {index}", failure="model evaluation failed")
+        trajectories.append(Trajectory(index=index, dynamics=dynamics, md=md))
     return trajectories

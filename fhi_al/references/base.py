@@ -21,7 +21,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 
 from ..errors import InputError, ReferenceError
-from .ledger import as_ledger
+from .ledger import LABEL, as_ledger
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +74,18 @@ def _deadline(timeout_s: float | None):
 
 def evaluate(calc: Calculator, atoms: Atoms, properties=LABEL_PROPERTIES) -> dict[str, Any]:
     """Run `calc` on `atoms` the way ASE's get_property does, for all `properties` at once; raw results."""
+    return evaluate_counted(calc, atoms, properties)[0]
+
+
+def evaluate_counted(calc: Calculator, atoms: Atoms, properties=LABEL_PROPERTIES) -> tuple[dict[str, Any], int]:
+    """`evaluate`, and whether a calculation ran (1) or the results were the calculator's cached ones (0)."""
     changes = calc.check_state(atoms)
     if changes:
         calc.reset()
     if changes or any(name not in calc.results for name in properties):
         calc.calculate(atoms, list(properties), changes)
-    return calc.results
+        return calc.results, 1
+    return calc.results, 0
 
 
 def structure_description(atoms: Atoms, label_id: str | None = None) -> str:
@@ -87,36 +93,52 @@ def structure_description(atoms: Atoms, label_id: str | None = None) -> str:
 
 
 def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = None, ledger: Any = None,
-                  label_id: str | None = None) -> tuple[float, np.ndarray]:
+                  label_id: str | None = None, purpose: str = LABEL) -> tuple[float, np.ndarray]:
     """(energy_eV, forces_eV_per_A) of `atoms` from `calc`, or ReferenceError.
 
     Forces are the calculator's raw results, never constraint-adjusted. With `ledger` (a path or a
-    references.ledger.Ledger) one durable line is appended per completed label; pass it on one rank only
-    or as a Ledger told whether this rank writes.
+    references.ledger.Ledger) one durable line is appended per calculation, failed ones included, with its
+    `purpose` (references.ledger.PURPOSES); results the calculator had cached count 0 calls. Pass the ledger
+    on one rank only or as a Ledger told whether this rank writes.
     """
     name = reference_name(calc)
     where = structure_description(atoms, label_id)
     work = atoms.copy()
     work.calc = None
     started = time.perf_counter()
+    record = _ledger_recorder(ledger, label_id=label_id or where, purpose=purpose, reference=name,
+                              n_atoms=len(atoms), started=started)
     try:
         with _deadline(timeout_s):
-            results = evaluate(calc, work)
+            results, calls = evaluate_counted(calc, work)
+        energy, forces = checked_results(results, n_atoms=len(atoms), calculator=name, structure=where)
     except (ReferenceError, InputError):  # already precise: a failed label or the user's input to fix
+        record(None, calls=1, ok=False)
         raise
     except _ReferenceTimeout:
         _reset_quietly(calc)
+        record(None, calls=1, ok=False)
         raise ReferenceError(f"reference calculation exceeded the timeout of {timeout_s} s",
                              calculator=name, structure=where) from None
     except Exception as err:  # any library failure is one catchable error
         _reset_quietly(calc)
+        record(None, calls=1, ok=False)
         raise ReferenceError(f"reference calculation failed: {type(err).__name__}: {err}",
                              calculator=name, structure=where) from err
-    energy, forces = checked_results(results, n_atoms=len(atoms), calculator=name, structure=where)
-    if ledger is not None:
-        as_ledger(ledger).record(label_id=label_id or where, energy_eV=energy, reference=name,
-                                 n_atoms=len(atoms), duration_s=time.perf_counter() - started)
+    record(energy, calls=calls, ok=True)
     return energy, forces
+
+
+def _ledger_recorder(ledger: Any, *, started: float, **fields: Any):
+    """A function that appends one ledger line for this calculation (a no-op without a ledger)."""
+    if ledger is None:
+        return lambda energy_eV, **outcome: None
+
+    def record(energy_eV: float | None, **outcome: Any) -> None:
+        as_ledger(ledger).record(energy_eV=energy_eV, duration_s=time.perf_counter() - started, **fields,
+                                 **outcome)
+
+    return record
 
 
 def _reset_quietly(calc: Calculator) -> None:

@@ -245,8 +245,19 @@ class ActiveLearningSettings:
                                            "needed by the aims reference.")
     aims_lib_path: str | None = option(None, "Path of the FHI-aims shared library (libaims*.so) for asi4py.")
     initial_sampling: str = option("aimd", "How the initial structures are sampled: MD with the reference "
-                                           "(aimd) or with a MACE-MP foundation model (mace-mp0).",
-                                   choices=["aimd", "mace-mp0"])
+                                           "(aimd: every MD step is a reference call), MD with a MACE-MP "
+                                           "foundation model (mace-mp0), or the harmonic distribution at "
+                                           "MD.temperature from one reference Hessian (normal-modes: a "
+                                           "relaxation and 6 calls per atom, then only the labels).",
+                                   choices=["aimd", "mace-mp0", "normal-modes"])
+    initial_member_data: str = option("split", "Initial frames per member: split (the original tool's way: "
+                                               "each member labels n_samples frames of its own per round) or "
+                                               "shared (n_samples frames per round that every member trains "
+                                               "on; members differ by seed and data order).",
+                                      choices=["split", "shared"])
+    label_spacing_steps: int = option(0, "MD steps after a label during which its trajectory's uncertainty is "
+                                         "not checked, so that no near-duplicate frames are labelled "
+                                         "(0 = check every skip_step_mlff steps).", minimum=0)
     initial_foundational_size: str = option("small", "MACE-MP model for mace-mp0 sampling: small, medium, "
                                                      "large or the path of a model file.")
     parallel: bool = option(False, "Parallel mode: rank 0 trains and runs MD while the other ranks label.")

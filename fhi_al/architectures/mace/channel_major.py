@@ -10,8 +10,10 @@ channels) and one batched matrix product applies it to the sender's channels. Th
 ordered by the linear layer's output irreps, so the linear reads them without reordering, and its output is the
 layout mace's symmetric contraction reads.
 
-Where the C kernels of fused.py can be built, `aggregate` hands the same sums to one of them (one pass over the
-edges, channels innermost); the torch code below is the reference it is tested against and the fallback.
+This is the one message passing of the stacked ensemble in torch (mace's own modules serve the member-wise
+fallback). Where the optional C kernels (kernels/) are available and accept the inputs, `aggregate` hands the
+same sums to one of them (one pass over the edges, channels innermost); the torch code below is the reference
+it is tested against and the fallback.
 
 Weights are passed in stacked over members; the plan holds only weight-independent structure (couplings, path
 weights, orderings) taken from the block's e3nn modules, including their stored Wigner 3j values, so results agree
@@ -25,7 +27,7 @@ import math
 import torch
 from e3nn import o3
 
-from . import fused
+from . import kernels
 
 UVU = "uvu"
 
@@ -101,13 +103,15 @@ class InteractionPlan(torch.nn.Module):
         per_edge = (edge_attrs.reshape(members * edges, -1) @ self.coupling).reshape(-1, self.components,
                                                                                     self.columns)
         blocks = torch.split(node_feats.reshape(members * nodes, -1), self.in_sizes, dim=-1)
-        kernels = fused.kernels_for(node_feats)
-        if kernels is not None:  # the same sums in one C pass, channels innermost
+        lib = kernels.kernels_for(node_feats)
+        if lib is not None:  # the same sums in one C pass, channels innermost
             features = torch.cat([b.reshape(-1, self.channels, d).transpose(1, 2)
                                   for b, d in zip(blocks, self.in_dims)], dim=1)  # [M nodes, A, u]
             weights = tp_weights.reshape(members * edges, self.num_paths, self.channels)
-            out = fused.FusedMessages.apply(features, per_edge, weights, self.column_path, sender, receiver, kernels)
-            return out.transpose(1, 2)  # [M nodes, u, columns]
+            out = kernels.attempt(kernels.FusedMessages, features, per_edge, weights, self.column_path, sender,
+                                  receiver, lib)
+            if out is not None:
+                return out.transpose(1, 2)  # [M nodes, u, columns]
         features = torch.cat([b.reshape(-1, self.channels, d) for b, d in zip(blocks, self.in_dims)], dim=-1)
         messages = torch.bmm(features.index_select(0, sender), per_edge)  # [M E, u, columns]
         weights = tp_weights.reshape(members * edges, self.num_paths, self.channels).transpose(1, 2)

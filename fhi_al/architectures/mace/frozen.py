@@ -1,7 +1,8 @@
 """Faster MACE inference with frozen weights: the product-basis weights are contracted into mace's coupling
 tensors once, symmetrised onto the monomials of the features that the coupling allows, and each evaluation is
-a gather-product of the features and one batched matrix product. Where the C kernels of fused.py can be built,
-the same polynomial is evaluated by one of them, atom by atom with the channels innermost.
+a gather-product of the features and one batched matrix product. Where the optional C kernels (kernels/) are
+available and accept the inputs, the same polynomial is evaluated by one of them, atom by atom with the channels
+innermost.
 
 Used for ensemble prediction copies only; exported files and training keep mace's own modules.
 """
@@ -14,7 +15,7 @@ import logging
 import torch
 from mace.modules.symmetric_contraction import Contraction
 
-from . import fused
+from . import kernels
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,11 @@ class FrozenContraction(torch.nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """x: node features [atoms, channels, ell]; y: one-hot elements [atoms, elements]."""
         atoms = x.shape[0]
-        kernels = fused.kernels_for(x)
-        if kernels is not None:
-            out = self.contract_fused(x.transpose(1, 2), y.argmax(dim=-1), self.coefficients_channels_last, kernels)
-            return out.transpose(1, 2).reshape(atoms, -1)
+        lib = kernels.kernels_for(x)
+        if lib is not None:
+            out = self.contract_fused(x.transpose(1, 2), y.argmax(dim=-1), self.coefficients_channels_last, lib)
+            if out is not None:
+                return out.transpose(1, 2).reshape(atoms, -1)
         out = self.contract(x.permute(1, 2, 0), y.argmax(dim=-1), self.coefficients)  # [c, out, atoms]
         return out.permute(2, 0, 1).reshape(atoms, -1)
 
@@ -79,12 +81,13 @@ class FrozenContraction(torch.nn.Module):
         return coefficients.reshape(shape).permute(1, 2, 3, 0).contiguous()
 
     def contract_fused(self, features: torch.Tensor, elements: torch.Tensor, coefficients: torch.Tensor,
-                       kernels) -> torch.Tensor:
+                       lib: kernels.Kernels) -> torch.Tensor | None:
         """`contract` by the fused kernel in a channels-last layout: features [atoms, ell, c], elements [atoms],
-        coefficients [e, out, F, c] (see channels_last) -> [atoms, out, c]."""
+        coefficients [e, out, F, c] (see channels_last) -> [atoms, out, c]; None if the kernel refused the
+        inputs (the caller then uses `contract`)."""
         atoms, _, channels = features.shape
         extended = torch.cat([features, features.new_ones((atoms, 1, channels))], dim=1)  # the factor 1
-        return fused.FusedContraction.apply(extended, elements, coefficients, self.monomials, kernels)
+        return kernels.attempt(kernels.FusedContraction, extended, elements, coefficients, self.monomials, lib)
 
     def contract(self, features: torch.Tensor, elements: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
         """features [c, ell, atoms] (atoms last: the gathers copy whole rows), elements [atoms] (indices),

@@ -1,5 +1,9 @@
-"""All members of a MACE ensemble evaluated as one model: parameters stacked along a member axis, the forward
-pass vectorised over it with torch.func (one set of operations for M members), every member's forces by one backward.
+"""All members of a MACE ensemble evaluated as one model: parameters stacked along a member axis, the dense
+per-member layers vectorised over it with torch.func, the message passing (channel_major.py) and the symmetric
+contractions (frozen.py) with the member axis folded into rows or channels; every member's forces by one backward.
+
+This is the one ensemble-inference path; members that do not fit it (`stackable` is False) are evaluated one by
+one through mace's own modules (Ensemble.predict).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import torch
 from mace.modules.blocks import RealAgnosticInteractionBlock, RealAgnosticResidualInteractionBlock
 from mace.modules.models import ScaleShiftMACE
 
-from . import fused
+from . import kernels
 from .channel_major import InteractionPlan
 from .frozen import FrozenContraction
 
@@ -31,7 +35,8 @@ def stackable(models: Sequence[torch.nn.Module]) -> bool:
     first = models[0]
     if type(first) is not ScaleShiftMACE or any(type(m) is not type(first) for m in models):
         return False
-    if not all(isinstance(block, SUPPORTED_INTERACTIONS) for block in first.interactions):
+    if not all(isinstance(block, SUPPORTED_INTERACTIONS) and InteractionPlan.supports(block)
+               for block in first.interactions):
         return False
     if any(not isinstance(c, FrozenContraction) for p in first.products for c in p.symmetric_contractions.contractions):
         return False
@@ -60,9 +65,9 @@ class StackedMace:
     forces [M, nodes, 3] for a mace batch (dict of AtomicData tensors), equal to each member's own output.
 
     Each member keeps its own copy of the positions so that one backward pass of the summed energies gives
-    every member's forces. The layers run under torch.vmap over the stacked parameters; the symmetric
-    contractions (gathers that vmap would turn into slow general gathers) run outside it, with the member
-    axis folded into the channels.
+    every member's forces. The dense layers (embeddings, radial MLPs, linears, readouts) run under torch.vmap
+    over the stacked parameters; the message passing and the symmetric contractions (gathers that vmap would
+    turn into slow general gathers) run outside it, with the member axis folded into rows or channels.
     """
 
     def __init__(self, models: Sequence[torch.nn.Module]):
@@ -75,17 +80,21 @@ class StackedMace:
             stacked[f"model.{name}"] = torch.stack([state[name].detach() for state in states])
         self.size = len(models)
         first = models[0]
-        self.contractions = [
-            [_stacked_contraction(c, stacked.pop(f"model.products.{i}.symmetric_contractions.contractions.{j}."
-                                                 "coefficients"))
-             for j, c in enumerate(product.symmetric_contractions.contractions)]
-            for i, product in enumerate(first.products)]
+        self.contractions = []
+        for i, product in enumerate(first.products):
+            names = [f"products.{i}.symmetric_contractions.contractions.{j}.coefficients"
+                     for j in range(len(product.symmetric_contractions.contractions))]
+            # the kernels need every member's coefficients, also where all members share them
+            self.contractions.append([
+                _stacked_contraction(c, stacked.pop(f"model.{name}") if f"model.{name}" in stacked
+                                     else torch.stack([state[name] for state in states]))
+                for c, name in zip(product.symmetric_contractions.contractions, names)])
         self.stages = {"embed": _subset(stacked, ("node_embedding", "radial_embedding", "spherical_harmonics",
                                                    "atomic_energies_fn")),
                        "energy": _subset(stacked, ("scale_shift",))}
         for index in range(len(first.interactions)):
-            self.stages[f"interaction{index}"] = _subset(stacked, (f"interactions.{index}",))
-            self.stages[f"pre{index}"] = self.stages[f"post{index}"] = self.stages[f"interaction{index}"]
+            self.stages[f"pre{index}"] = _subset(stacked, (f"interactions.{index}",))
+            self.stages[f"post{index}"] = self.stages[f"pre{index}"]
             self.stages[f"product{index}"] = _subset(stacked, (f"products.{index}", f"readouts.{index}"))
         self.avg_num_neighbors = torch.tensor(
             [[float(block.avg_num_neighbors) for block in model.interactions] for model in models],
@@ -113,15 +122,12 @@ class StackedMace:
     def _interaction(self, index: int, node_feats, edge_attrs, edge_feats, cutoff, graph: "_Graph"):
         """Interaction block `index` of every member: channel-major features [M, atoms, c, ell] and the
         residual [M, atoms, ...] (or an empty tensor)."""
-        plan = self.template.plans[str(index)] if str(index) in self.template.plans else None
+        plan = self.template.plans[index]
         avg_num_neighbors = self.avg_num_neighbors[:, index]
-        if plan is None:
-            return self._stage(f"interaction{index}", node_feats, edge_attrs, edge_feats, cutoff, avg_num_neighbors,
-                               graph)
         node_feats, tp_weights, sc = self._stage(f"pre{index}", node_feats, edge_feats, cutoff, graph)
         aggregated = plan.aggregate(node_feats, edge_attrs, tp_weights, graph.edge_index)
         name = f"model.interactions.{index}.linear.weight"
-        weight = self.stages[f"interaction{index}"].get(name)
+        weight = self.stages[f"pre{index}"].get(name)
         if weight is None:  # the same in all members
             weight = self.template.model.interactions[index].linear.weight.expand(self.size, -1)
         features = plan.linear(weight, aggregated) / avg_num_neighbors.reshape(-1, 1, 1, 1)
@@ -151,11 +157,12 @@ def contract_members(contraction: FrozenContraction, coefficients: torch.Tensor,
     """FrozenContraction of every member: features [M, atoms, c, ell], coefficients [M, c, e * out, F] (and
     `channels_last`, the same for the fused kernel) -> [M, atoms, c * out]."""
     members, atoms, channels, ell = features.shape
-    kernels = fused.kernels_for(features)
-    if kernels is not None:  # members folded into the channels, which are innermost
+    lib = kernels.kernels_for(features)
+    if lib is not None:  # members folded into the channels, which are innermost
         folded = features.permute(1, 3, 0, 2).reshape(atoms, ell, members * channels)
-        out = contraction.contract_fused(folded, elements, channels_last, kernels)  # [atoms, out, M c]
-        return out.reshape(atoms, -1, members, channels).permute(2, 0, 3, 1).reshape(members, atoms, -1)
+        out = contraction.contract_fused(folded, elements, channels_last, lib)  # [atoms, out, M c] or None
+        if out is not None:
+            return out.reshape(atoms, -1, members, channels).permute(2, 0, 3, 1).reshape(members, atoms, -1)
     folded = features.permute(0, 2, 3, 1).reshape(members * channels, ell, atoms)
     out = contraction.contract(folded, elements, coefficients.flatten(0, 1))  # [M c, out, atoms]
     return out.reshape(members, channels, -1, atoms).permute(0, 3, 1, 2).reshape(members, atoms, -1)
@@ -179,23 +186,20 @@ class _Graph:
 
 
 class _MemberForward(torch.nn.Module):
-    """ScaleShiftMACE.forward of one member in stages (energies only; geometry from the member's own positions),
-    without in-place updates so that torch.vmap can batch it over stacked member parameters."""
+    """The dense layers of ScaleShiftMACE.forward for one member, in stages (energies only; geometry from the
+    member's own positions), without in-place updates so that torch.vmap can batch them over stacked member
+    parameters. The message passing between `pre` and `post` is the plans' (outside vmap)."""
 
     def __init__(self, model: ScaleShiftMACE):
         super().__init__()
         self.model = model
-        self.plans = torch.nn.ModuleDict({str(index): InteractionPlan(block)
-                                          for index, block in enumerate(model.interactions)
-                                          if InteractionPlan.supports(block)})
+        self.plans = torch.nn.ModuleList([InteractionPlan(block) for block in model.interactions])
         self.residual = [isinstance(block, RealAgnosticResidualInteractionBlock) for block in model.interactions]
 
     def forward(self, stage: str, *args):
-        for prefix in ("interaction", "pre", "post"):
+        for prefix in ("pre", "post", "product"):
             if stage.startswith(prefix):
                 return getattr(self, prefix)(int(stage.removeprefix(prefix)), *args)
-        if stage.startswith("product"):
-            return self.product(int(stage.removeprefix("product")), *args)
         return getattr(self, stage)(*args)
 
     def embed(self, positions: torch.Tensor, graph: _Graph):
@@ -211,18 +215,6 @@ class _MemberForward(torch.nn.Module):
             cutoff = torch.ones_like(lengths)  # multiplying by 1 is exact
         return (e0, model.node_embedding(graph.node_attrs), model.spherical_harmonics(vectors), edge_feats,
                 cutoff)
-
-    def interaction(self, index: int, node_feats, edge_attrs, edge_feats, cutoff, avg_num_neighbors,
-                    graph: _Graph):
-        """mace's message passing, for a block without an InteractionPlan."""
-        block = self.model.interactions[index]
-        node_feats, tp_weights, sc = self.pre(index, node_feats, edge_feats, cutoff, graph)
-        messages = block.conv_tp(node_feats[graph.edge_index[0]], edge_attrs, tp_weights)
-        message = scatter_sum(messages, graph.edge_index[1], graph.num_nodes)
-        message = block.linear(message) / avg_num_neighbors
-        if not self.residual[index]:
-            message = block.skip_tp(message, graph.node_attrs)
-        return block.reshape(message), sc
 
     def pre(self, index: int, node_feats, edge_feats, cutoff, graph: _Graph):
         """The per-member layers before the message passing: residual, linear_up, radial weights."""

@@ -1,4 +1,7 @@
-/* Fused message passing of a MACE interaction block for all members of a stacked ensemble (see fused.py).
+/* Fused message passing of a MACE interaction block for all members of a stacked ensemble (see __init__.py).
+
+   These functions trust their arguments: checked.py validates shapes, dtypes, contiguity and every index
+   (senders, receivers, paths, species, monomials) before each call, and build.py declares the ctypes types.
 
    Rows are (member, edge) pairs with sender and receiver rows already offset by member. For every row e,
    column c and channel u the message is w[e, path(c), u] * sum_a p[e, a, c] x[sender, a, u]; it is added to
@@ -87,7 +90,7 @@ void FN(messages_backward_)(int64_t E, int64_t U, int64_t A, int64_t C, int64_t 
     }
 }
 
-/* Frozen symmetric contraction (frozen.py): for every atom j of element e and channel c,
+/* Frozen symmetric contraction (../frozen.py): for every atom j of element e and channel c,
    out[j, o, c] = sum_F coef[e, o, F, c] prod_t x[j, monomial[t, F], c], where x [atoms, L, channels] carries
    a last row of ones (index L - 1 stands for the factor 1). Channels (members x channels of a stacked
    ensemble) are the innermost axis, so every loop vectorises whatever the number of atoms; atoms are visited

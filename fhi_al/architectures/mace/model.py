@@ -48,10 +48,29 @@ class MaceArchitecture(Architecture):
                              where="ARCHITECTURE.model")
         self.variant = variant
         self.z_table: AtomicNumberTable | None = None
+        self.foundation: torch.nn.Module | None = None  # ARCHITECTURE.foundation_model, when fine-tuning
+        self.freeze: int | None = None
+
+    def use_foundation(self, spec: str, *, freeze: int | None = None) -> "MaceArchitecture":
+        """Members start from the foundation model `spec` (a MACE-MP size or a .model file) instead of random
+        weights; its hyperparameters replace the settings' (logged). `freeze`: mace's --freeze."""
+        from . import foundation
+
+        self.foundation = foundation.load_foundation(spec, dtype=self.dtype)
+        self.hypers = foundation.foundation_hypers(self.foundation, self.hypers)
+        self.freeze = freeze
+        log.info("fine-tuning the foundation model %s (elements %s)%s", spec,
+                 foundation.foundation_elements(self.foundation), f", freeze {freeze}" if freeze else "")
+        return self
 
     # --- model -------------------------------------------------------------------------------------------
     def build_model(self, stats: DatasetStatistics, *, seed: int) -> torch.nn.Module:
         self.z_table = AtomicNumberTable(list(stats.species))
+        if self.foundation is not None:
+            from .foundation import build_finetuned
+
+            return build_finetuned(self.foundation, zs=self.z_table.zs, atomic_energies_eV=self._e0_array(stats),
+                                   seed=seed, dtype=self.dtype)
         h = self.hypers
         first = h.interaction_first
         if self.variant == "MACE" and first not in PLAIN_MACE_FIRST_INTERACTIONS:
@@ -77,7 +96,8 @@ class MaceArchitecture(Architecture):
                          .sort()[0].simplify())
 
     def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
-        """Refresh E0s, avg_num_neighbors and scale/shift from `stats`; trained weights are untouched."""
+        """Refresh E0s, avg_num_neighbors and scale/shift from `stats`; trained weights are untouched. A
+        fine-tuned model keeps the foundation's scale, shift and avg_num_neighbors (its weights assume them)."""
         zs = [int(z) for z in model.atomic_numbers]
         unknown = sorted(set(stats.species) - set(zs))
         if unknown:
@@ -90,6 +110,8 @@ class MaceArchitecture(Architecture):
             for index, z in enumerate(zs):
                 if z in stats.atomic_energies_eV:
                     flat[index] = stats.atomic_energies_eV[z]
+            if self.foundation is not None:
+                return
             scale, shift = self._scale_shift(stats)
             model.scale_shift.scale.fill_(scale)
             model.scale_shift.shift.fill_(shift)
@@ -119,7 +141,12 @@ class MaceArchitecture(Architecture):
         return StackedMace(models).predict_batch
 
     def param_groups(self, model: torch.nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
-        """mace_run_train's parameter groups: weight decay on interaction linears and products only."""
+        """mace_run_train's parameter groups: weight decay on interaction linears and products only; with a
+        foundation and `freeze`, mace's own groups with its --freeze applied."""
+        if self.foundation is not None and self.freeze:
+            from .foundation import freeze_param_groups
+
+            return freeze_param_groups(model, freeze=self.freeze, weight_decay=weight_decay)
         decay, no_decay = [], []
         for name, param in model.interactions.named_parameters():
             (decay if any(key in name for key in DECAYED_INTERACTION_WEIGHTS) else no_decay).append(param)

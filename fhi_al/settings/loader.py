@@ -332,6 +332,13 @@ def resolve_foundation(mace: schema.MaceSettings, run_dir: Path) -> schema.MaceS
     SettingsError naming the key for a missing file, a non-MACE architecture or multihead without replay data."""
     arch = mace.architecture
     foundation, replay = arch.foundation_model, arch.replay_dataset
+    if mace.misc.export_lammps and arch.model not in FOUNDATION_ARCHITECTURES:
+        raise SettingsError(f"LAMMPS export is for MACE models; ARCHITECTURE.model is {arch.model!r}",
+                            where="MISC.export_lammps")
+    if mace.misc.export_lammps and (arch.energy_shift is not None or arch.energy_scale is not None or arch.zbl):
+        raise SettingsError("the engine's energy terms (ARCHITECTURE.energy_shift, energy_scale, zbl) are not part "
+                            "of the mace model file, so the LAMMPS file would lack them; switch them off or "
+                            "export_lammps", where="MISC.export_lammps")
     if foundation is None:
         return mace
     if arch.model not in FOUNDATION_ARCHITECTURES:

@@ -231,7 +231,7 @@ class Trainer:
                                resample_epochs=c.force_resample_num_epochs)
 
     def _train_epoch(self, member: Member, *, use_scheduler: bool) -> float:
-        atoms_list = self.train_set(member)
+        atoms_list = self.train_set(member) + finetune.replay_atoms(self.architecture)
         samples = self.samples(atoms_list)
         if not samples:
             raise InputError("no training structures", where=f"member {member.tag}")

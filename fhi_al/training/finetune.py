@@ -13,6 +13,7 @@ from ..errors import SettingsError
 log = logging.getLogger(__name__)
 
 FOUNDATION_KEY = "ARCHITECTURE.foundation_model"
+MULTIHEAD = "multihead"
 
 
 def attach_foundation(architecture: Any, config: Any) -> None:
@@ -21,7 +22,19 @@ def attach_foundation(architecture: Any, config: Any) -> None:
     if hook is None:
         raise SettingsError(f"fine-tuning a foundation model needs a MACE architecture, got {architecture.name!r}",
                             where=FOUNDATION_KEY)
-    hook(config.foundation_model, freeze=config.freeze)
+    replay = config.replay_dataset if config.finetuning == MULTIHEAD else None
+    if config.finetuning == MULTIHEAD and replay is None:
+        raise SettingsError("multihead fine-tuning needs replay data (an extxyz file of labelled frames)",
+                            where="ARCHITECTURE.replay_dataset")
+    hook(config.foundation_model, freeze=config.freeze, replay_dataset=replay)
+
+
+def replay_atoms(architecture: Any) -> list:
+    """Frames trained on the foundation's head besides the member's data (multihead fine-tuning), else []."""
+    from .head import base_architecture
+
+    hook = getattr(base_architecture(architecture), "replay_atoms", None)
+    return hook() if hook is not None else []
 
 
 def export_lammps(architecture: Any, model_path: Path) -> Path:

@@ -104,6 +104,19 @@ def check_elements(foundation: torch.nn.Module, numbers: Iterable[int], *, what:
                          f"foundation model trained on every element of the system", where=FOUNDATION_KEY)
 
 
+def check_run_inputs(architecture_settings: Any, numbers: Iterable[int], *, dtype: torch.dtype) -> None:
+    """Before a run: the foundation loads, is a MACE model and knows every element of the geometry (InputError
+    naming ARCHITECTURE.foundation_model otherwise); multihead replay data are checked too."""
+    if architecture_settings.foundation_model is None:
+        return
+    foundation = load_foundation(architecture_settings.foundation_model, dtype=dtype)
+    check_elements(foundation, numbers, what="geometry.in")
+    if architecture_settings.finetuning == MULTIHEAD:
+        from .replay import read_replay
+
+        read_replay(architecture_settings.replay_dataset, foundation)
+
+
 def foundation_config(foundation: torch.nn.Module) -> dict[str, Any]:
     """mace's own reading of a model's construction arguments (extract_config_mace_model)."""
     from mace.tools.scripts_utils import extract_config_mace_model

@@ -187,6 +187,9 @@ def freeze_param_groups(model: torch.nn.Module, *, freeze: int, weight_decay: fl
         params = [p for p in group["params"] if p.requires_grad]
         if params and group.get("lr", 1.0) > 0.0:
             groups.append({"name": group["name"], "params": params, "weight_decay": group["weight_decay"]})
+    if not groups:
+        raise InputError(f"freeze {freeze} freezes every layer of the model; nothing is left to train (mace: >= 7 "
+                         f"freezes the readouts too)", where="ARCHITECTURE.freeze")
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     log.debug("freeze %d: %d of %d parameters frozen", freeze, frozen, sum(p.numel() for p in model.parameters()))
     return groups

@@ -206,6 +206,11 @@ class MaceArchitecture(Architecture):
         out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=False)
         return {"energy": out["energy"], "forces": out["forces"]}
 
+    def predict_stress(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Energy, forces and stress [num_structures, 3, 3] (eV/Å³, mace's sign) of a periodic batch."""
+        out = model(batch.inputs.to_dict(), training=False, compute_force=True, compute_stress=True)
+        return {"energy": out["energy"], "forces": out["forces"], "stress": out["stress"]}
+
     def positions(self, inputs: Any) -> torch.Tensor:
         return inputs.positions
 

@@ -217,3 +217,30 @@ def test_foundation_and_lammps_need_mace(tmp_path, capsys):
     assert code == EXIT_BAD_INPUT and "ARCHITECTURE.foundation_model" in err and "MACE" in err
     code, err = run_bad(tmp_path / "lammps", capsys, foundation=None, mace_text=aenet + "MISC:\n  export_lammps: true\n")
     assert code == EXIT_BAD_INPUT and "MISC.export_lammps" in err
+
+
+# ------------------------------------------------------------------------------------------------- settings
+def test_settings_resolve_the_foundation_next_to_the_run(tmp_path, foundation_file):
+    from fhi_al.settings import load_run_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "found.model").write_bytes(foundation_file.read_bytes())
+    (run / "replay.xyz").write_text("")
+    (run / "mace_settings.yaml").write_text("ARCHITECTURE:\n  model: MACE\n  foundation_model: found.model\n"
+                                            "  finetuning: multihead\n  replay_dataset: replay.xyz\n  freeze: 5\n")
+    (run / "active_learning_settings.yaml").write_text(AL_SETTINGS)
+    arch = load_run_settings(run).mace.architecture
+    assert (arch.foundation_model, arch.replay_dataset) == (str(run / "found.model"), str(run / "replay.xyz"))
+    assert (arch.finetuning, arch.freeze) == ("multihead", 5)
+    config = TrainingConfig.from_settings(load_run_settings(run))
+    assert (config.foundation_model, config.finetuning, config.freeze) == (str(run / "found.model"), "multihead", 5)
+    (run / "mace_settings.yaml").write_text("ARCHITECTURE:\n  foundation_model: SMALL\nMISC:\n  export_lammps: true\n")
+    settings = load_run_settings(run)
+    assert settings.mace.architecture.foundation_model == "small" and settings.mace.misc.export_lammps
+    (run / "mace_settings.yaml").write_text("ARCHITECTURE:\n  freeze: 5\n")
+    assert any("ARCHITECTURE.freeze only matters with ARCHITECTURE.foundation_model" in note
+               for note in load_run_settings(run).notes)
+    (run / "mace_settings.yaml").write_text("ARCHITECTURE:\n  foundation_model: small\n  freeze: 7\n")
+    with pytest.raises(InputError, match="ARCHITECTURE.freeze"):
+        load_run_settings(run)

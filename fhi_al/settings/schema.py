@@ -71,8 +71,9 @@ class ArchitectureCommon:
                                       "second head keeps fitting the replay_dataset).",
                              choices=list(FINETUNING_CHOICES))
     freeze: int | None = option(None, "With foundation_model: mace's --freeze: layers 1 to N are frozen (>= 1 "
-                                      "embedding, >= 5 interactions, >= 6 products, >= 7 readouts); null = none.",
-                                minimum=1)
+                                      "embedding, >= 5 interactions, 6 products too; mace's 7 would freeze the "
+                                      "readouts as well, leaving nothing to train); null = none.",
+                                minimum=1, maximum=6)
     replay_dataset: str | None = option(None, "finetuning multihead: extxyz file of labelled frames (REF_energy, "
                                               "REF_forces) from the foundation's own training data, replayed on "
                                               "its head so the foundation is not forgotten.")

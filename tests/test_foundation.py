@@ -244,3 +244,29 @@ def test_settings_resolve_the_foundation_next_to_the_run(tmp_path, foundation_fi
     (run / "mace_settings.yaml").write_text("ARCHITECTURE:\n  foundation_model: small\n  freeze: 7\n")
     with pytest.raises(InputError, match="ARCHITECTURE.freeze"):
         load_run_settings(run)
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_full_run_fine_tunes_the_foundation_and_hands_over_the_models(tmp_path, foundation_file):
+    from workflow import make_run_folder, run_cli
+
+    from fhi_al.ensemble import EnsembleCalculator
+
+    folder = make_run_folder(tmp_path / "run", mace={"ARCHITECTURE": {"foundation_model": str(foundation_file),
+                                                                      "num_channels": 16},
+                                                     "MISC": {"export_lammps": True}},
+                             al={"ACTIVE_LEARNING": {"max_MD_steps": 60}})
+    result = run_cli("FHI_AL", folder)
+    assert result.returncode == 0, result.stderr
+    models = sorted((folder / "model").glob("*.model"))
+    assert len(models) == 2
+    for path in models:
+        assert torch.jit.load(str(lammps_path(path))).atomic_numbers.tolist() == [1, 8]
+        assert int(load_foundation_file(path).products[0].linear.irreps_out[0].mul) == 8  # the foundation's width
+    log_text = (folder / "logs" / "initial_dataset.log").read_text()
+    assert "num_channels 16 -> 8" in log_text and "fine-tuning the foundation model" in log_text
+    atoms = molecule("H2O")
+    atoms.calc = EnsembleCalculator.from_run_dir(folder)
+    assert np.isfinite(atoms.get_forces()).all() and atoms.calc.results["forces_uncertainty_max"] > 0.0
+    assert run_cli("FHI_AL", folder).returncode == 0  # a finished run resumes to nothing

@@ -150,6 +150,8 @@ def test_multihead_replays_the_foundation_data_on_its_own_head(run_dir, foundati
     ours = predict(trainer, member.inference_model(), water_data[1][:1])
     assert atoms.get_potential_energy() == pytest.approx(float(ours["energy"][0]), rel=1e-12)
     assert torch.jit.load(str(lammps_path(path))).head.tolist() == [0]  # the Default head, not mace's last
+    as_foundation = foundation_module.load_foundation(str(path))  # a multihead model as the next foundation
+    assert as_foundation.heads == ["Default"]  # mace's remove_pt_head keeps the fine-tuned head
 
 
 # ------------------------------------------------------------------------------------------------ bad input

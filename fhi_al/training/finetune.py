@@ -22,6 +22,10 @@ def attach_foundation(architecture: Any, config: Any) -> None:
     if hook is None:
         raise SettingsError(f"fine-tuning a foundation model needs a MACE architecture, got {architecture.name!r}",
                             where=FOUNDATION_KEY)
+    if config.hypers_statistics:
+        name = next(iter(config.hypers_statistics))
+        raise SettingsError("the foundation model fixes the hyperparameters; a training-set statistic cannot set "
+                            f"{name}", where=f"ARCHITECTURE.{name}")
     replay = config.replay_dataset if config.finetuning == MULTIHEAD else None
     if config.finetuning == MULTIHEAD and replay is None:
         raise SettingsError("multihead fine-tuning needs replay data (an extxyz file of labelled frames)",

@@ -217,7 +217,8 @@ def test_foundation_and_lammps_need_mace(tmp_path, capsys):
     code, err = run_bad(tmp_path / "foundation", capsys, foundation=None,
                         mace_text=aenet + "  foundation_model: small\n")
     assert code == EXIT_BAD_INPUT and "ARCHITECTURE.foundation_model" in err and "MACE" in err
-    code, err = run_bad(tmp_path / "lammps", capsys, foundation=None, mace_text=aenet + "MISC:\n  export_lammps: true\n")
+    code, err = run_bad(tmp_path / "lammps", capsys, foundation=None,
+                        mace_text=aenet + "MISC:\n  export_lammps: true\n")
     assert code == EXIT_BAD_INPUT and "MISC.export_lammps" in err
 
 

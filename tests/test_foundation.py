@@ -92,6 +92,23 @@ def test_freeze_follows_mace(run_dir, foundation_file, water_data):
         finetune_trainer(run_dir / "all", foundation_file, freeze=7).create_member("water_1", 1, *water_data)
 
 
+def test_members_with_frozen_products_are_evaluated_stacked(run_dir, foundation_file, water_data):
+    """Products frozen (freeze 6): every member has the foundation's contraction weights; the stacked ensemble
+    evaluation must still equal each member's own prediction."""
+    trainer = finetune_trainer(run_dir, foundation_file, freeze=6)
+    members = [trainer.create_member(f"water_{seed}", seed, *water_data) for seed in (1, 2)]
+    for member in members:
+        trainer.train(member, 1, report=False)
+    calculator = EnsembleCalculator(members)
+    assert calculator.ensemble._stacked_predictor(calculator.ensemble.models) is not None
+    atoms = water_data[1][0].copy()
+    atoms.calc = calculator
+    atoms.get_forces()
+    for index, member in enumerate(members):
+        own = predict(trainer, member.inference_model(), water_data[1][:1])
+        np.testing.assert_allclose(calculator.results["forces_comm"][index], own["forces"], atol=1e-8)
+
+
 def test_restart_export_calculators_and_lammps(run_dir, foundation_file, water_data):
     trainer = finetune_trainer(run_dir, foundation_file, export_lammps=True)
     members = [trainer.create_member(f"water_{seed}", seed, *water_data) for seed in (1, 2)]

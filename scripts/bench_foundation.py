@@ -2,7 +2,8 @@
 run from scratch, on the same molecule, counted in reference calls.
 
     .venv/bin/python scripts/bench_foundation.py            # ethanol, GFN2-xTB: ~30 min on 2 cores
-    .venv/bin/python scripts/bench_foundation.py --quick    # shorter runs (max_MD_steps 150)
+    .venv/bin/python scripts/bench_foundation.py --quick    # shorter runs (max_MD_steps 150): ~10 min
+    .venv/bin/python scripts/bench_foundation.py --quick --seed 7  # another GENERAL.seed and MD.seed
 
 No foundation weights can be downloaded here, so the "foundation" is trained first: the quick example's MACE
 (ScaleShiftMACE, 16 channels, max_L 1) on GFN2-xTB Langevin-MD frames (500 K) of methanol, dimethyl ether and
@@ -127,7 +128,7 @@ def log_metric(what: str, metrics: dict) -> None:
     print(f"{what}: validation force MAE {metrics['forces_mae']:.4f} eV/Å", flush=True)
 
 
-def make_arm(folder: Path, arm: str, e0s: dict, foundation: Path, quick: bool) -> Path:
+def make_arm(folder: Path, arm: str, e0s: dict, foundation: Path, quick: bool, seed: int | None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(EXAMPLE / "geometry.in", folder / "geometry.in")
     mace_settings = yaml.safe_load((EXAMPLE / "mace_settings.yaml").read_text())
@@ -138,6 +139,8 @@ def make_arm(folder: Path, arm: str, e0s: dict, foundation: Path, quick: bool) -
     al_settings["ACTIVE_LEARNING"]["analysis"] = False
     if quick:
         al_settings["ACTIVE_LEARNING"]["max_MD_steps"] = 150
+    if seed is not None:
+        mace_settings["GENERAL"]["seed"] = al_settings["MD"]["seed"] = seed
     (folder / "mace_settings.yaml").write_text(yaml.safe_dump(mace_settings))
     (folder / "active_learning_settings.yaml").write_text(yaml.safe_dump(al_settings))
     return folder
@@ -190,8 +193,9 @@ def plot(results: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="max_MD_steps 150 instead of the example's 400")
+    parser.add_argument("--seed", type=int, default=None, help="GENERAL.seed and MD.seed (default: the example's)")
     args = parser.parse_args()
-    tag = "quick" if args.quick else "full"
+    tag = ("quick" if args.quick else "full") + (f"_seed{args.seed}" if args.seed is not None else "")
     WORK.mkdir(parents=True, exist_ok=True)
     e0s = atomic_energies(WORK / "atomic_energies")
     foundation = train_foundation(WORK / "foundation", e0s)
@@ -199,13 +203,13 @@ def main() -> None:
                                                                          seed=1001))
     alone = EnsembleCalculator.from_files([foundation, foundation])
     alone_mae = float(np.mean([np.abs(_forces(alone, f) - f.arrays[REF_FORCES_KEY]).mean() for f in test]))
-    results = {"molecule": TARGET, "quick": args.quick, "foundation_molecules": FOUNDATION_MOLECULES,
+    results = {"molecule": TARGET, "quick": args.quick, "seed": args.seed, "foundation_molecules": FOUNDATION_MOLECULES,
                "foundation_alone_test_forces_mae_eV_per_A": alone_mae, "arms": {}}
     for arm in ARMS:
         folder = WORK / f"{tag}_{arm}"
         if folder.exists():
             shutil.rmtree(folder)
-        results["arms"][arm] = run_arm(make_arm(folder, arm, e0s, foundation, args.quick), test)
+        results["arms"][arm] = run_arm(make_arm(folder, arm, e0s, foundation, args.quick, args.seed), test)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"foundation_{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, RESULTS / f"foundation_{tag}.png")

@@ -290,3 +290,20 @@ def test_full_run_fine_tunes_the_foundation_and_hands_over_the_models(tmp_path, 
     atoms.calc = EnsembleCalculator.from_run_dir(folder)
     assert np.isfinite(atoms.get_forces()).all() and atoms.calc.results["forces_uncertainty_max"] > 0.0
     assert run_cli("FHI_AL", folder).returncode == 0  # a finished run resumes to nothing
+
+
+def test_mace_mp_name_goes_through_maces_own_loader(monkeypatch, foundation_file, water_data, run_dir):
+    from mace.calculators import foundations_models
+
+    asked = []
+
+    def cached_checkpoint(model=None):  # what mace returns once the download is in its cache
+        asked.append(model)
+        return str(foundation_file)
+
+    monkeypatch.setattr(foundations_models, "download_mace_mp_checkpoint", cached_checkpoint)
+    monkeypatch.setattr(foundation_module, "_LOADED", {})
+    trainer = finetune_trainer(run_dir, "SMALL")
+    member = trainer.create_member("water_1", 1, *water_data)
+    assert asked == ["small"] and member.model.atomic_numbers.tolist() == [1, 8]
+    assert trainer.architecture.hypers.num_channels == 8

@@ -12,3 +12,15 @@ import os as _os
 # On small nodes extra threads per rank cost far more than they bring (measured 10-100x slower under
 # load with 2 threads on 2 cores); users who want more set OMP_NUM_THREADS themselves.
 _os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def __getattr__(name: str):
+    """`from fhi_al import EnsembleCalculator` without importing torch when the package itself is imported."""
+    if name == "EnsembleCalculator":
+        from .ensemble import EnsembleCalculator
+
+        return EnsembleCalculator
+    raise AttributeError(f"module 'fhi_al' has no attribute {name!r}")
+
+
+__all__ = ["EnsembleCalculator", "__version__"]

@@ -106,12 +106,23 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     run_dir = check_run_dir(run_dir)
     settings = load_run_settings(run_dir)
     geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
+    check_foundation(settings, geometry)
     control = None
     if settings.calculator == "aims":
         control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
                                           settings.al.active_learning.species_dir, geometry)
     return RunContext(run_dir=run_dir, settings=settings, geometry=geometry, control=control, comm=comm,
                       log_level=log_level or settings.mace.misc.log_level)
+
+
+def check_foundation(settings, geometry) -> None:
+    """ARCHITECTURE.foundation_model (if any) loads, is a MACE model and covers the geometry's elements."""
+    if settings.mace.architecture.foundation_model is None:
+        return
+    from .architectures.mace.foundation import check_run_inputs  # torch and mace: only when a foundation is used
+    from .training.config import DTYPES
+
+    check_run_inputs(settings.mace.architecture, geometry.numbers, dtype=DTYPES[settings.mace.general.default_dtype])
 
 
 def _start_logging(context: RunContext, procedure: Procedure) -> None:

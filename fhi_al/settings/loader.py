@@ -220,7 +220,8 @@ def build_architecture(raw: Any) -> schema.ArchitectureSettings:
                             where=f"ARCHITECTURE.{unknown[0]}")
     engine = {name: _per_element(getattr(common, name), name) for name in ("energy_shift", "energy_scale")}
     flags = {name: getattr(common, name) for name in ("energy_shift_trainable", "energy_scale_trainable", "zbl",
-                                                      "zbl_cutoff", "zbl_switch_width")}
+                                                      "zbl_cutoff", "zbl_switch_width", "foundation_model",
+                                                      "finetuning", "freeze", "replay_dataset")}
     return schema.ArchitectureSettings(model=model, atomic_energies=energies, hypers=hypers,
                                        hypers_statistics=statistics, **engine, **flags)
 
@@ -323,16 +324,68 @@ def _cross_notes(al: schema.AlSettings) -> list[str]:
     return notes
 
 
+FOUNDATION_ARCHITECTURES = ("MACE", "ScaleShiftMACE")
+
+
+def resolve_foundation(mace: schema.MaceSettings, run_dir: Path) -> schema.MaceSettings:
+    """ARCHITECTURE.foundation_model and replay_dataset as absolute paths (a MACE-MP size stays a name), checked:
+    SettingsError naming the key for a missing file, a non-MACE architecture or multihead without replay data."""
+    arch = mace.architecture
+    foundation, replay = arch.foundation_model, arch.replay_dataset
+    if mace.misc.export_lammps and arch.model not in FOUNDATION_ARCHITECTURES:
+        raise SettingsError(f"LAMMPS export is for MACE models; ARCHITECTURE.model is {arch.model!r}",
+                            where="MISC.export_lammps")
+    if mace.misc.export_lammps and (arch.energy_shift is not None or arch.energy_scale is not None or arch.zbl):
+        raise SettingsError("the engine's energy terms (ARCHITECTURE.energy_shift, energy_scale, zbl) are not part "
+                            "of the mace model file, so the LAMMPS file would lack them; switch them off or "
+                            "export_lammps", where="MISC.export_lammps")
+    if foundation is None:
+        return mace
+    if arch.model not in FOUNDATION_ARCHITECTURES:
+        raise SettingsError(f"fine-tuning a foundation model needs ARCHITECTURE.model MACE or ScaleShiftMACE, got "
+                            f"{arch.model!r}", where="ARCHITECTURE.foundation_model")
+    if foundation.lower() in schema.FOUNDATION_SIZES:
+        foundation = foundation.lower()
+    else:
+        foundation = _absolute(foundation, run_dir)
+        if not Path(foundation).is_file():
+            raise SettingsError(f"got {arch.foundation_model!r}: no such file; give small, medium, large or the "
+                                f"path of a MACE .model file", where="ARCHITECTURE.foundation_model")
+    if arch.finetuning == "multihead":
+        if replay is None:
+            raise SettingsError("multihead fine-tuning replays the foundation's own data on its head: give an extxyz "
+                                "file of labelled frames (REF_energy, REF_forces)", where="ARCHITECTURE.replay_dataset")
+        replay = _absolute(replay, run_dir)
+        if not Path(replay).is_file():
+            raise SettingsError(f"got {arch.replay_dataset!r}: no such file", where="ARCHITECTURE.replay_dataset")
+    architecture = dataclasses.replace(arch, foundation_model=foundation, replay_dataset=replay)
+    return dataclasses.replace(mace, architecture=architecture)
+
+
+def _foundation_notes(mace: schema.MaceSettings) -> list[str]:
+    arch = mace.architecture
+    if arch.foundation_model is not None:
+        return []
+    given = [name for name in ("freeze", "replay_dataset") if getattr(arch, name) is not None]
+    given += ["finetuning"] if arch.finetuning != "naive" else []
+    return [f"ARCHITECTURE.{name} only matters with ARCHITECTURE.foundation_model; ignored." for name in given]
+
+
 def load_run_settings(run_dir: Path) -> schema.RunSettings:
     """Read, validate and cross-check both settings files of `run_dir`."""
     run_dir = Path(run_dir).resolve()
     notes: list[str] = []
     with _collect_notes(notes):
-        mace = load_mace_settings(run_dir / schema.MACE_SETTINGS_FILE)
+        mace_path = run_dir / schema.MACE_SETTINGS_FILE
+        mace = load_mace_settings(mace_path)
+        try:
+            mace = resolve_foundation(mace, run_dir)
+        except SettingsError as error:
+            raise _with_file(error, mace_path) from None
         al_path = run_dir / schema.AL_SETTINGS_FILE
         al = _resolve_paths(load_al_settings(al_path), run_dir)
     try:
         check_consistency(al)
     except SettingsError as error:
         raise _with_file(error, al_path) from None
-    return schema.RunSettings(mace=mace, al=al, notes=tuple(notes + _cross_notes(al)))
+    return schema.RunSettings(mace=mace, al=al, notes=tuple(notes + _cross_notes(al) + _foundation_notes(mace)))

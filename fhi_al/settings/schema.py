@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 MACE_SETTINGS_FILE = "mace_settings.yaml"
 AL_SETTINGS_FILE = "active_learning_settings.yaml"
 FOUNDATION_SIZES = ("small", "medium", "large")
+FINETUNING_CHOICES = ("naive", "multihead")
 REFERENCE_CALCULATORS = ("aims", "xtb", "pyscf", "emt")
 
 
@@ -61,6 +62,21 @@ class ArchitectureCommon:
                                     "shortest bond of the system.", minimum=0.0, exclusive_minimum=True, unit="Å")
     zbl_switch_width: float = option(0.5, "Width of the smooth switch from full ZBL to zero, ending at zbl_cutoff.",
                                      minimum=0.0, exclusive_minimum=True, unit="Å")
+    foundation_model: str | None = option(
+        None, "MACE only: members start from this foundation model instead of random weights: the path of a "
+              ".model file (relative to the run folder) or a MACE-MP size (small, medium, large; mace downloads "
+              "it on first use). Its hyperparameters (r_max, channels, max_L, ...) replace the settings'.")
+    finetuning: str = option("naive", "With foundation_model: naive (train all weights on the run's data, "
+                                      "optionally with freeze) or multihead (mace's multihead fine-tuning: a "
+                                      "second head keeps fitting the replay_dataset).",
+                             choices=list(FINETUNING_CHOICES))
+    freeze: int | None = option(None, "With foundation_model: mace's --freeze: layers 1 to N are frozen (>= 1 "
+                                      "embedding, >= 5 interactions, 6 products too; mace's 7 would freeze the "
+                                      "readouts as well, leaving nothing to train); null = none.",
+                                minimum=1, maximum=6)
+    replay_dataset: str | None = option(None, "finetuning multihead: extxyz file of labelled frames (REF_energy, "
+                                              "REF_forces) from the foundation's own training data, replayed on "
+                                              "its head so the foundation is not forgotten.")
 
 
 @dataclass(frozen=True)
@@ -78,6 +94,10 @@ class ArchitectureSettings:
     zbl: bool = False
     zbl_cutoff: float = 1.0
     zbl_switch_width: float = 0.5
+    foundation_model: str | None = None  # absolute path or a MACE-MP size after load_run_settings
+    finetuning: str = "naive"
+    freeze: int | None = None
+    replay_dataset: str | None = None
 
 
 ARCHITECTURE_UNUSED = ("E0s", "compute_avg_num_neighbors", "use_multihead_model", "num_multihead_heads",
@@ -185,6 +205,8 @@ class MaceMiscSettings:
                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     error_table: str = option("PerAtomMAE", "Metrics reported in the error tables.",
                               choices=["PerAtomMAE", "PerAtomRMSE", "TotalMAE", "TotalRMSE"])
+    export_lammps: bool = option(False, "MACE only: also write each exported model as a LAMMPS file "
+                                        "model/{tag}.model-lammps.pt with mace's own converter (pair_style mace).")
 
 
 MACE_MISC_UNUSED = ("wandb", "eval_interval", "compute_stress", "compute_dipole", "enable_cueq",

@@ -85,6 +85,11 @@ class TrainingConfig:
     zbl: bool = False
     zbl_cutoff: float = 1.0  # Å
     zbl_switch_width: float = 0.5  # Å
+    foundation_model: str | None = None  # fine-tune from this MACE foundation (path or MACE-MP size)
+    finetuning: str = "naive"  # naive | multihead
+    freeze: int | None = None  # mace's --freeze
+    replay_dataset: str | None = None  # multihead: extxyz of the foundation's own data
+    export_lammps: bool = False  # mace.misc: also write model/{tag}.model-lammps.pt
 
     @property
     def dtype(self) -> torch.dtype:

@@ -24,7 +24,7 @@ from ..architectures.registry import canonical_name, get_architecture_class
 from ..data.stats import compute_statistics
 from ..durable import append_durable
 from ..errors import InputError
-from . import optim, session, statistics_refs
+from . import finetune, optim, session, statistics_refs
 from .checkpoint import CheckpointHandler, restore_training_state, statistics_from_state
 from .config import TrainingConfig
 from .head import HeadedArchitecture, HeadSpec, base_architecture
@@ -94,7 +94,10 @@ def make_architecture(config: TrainingConfig) -> Architecture:
     name = canonical_name(config.model)
     cls = get_architecture_class(name)
     kwargs = {"variant": name} if name in getattr(cls, "variants", ()) else {}
-    return cls(config.hypers if config.hypers is not None else cls.Hypers(), dtype=config.dtype, **kwargs)
+    architecture = cls(config.hypers if config.hypers is not None else cls.Hypers(), dtype=config.dtype, **kwargs)
+    if config.foundation_model:
+        finetune.attach_foundation(architecture, config)
+    return architecture
 
 
 class Trainer:
@@ -228,7 +231,7 @@ class Trainer:
                                resample_epochs=c.force_resample_num_epochs)
 
     def _train_epoch(self, member: Member, *, use_scheduler: bool) -> float:
-        atoms_list = self.train_set(member)
+        atoms_list = self.train_set(member) + finetune.replay_atoms(self.architecture)
         samples = self.samples(atoms_list)
         if not samples:
             raise InputError("no training structures", where=f"member {member.tag}")
@@ -412,6 +415,8 @@ class Trainer:
         path = Path(path) if path is not None else self.model_path(member.tag)
         self.architecture.export(member.averaged_model(), path)
         log.info("exported %s to %s", member.tag, path)
+        if self.config.export_lammps:
+            finetune.export_lammps(self.architecture, path)
         return path
 
     def model_path(self, tag: str) -> Path:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 KEYSPEC = mace_data.KeySpecification(info_keys={"energy": REF_ENERGY_KEY}, arrays_keys={"forces": REF_FORCES_KEY})
 # mace_run_train builds "MACE" as a ScaleShiftMACE with zero shift and a non-residual first interaction.
+HEAD_KEY, DEFAULT_HEAD = "head", "Default"  # mace's head key in atoms.info and its default head
 PLAIN_MACE_FIRST_INTERACTIONS = ("RealAgnosticInteractionBlock", "RealAgnosticDensityInteractionBlock")
 DECAYED_INTERACTION_WEIGHTS = ("linear.weight", "skip_tp_full.weight")  # mace's weight-decay param group
 
@@ -48,10 +49,40 @@ class MaceArchitecture(Architecture):
                              where="ARCHITECTURE.model")
         self.variant = variant
         self.z_table: AtomicNumberTable | None = None
+        self.foundation: torch.nn.Module | None = None  # ARCHITECTURE.foundation_model, when fine-tuning
+        self.freeze: int | None = None
+        self.heads: list[str] | None = None  # mace's heads; None = one ("Default")
+        self.replay: list[Atoms] = []  # multihead fine-tuning: frames of the foundation's head
+        self._replay_selected: tuple[tuple[int, ...], list[Atoms]] = ((), [])
+
+    def use_foundation(self, spec: str, *, freeze: int | None = None,
+                       replay_dataset: str | None = None) -> "MaceArchitecture":
+        """Members start from the foundation model `spec` (a MACE-MP size or a .model file) instead of random
+        weights; its hyperparameters replace the settings' (logged). `freeze`: mace's --freeze. With
+        `replay_dataset` (multihead fine-tuning) the model has a second head, pt_head, trained on those frames;
+        the run's data and every prediction use the first head, Default."""
+        from . import foundation
+        from .replay import REPLAY_HEAD, read_replay
+
+        self.foundation = foundation.load_foundation(spec, dtype=self.dtype)
+        self.hypers = foundation.foundation_hypers(self.foundation, self.hypers)
+        self.freeze = freeze
+        if replay_dataset is not None:
+            self.replay = read_replay(replay_dataset, self.foundation)
+            self.heads = [foundation.DEFAULT_HEAD, REPLAY_HEAD]
+            log.info("multihead fine-tuning: %d replay frames on %s", len(self.replay), REPLAY_HEAD)
+        log.info("fine-tuning the foundation model %s (elements %s)%s", spec,
+                 foundation.foundation_elements(self.foundation), f", freeze {freeze}" if freeze else "")
+        return self
 
     # --- model -------------------------------------------------------------------------------------------
     def build_model(self, stats: DatasetStatistics, *, seed: int) -> torch.nn.Module:
         self.z_table = AtomicNumberTable(list(stats.species))
+        if self.foundation is not None:
+            from .foundation import build_finetuned
+
+            return build_finetuned(self.foundation, zs=self.z_table.zs, atomic_energies_eV=self._head_e0s(stats),
+                                   seed=seed, dtype=self.dtype, heads=self.heads or ["Default"])
         h = self.hypers
         first = h.interaction_first
         if self.variant == "MACE" and first not in PLAIN_MACE_FIRST_INTERACTIONS:
@@ -77,7 +108,8 @@ class MaceArchitecture(Architecture):
                          .sort()[0].simplify())
 
     def update_statistics(self, model: torch.nn.Module, stats: DatasetStatistics) -> None:
-        """Refresh E0s, avg_num_neighbors and scale/shift from `stats`; trained weights are untouched."""
+        """Refresh E0s, avg_num_neighbors and scale/shift from `stats`; trained weights are untouched. A
+        fine-tuned model keeps the foundation's scale, shift and avg_num_neighbors (its weights assume them)."""
         zs = [int(z) for z in model.atomic_numbers]
         unknown = sorted(set(stats.species) - set(zs))
         if unknown:
@@ -90,6 +122,8 @@ class MaceArchitecture(Architecture):
             for index, z in enumerate(zs):
                 if z in stats.atomic_energies_eV:
                     flat[index] = stats.atomic_energies_eV[z]
+            if self.foundation is not None:
+                return
             scale, shift = self._scale_shift(stats)
             model.scale_shift.scale.fill_(scale)
             model.scale_shift.shift.fill_(shift)
@@ -119,7 +153,12 @@ class MaceArchitecture(Architecture):
         return StackedMace(models).predict_batch
 
     def param_groups(self, model: torch.nn.Module, *, weight_decay: float) -> list[dict[str, Any]]:
-        """mace_run_train's parameter groups: weight decay on interaction linears and products only."""
+        """mace_run_train's parameter groups: weight decay on interaction linears and products only; with a
+        foundation and `freeze`, mace's own groups with its --freeze applied."""
+        if self.foundation is not None and self.freeze:
+            from .foundation import freeze_param_groups
+
+            return freeze_param_groups(model, freeze=self.freeze, weight_decay=weight_decay)
         decay, no_decay = [], []
         for name, param in model.interactions.named_parameters():
             (decay if any(key in name for key in DECAYED_INTERACTION_WEIGHTS) else no_decay).append(param)
@@ -140,8 +179,21 @@ class MaceArchitecture(Architecture):
             raise InputError(f"structure contains element(s) {unknown} the model was not built for "
                              f"({self.z_table.zs})", where="structure")
         with default_dtype(self.dtype):
-            config = mace_data.config_from_atoms(atoms, key_specification=KEYSPEC)
-            return mace_data.AtomicData.from_config(config, z_table=self.z_table, cutoff=self.cutoff_A)
+            config = mace_data.config_from_atoms(atoms, key_specification=KEYSPEC,
+                                                 head_name=atoms.info.get(HEAD_KEY, DEFAULT_HEAD))
+            return mace_data.AtomicData.from_config(config, z_table=self.z_table, cutoff=self.cutoff_A,
+                                                    heads=self.heads)
+
+    def replay_atoms(self) -> list[Atoms]:
+        """Multihead fine-tuning: the replay frames (pt_head) trained alongside the data; else none."""
+        if not self.replay or self.z_table is None:
+            return []
+        from .replay import select_replay
+
+        zs = tuple(self.z_table.zs)
+        if self._replay_selected[0] != zs:
+            self._replay_selected = (zs, select_replay(self.replay, zs))
+        return self._replay_selected[1]
 
     def collate(self, samples: Sequence[Any]) -> Batch:
         batch = torch_geometric.Batch.from_data_list(list(samples))
@@ -153,6 +205,11 @@ class MaceArchitecture(Architecture):
     def predict(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
         out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=False)
         return {"energy": out["energy"], "forces": out["forces"]}
+
+    def predict_stress(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """Energy, forces and stress [num_structures, 3, 3] (eV/Å³, mace's sign) of a periodic batch."""
+        out = model(batch.inputs.to_dict(), training=False, compute_force=True, compute_stress=True)
+        return {"energy": out["energy"], "forces": out["forces"], "stress": out["stress"]}
 
     def positions(self, inputs: Any) -> torch.Tensor:
         return inputs.positions
@@ -186,6 +243,15 @@ class MaceArchitecture(Architecture):
             scale = 1.0
         shift = stats.per_atom_energy_mean if self.variant == "ScaleShiftMACE" else 0.0
         return float(scale), float(shift)
+
+    def _head_e0s(self, stats: DatasetStatistics) -> np.ndarray:
+        """E0s of the run's data; with a replay head also the foundation's own E0s for that head."""
+        own = self._e0_array(stats)
+        if not self.heads or len(self.heads) == 1:
+            return own
+        zs = [int(z) for z in self.foundation.atomic_numbers]
+        table = self.foundation.atomic_energies_fn.atomic_energies.reshape(-1, len(zs))[0]
+        return np.stack([own, np.array([float(table[zs.index(z)]) for z in self.z_table.zs])])
 
     def _e0_array(self, stats: DatasetStatistics) -> np.ndarray:
         return np.array([stats.atomic_energies_eV[z] for z in self.z_table.zs], dtype=float)

@@ -72,13 +72,13 @@ class StackedMace:
 
     def __init__(self, models: Sequence[torch.nn.Module]):
         self.template = _MemberForward(copy.deepcopy(models[0]))
+        self.size = len(models)
         states = [_state(model) for model in models]
         stacked: dict[str, torch.Tensor] = {}
         for name, tensor in states[0].items():
             if all(torch.equal(state[name], tensor) for state in states[1:]):
                 continue  # identical in all members (mace's U matrices, masks, radial basis): not stacked
             stacked[f"model.{name}"] = torch.stack([state[name].detach() for state in states])
-        self.size = len(models)
         first = models[0]
         self.contractions = []
         for i, product in enumerate(first.products):

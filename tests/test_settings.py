@@ -167,7 +167,11 @@ def test_empty_files_give_documented_defaults(tmp_path):
         al.md.temperature = 1.0  # type: ignore[misc]
 
 
-def test_original_tool_files_load_with_notes(tmp_path):
+def test_original_tool_files_load_with_notes(tmp_path, monkeypatch):
+    from fhi_al.settings import machine
+
+    # mace-mp0 small: the download server counts as reachable (offline: tests/test_original_examples.py)
+    monkeypatch.setattr(machine, "can_reach", lambda host, **_: None)
     settings = old_tool_folder(tmp_path)
     loaded = load_run_settings(settings)
     al, mace = loaded.al, loaded.mace

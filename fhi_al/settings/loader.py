@@ -335,4 +335,21 @@ def load_run_settings(run_dir: Path) -> schema.RunSettings:
         check_consistency(al)
     except SettingsError as error:
         raise _with_file(error, al_path) from None
+    mace = _check_machine(mace, al, run_dir)
     return schema.RunSettings(mace=mace, al=al, notes=tuple(notes + _cross_notes(al)))
+
+
+def _check_machine(mace: schema.MaceSettings, al: schema.AlSettings, run_dir: Path) -> schema.MaceSettings:
+    """What can only fail later (device, dtype, foundation model file), checked now; -> mace with the device
+    spelt the way torch reads it."""
+    from . import machine
+
+    try:
+        device = machine.check_mace_settings(mace, run_dir)
+    except SettingsError as error:
+        raise _with_file(error, run_dir / schema.MACE_SETTINGS_FILE) from None
+    try:
+        machine.check_foundation_model(al.active_learning)
+    except SettingsError as error:
+        raise _with_file(error, run_dir / schema.AL_SETTINGS_FILE) from None
+    return machine.normalised(mace, device)

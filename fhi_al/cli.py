@@ -84,17 +84,26 @@ def procedure_module(step: str, prog: str) -> ModuleType:
                                f"version of fhi_al; the inputs are valid but nothing was run.")
 
 
-def _start_logging(context, module: ModuleType, step: str) -> None:
-    from .logs import configure_logging
+def _start_logging(context, module: ModuleType, step: str, printed: Sequence[str] = ()) -> None:
+    """The step's log file gets every record; the console one line saying where it is, and the settings notes
+    (accepted-but-unused keys) as one count (each note is in the log file; on the console at DEBUG)."""
+    from .logs import DETAIL, configure_logging
     from .memory import keep_freed_memory
     from .parallel import configure_threads
 
     configure_threads()
     keep_freed_memory()
-    log_dir = context.path(context.settings.mace.general.log_dir)
-    configure_logging(log_dir / f"{getattr(module, 'LOG_NAME', step)}.log", level=context.log_level)
+    log_file = context.path(context.settings.mace.general.log_dir) / f"{getattr(module, 'LOG_NAME', step)}.log"
+    configure_logging(log_file, level=context.log_level)
+    shown = log_file.relative_to(context.run_dir) if log_file.is_relative_to(context.run_dir) else log_file
+    log.info("%s in %s (full log: %s).", step.replace("_", " ").capitalize(), context.run_dir, shown)
+    for line in printed:
+        log.info("printed while loading the libraries: %s", line, extra=DETAIL)
     for note in context.settings.notes:
-        log.info("settings: %s", note)
+        log.info("settings: %s", note, extra=DETAIL)
+    if context.settings.notes:
+        log.info("settings: %d keys are ignored or read elsewhere (listed in %s).", len(context.settings.notes),
+                 shown)
 
 
 @contextlib.contextmanager
@@ -144,15 +153,17 @@ def _report(message: str) -> None:
 
 def run_procedures(prog: str, steps: Sequence[str], argv: Sequence[str] | None, description: str) -> int:
     args = build_parser(prog, description).parse_args(argv)
-    from .logs import quiet_known_warnings
+    from .logs import captured_prints, quiet_known_warnings
 
     quiet_known_warnings()
+    printed: list[str] = []
     try:
         context = prepare_context(args.run_dir or Path.cwd(), log_level=args.log_level)
-        modules = [procedure_module(step, prog) for step in steps]
+        with captured_prints(printed):
+            modules = [procedure_module(step, prog) for step in steps]
         with run_lock(context.run_dir):
             for step, module in zip(steps, modules):
-                _start_logging(context, module, step)
+                _start_logging(context, module, step, printed)
                 run_step(module, context)
     except InputError as error:
         _report(str(error))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data.splits import n_valid_to_add
 from ..data.store import make_label_id
 from ..labeling import LabelResult, label_structure
+from ..logs import DETAIL
 from ..md import MDParameters
 from ..parallel import RemoteReference
 from ..references.base import compute_label, reference_name, reference_timeout_from_settings
@@ -57,6 +58,7 @@ class InitialDataset:
                                     enabled=self.settings.al.misc.create_restart)
         self.timings = Timings()
         self.preparatory_calls = 0
+        self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of converge_initial, per member
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -74,8 +76,10 @@ class InitialDataset:
         self.converge_if_asked()
         self.export_models()
         self.report()
-        mark_done(self.run_dir, STEP, {"labels": self.num_labels(), "epochs": self.state.epochs})
+        mark_done(self.run_dir, STEP, {"labels": self.num_labels(), "epochs": self.state.epochs,
+                                       "final_training": [stop.as_record() for stop in self.stops]})
         log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(), self.state.epochs)
+        reporting.log_stops(self.stops)
 
     def start_or_resume(self) -> None:
         self.reference = self.context.services.reference
@@ -189,9 +193,9 @@ class InitialDataset:
         self.attach_members()
         for spec in self.specs:
             log.info("Converging %s (at most %d epochs, patience %d).", spec.tag, self.al.max_final_epochs,
-                     self.al.patience)
-            self.trainer.converge(self.members[spec.tag], self.al.max_final_epochs, self.al.patience,
-                                  self.al.margin)
+                     self.al.patience, extra=DETAIL)
+            self.stops.append(self.trainer.converge(self.members[spec.tag], self.al.max_final_epochs,
+                                                    self.al.patience, self.al.margin))
 
     def export_models(self) -> None:
         self.attach_members()

@@ -182,7 +182,8 @@ class MaceMiscSettings:
     restart_latest: bool = option(False, "When a member is created and a checkpoint of it exists, resume from "
                                          "that latest checkpoint instead of starting anew (the procedures always "
                                          "resume their members).")
-    log_level: str = option("INFO", "Level of the log files (the --log-level option overrides it).",
+    log_level: str = option("INFO", "Level of the log files; DEBUG also brings the per-epoch detail to the "
+                                    "console (the --log-level option overrides it).",
                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     error_table: str = option("PerAtomMAE", "Metrics reported in the error tables.",
                               choices=["PerAtomMAE", "PerAtomRMSE", "TotalMAE", "TotalRMSE"])

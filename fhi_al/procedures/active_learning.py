@@ -294,6 +294,8 @@ class ActiveLearning:
         if not self.al.converge_al:
             return
         tags = [self.best_member()] if self.al.converge_best else list(self.members)
+        log.info("Final training of %s (at most %d epochs each, patience %d).", ", ".join(tags),
+                 self.al.max_final_epochs, self.al.patience)
         started = time.perf_counter()
         for tag in tags:
             log.info("Converging %s on the final data (at most %d epochs).", tag, self.al.max_final_epochs,

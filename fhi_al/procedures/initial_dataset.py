@@ -191,6 +191,8 @@ class InitialDataset:
         if not self.al.converge_initial:
             return
         self.attach_members()
+        log.info("Training the initial members to convergence (at most %d epochs each, patience %d).",
+                 self.al.max_final_epochs, self.al.patience)
         for spec in self.specs:
             log.info("Converging %s (at most %d epochs, patience %d).", spec.tag, self.al.max_final_epochs,
                      self.al.patience, extra=DETAIL)

@@ -21,7 +21,7 @@ from . import inputs
 from .context import RunContext
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, FhiAlError, InputError, RunLockedError
 from .labeling import run_procedure
-from .logs import configure_logging, quiet_known_warnings
+from .logs import DETAIL, captured_prints, configure_logging, quiet_known_warnings
 from .memory import keep_freed_memory
 from .parallel import configure_threads, is_root, root_only, world
 from .references import Ledger, reference_from_settings
@@ -60,15 +60,17 @@ def _atomic_energies() -> Callable[[RunContext], Any]:
 class Procedure:
     """One step a console script runs: its log file logs/<log_name>.log and how it meets the ranks."""
 
+    title: str  # for the console, e.g. "initial dataset"
     log_name: str
     load: Callable[[], Callable[[RunContext], Any]]  # -> the procedure's run(context)
     runs_on_all_ranks: bool = False  # True: every rank runs it (its reference calls are collective);
     # False: the ML rank runs it with the labelling service's reference and label queue, the others serve
 
 
-INITIAL_DATASET = Procedure(log_name="initial_dataset", load=_initial_dataset)
-ACTIVE_LEARNING = Procedure(log_name="AL", load=_active_learning)  # logs/AL.log, as in the original tool
-ATOMIC_ENERGIES = Procedure(log_name="atomic_energies", load=_atomic_energies, runs_on_all_ranks=True)
+INITIAL_DATASET = Procedure("initial dataset", log_name="initial_dataset", load=_initial_dataset)
+ACTIVE_LEARNING = Procedure("active learning", log_name="AL", load=_active_learning)  # logs/AL.log, as the original
+ATOMIC_ENERGIES = Procedure("atomic energies", log_name="atomic_energies", load=_atomic_energies,
+                            runs_on_all_ranks=True)
 
 # console script -> the procedures it runs, in order
 SCRIPTS: dict[str, tuple[Procedure, ...]] = {
@@ -125,13 +127,22 @@ def check_foundation(settings, geometry) -> None:
     check_run_inputs(settings.mace.architecture, geometry.numbers, dtype=DTYPES[settings.mace.general.default_dtype])
 
 
-def _start_logging(context: RunContext, procedure: Procedure) -> None:
+def _start_logging(context: RunContext, procedure: Procedure, printed: Sequence[str] = ()) -> None:
+    """The procedure's log file gets every record; the console one line saying where it is, and the settings
+    notes (accepted-but-unused keys) as one count (each note is in the log file; on the console at DEBUG)."""
     configure_threads()
     keep_freed_memory()
-    log_dir = context.path(context.settings.mace.general.log_dir)
-    configure_logging(log_dir / f"{procedure.log_name}.log", level=context.log_level)
+    log_file = context.path(context.settings.mace.general.log_dir) / f"{procedure.log_name}.log"
+    configure_logging(log_file, level=context.log_level)
+    shown = log_file.relative_to(context.run_dir) if log_file.is_relative_to(context.run_dir) else log_file
+    log.info("%s in %s (full log: %s).", procedure.title.capitalize(), context.run_dir, shown)
+    for line in printed:
+        log.info("printed while loading the libraries: %s", line, extra=DETAIL)
     for note in context.settings.notes:
-        log.info("settings: %s", note)
+        log.info("settings: %s", note, extra=DETAIL)
+    if context.settings.notes:
+        log.info("settings: %d keys are ignored or read elsewhere (listed in %s).", len(context.settings.notes),
+                 shown)
 
 
 @contextlib.contextmanager
@@ -145,10 +156,10 @@ def run_lock(run_dir: Path):
         root_only(lock.release)()
 
 
-def run_step(procedure: Procedure, context: RunContext) -> None:
-    """Run one procedure: on every rank when it handles ranks itself, else through the labelling service,
-    which gives the ML rank the reference and label queue and makes the other ranks serve the reference."""
-    run = procedure.load()
+def run_step(procedure: Procedure, run: Callable[[RunContext], Any], context: RunContext) -> None:
+    """Run one procedure (`run`, from procedure.load()): on every rank when it handles ranks itself, else
+    through the labelling service, which gives the ML rank the reference and label queue and makes the other
+    ranks serve the reference."""
     if procedure.runs_on_all_ranks:
         run(context)
         return
@@ -177,12 +188,15 @@ def run_procedures(prog: str, argv: Sequence[str] | None, description: str) -> i
     procedures = SCRIPTS[prog]
     args = build_parser(prog, description).parse_args(argv)
     quiet_known_warnings()
+    printed: list[str] = []
     try:
         context = prepare_context(args.run_dir or Path.cwd(), log_level=args.log_level)
+        with captured_prints(printed):  # mace prints a note on stdout when it is imported
+            runs = [procedure.load() for procedure in procedures]
         with run_lock(context.run_dir):
-            for procedure in procedures:
-                _start_logging(context, procedure)
-                run_step(procedure, context)
+            for procedure, run in zip(procedures, runs):
+                _start_logging(context, procedure, printed)
+                run_step(procedure, run, context)
     except InputError as error:
         _report(str(error))
         return EXIT_BAD_INPUT

@@ -37,7 +37,7 @@ from ase.io import read, write  # noqa: E402
 from fhi_al.architectures.base import REF_ENERGY_KEY, REF_FORCES_KEY  # noqa: E402
 from fhi_al.ensemble import EnsembleCalculator  # noqa: E402
 from fhi_al.md import initialize_velocities, make_langevin  # noqa: E402
-from fhi_al.references.base import compute_label, make_reference  # noqa: E402
+from fhi_al.references import compute_label, make_reference  # noqa: E402
 from fhi_al.references.ledger import ReferenceCost, ledger_path  # noqa: E402
 from fhi_al.settings.loader import normalise_atomic_energies  # noqa: E402
 from fhi_al.training.config import TrainingConfig  # noqa: E402

@@ -12,7 +12,7 @@ from ase.build import molecule
 
 from fhi_al.architectures.base import REF_ENERGY_KEY, REF_FORCES_KEY
 from fhi_al.architectures.mace.hypers import MaceHypers
-from fhi_al.references.base import compute_label, make_reference
+from fhi_al.references import compute_label, make_reference
 from fhi_al.training.config import TrainingConfig
 from fhi_al.training.engine import Trainer
 

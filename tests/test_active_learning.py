@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from ase.io import read
@@ -15,6 +16,8 @@ AL_SETTINGS = {"ACTIVE_LEARNING": {"n_samples": 6, "max_initial_epochs": 20, "in
                                    "max_epochs_worker": 4, "skip_step_initial": 10, "max_MD_steps": 100,
                                    "analysis": True, "analysis_skip": 20}}
 MACE_SETTINGS = {"TRAINING": {"batch_size": 2}}
+CONSOLE_FILE = "console.txt"  # the run's stderr, next to the run folder
+FIXED_CONSOLE_LINES = 25  # besides one line per AL label: start, rounds, summaries, warnings (3 per kind at most)
 
 
 def checks(folder):
@@ -26,6 +29,7 @@ def finished_run(tmp_path_factory):
     folder = make_run_folder(tmp_path_factory.mktemp("al") / "run", mace=MACE_SETTINGS, al=AL_SETTINGS)
     result = run_cli("FHI_AL", folder)
     assert result.returncode == 0, result.stderr[-3000:]
+    (folder.parent / CONSOLE_FILE).write_text(result.stderr)
     return folder
 
 
@@ -67,6 +71,20 @@ def test_outputs_present(finished_run):
     summary = [line for line in (finished_run / "logs").glob("*.log") for line in line.read_text().splitlines()
                if "Active learning finished" in line]
     assert summary and "labels" in summary[0] and "training" in summary[0]
+
+
+def test_console_has_rounds_labels_and_summary_and_the_log_has_the_epochs(finished_run):
+    console = (finished_run.parent / CONSOLE_FILE).read_text().splitlines()
+    logged = "".join(path.read_text() for path in (finished_run / "logs").glob("*.log")).splitlines()
+    per_epoch = re.compile(r"water_\d+ epoch \d+: loss")
+    assert not [line for line in console if per_epoch.search(line)]
+    assert sum(bool(per_epoch.search(line)) for line in logged) > 20
+    labels = len(read(finished_run / "data/al/train.xyz", index=":")) + len(read(finished_run / "data/al/valid.xyz",
+                                                                                index=":"))
+    assert sum(" stored in " in line for line in console) == labels
+    for text in ("Round 1:", "Initial dataset complete", "Active learning finished", "Models: model/water_"):
+        assert any(text in line for line in console), text
+    assert len(console) <= labels + FIXED_CONSOLE_LINES, "\n".join(console)
 
 
 def test_trained_ensemble_beats_its_threshold_on_md_frames(finished_run):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 
 from conftest import VENV_BIN
 
@@ -157,6 +158,17 @@ CASES = [
          ("control.in", "k_grid", "three positive integers")),
     Case("element_missing_from_species_dir", lambda f: aims_setup(f, species=("H",)),
          ("08_O_default", "element O", "species")),
+    Case("device_gpu_index_missing", mace_file(MACE_OK + "MISC:\n  device: cuda:99\n"),
+         ("MISC.device", "'cuda:99'", "available here: cpu", "mace_settings.yaml")),
+    Case("device_misspelt", mace_file(MACE_OK + "MISC:\n  device: gpu\n"),
+         ("MISC.device", "'gpu'", "expected cpu, cuda, cuda:N")),
+    Case("resume_from_missing", mace_file(MACE_OK + "TRAINING:\n  resume_from: old_run/checkpoints\n"),
+         ("TRAINING.resume_from", "old_run/checkpoints", "no such checkpoint")),
+    Case("cohesive_without_atomic_energies", mace_file(MACE_OK + "TRAINING:\n  energy_target: cohesive\n"),
+         ("TRAINING.energy_target", "ARCHITECTURE.atomic_energies")),
+    *([] if torch.cuda.is_available() else [
+        Case("device_cuda_without_cuda", mace_file(MACE_OK + "MISC:\n  device: cuda\n"),
+             ("MISC.device", "'cuda'", "without CUDA", "available here: cpu"))]),
     Case("bad_cli_argument", args=("--frobnicate",), expect=("unrecognized arguments", "--frobnicate")),
     Case("bad_log_level", args=("--log-level", "LOUD"), expect=("--log-level", "invalid choice")),
     Case("run_dir_missing", run_dir="does_not_exist", expect=("does_not_exist", "does not exist")),

@@ -95,13 +95,15 @@ def test_reset_optimizer_keeps_groups_and_base_lr(run_dir, data):
 
 def test_converge_stops_on_patience_and_keeps_best_weights(run_dir, data):
     trainer, member = make(run_dir, data, lr=0.05)
-    best = trainer.converge(member, max_epochs=12, patience=2, margin=0.0)
+    stop = trainer.converge(member, max_epochs=12, patience=2, margin=0.0)
+    best = stop.metrics
     losses = [record["loss"] for record in member.history]
     assert best["loss"] == min(losses)
     assert trainer.evaluate(member, member.valid_atoms)["loss"] == pytest.approx(min(losses), rel=1e-12)
     stopped_early = len(losses) < 12
     if stopped_early:
         assert losses.index(min(losses)) == len(losses) - 3  # two validations without improvement
+        assert stop.converged
     assert trainer.checkpoints.latest_path("eng_1").exists()
 
 

@@ -19,6 +19,7 @@ from ..data.splits import VALID, al_destination
 from ..data.store import make_label_id
 from ..errors import InputError, ReferenceError
 from ..labeling import LabelResult
+from ..logs import DETAIL
 from ..md import MDParameters
 from ..references import compute_label, reference_timeout_from_settings
 from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
@@ -59,6 +60,7 @@ class ActiveLearning:
         self.analysis_dir = self.run_dir / "analysis"
         self.timings = Timings()
         self.started = time.perf_counter()
+        self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of the final convergence
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -76,7 +78,8 @@ class ActiveLearning:
         self.write_final_datasets()
         self.report()
         mark_done(self.run_dir, AL_STAGE.marker,
-                  {"labels": self.state.labels, "valid_forces_mae": self.ensemble_mae()})
+                  {"labels": self.state.labels, "valid_forces_mae": self.ensemble_mae(),
+                   "final_training": [stop.as_record() for stop in self.stops]})
 
     def require_initial_dataset(self) -> None:
         if not is_done(self.run_dir, INITIAL_STAGE.marker):
@@ -169,7 +172,8 @@ class ActiveLearning:
             trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
         elif decision.label:
             log.info("trajectory %d step %d: uncertainty %.3f eV/Å, threshold %s -> reference (%s)",
-                     trajectory.index, check.md_step, decision.value, _fmt(decision.threshold), decision.kind)
+                     trajectory.index, check.md_step, decision.value, _fmt(decision.threshold), decision.kind,
+                     extra=DETAIL)
             self.request_label(trajectory, check.frame, kind=decision.kind)
 
     def request_label(self, trajectory: Trajectory, frame: Any, *, kind: str) -> None:
@@ -181,7 +185,7 @@ class ActiveLearning:
         trajectory.last_label_step = trajectory.step
         if kind == "blow-up":
             log.info("trajectory %d: %d resets in a row; its last good frame goes to the reference", trajectory.index,
-                     trajectory.resets_in_a_row)
+                     trajectory.resets_in_a_row, extra=DETAIL)
             trajectory.resets_in_a_row = 0
             al_reporting.append_blow_up_label(self.analysis_dir, trajectory.index, trajectory.step)
         self.book.request(label)
@@ -231,8 +235,9 @@ class ActiveLearning:
             return
         for member in self.members.values():
             (member.valid_atoms if destination == VALID else member.train_atoms).append(labelled)
-        log.info("label %s stored in %s (%d AL labels: %d train, %d valid).", result.label_id, destination,
-                 n_train + n_valid + 1, n_train + (destination != VALID), n_valid + (destination == VALID))
+        log.info("label %s%s stored in %s (%d AL labels: %d train, %d valid).", result.label_id,
+                 f" ({label.kind})" if label.kind else "", destination, n_train + n_valid + 1,
+                 n_train + (destination != VALID), n_valid + (destination == VALID))
 
     def resubmit_pending(self) -> None:
         """Frames that were waiting for the reference when the run stopped: stored already, or asked again."""
@@ -273,7 +278,7 @@ class ActiveLearning:
         self.state.stale[tag] = self.state.stale.get(tag, 0) + 1
         limit = self.al.reset_optimizer_after
         if limit is not None and self.state.stale[tag] >= limit:
-            log.info("%s: no improvement in %d checks; resetting its optimizer.", tag, limit)
+            log.info("%s: no improvement in %d checks; resetting its optimizer.", tag, limit, extra=DETAIL)
             self.trainer.reset_optimizer(self.members[tag])
             self.state.stale[tag] = 0
 
@@ -281,13 +286,17 @@ class ActiveLearning:
         if not self.al.converge_al:
             return
         tags = [self.best_member()] if self.al.converge_best else list(self.members)
+        log.info("Final training of %s (at most %d epochs each, patience %d).", ", ".join(tags),
+                 self.al.max_final_epochs, self.al.patience)
         started = time.perf_counter()
         for tag in tags:
-            log.info("Converging %s on the final data (at most %d epochs).", tag, self.al.max_final_epochs)
-            metrics = self.trainer.converge(self.members[tag], self.al.max_final_epochs, self.al.patience,
-                                            self.al.margin)
-            if metrics is not None:
-                self.state.metrics[tag] = metrics
+            log.info("Converging %s on the final data (at most %d epochs).", tag, self.al.max_final_epochs,
+                     extra=DETAIL)
+            stop = self.trainer.converge(self.members[tag], self.al.max_final_epochs, self.al.patience,
+                                         self.al.margin)
+            self.stops.append(stop)
+            if stop.metrics is not None:
+                self.state.metrics[tag] = stop.metrics
         self.timings.training_s += time.perf_counter() - started
 
     def best_member(self) -> str:
@@ -319,6 +328,8 @@ class ActiveLearning:
         log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
                  "(%s).", self.state.labels, self.ensemble_mae(), wall_s, reporting.timing_table(timings))
         log.info("Whole run so far: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
+        reporting.log_stops(self.stops)
+        reporting.log_outputs([self.trainer.model_path(tag) for tag in self.members], results, self.run_dir)
 
     # ------------------------------------------------------------------------------------------ helpers
     def member_data(self, tag: str) -> tuple[list, list]:

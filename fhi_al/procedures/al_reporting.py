@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..durable import append_durable, read_json_lines
+from ..logs import DETAIL
 from .reporting import _pyplot, save_figure
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def calibration(folder: Path, path: Path) -> float | None:
     """Scatter of uncertainty vs true force error; returns (and logs) their Spearman correlation."""
     records = read_json_lines(folder / ANALYSIS_FILE)
     if len(records) < 3:
-        log.info("calibration: only %d analysis points; no plot", len(records))
+        log.info("calibration: only %d analysis points; no plot", len(records), extra=DETAIL)
         return None
     from scipy.stats import spearmanr
 

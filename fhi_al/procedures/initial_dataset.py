@@ -18,6 +18,7 @@ from tqdm import tqdm
 from ..data.splits import n_valid_to_add
 from ..data.store import make_label_id
 from ..labeling import LabelResult, RemoteReference, label_from_results
+from ..logs import DETAIL
 from ..md import MDParameters
 from ..references import compute_label, reference_name, reference_timeout_from_settings
 from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
@@ -54,6 +55,7 @@ class InitialDataset:
                                     enabled=self.settings.al.misc.create_restart)
         self.timings = Timings()
         self.preparatory_calls = 0
+        self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of converge_initial, per member
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -71,8 +73,10 @@ class InitialDataset:
         self.converge_if_asked()
         self.export_models()
         self.report()
-        mark_done(self.run_dir, INITIAL_STAGE.marker, {"labels": self.num_labels(), "epochs": self.state.epochs})
+        mark_done(self.run_dir, INITIAL_STAGE.marker, {"labels": self.num_labels(), "epochs": self.state.epochs,
+                                                       "final_training": [stop.as_record() for stop in self.stops]})
         log.info("Initial dataset complete: %d labels, %d epochs per member.", self.num_labels(), self.state.epochs)
+        reporting.log_stops(self.stops)
 
     def start_or_resume(self) -> None:
         self.reference = self.context.services.reference
@@ -183,11 +187,13 @@ class InitialDataset:
         if not self.al.converge_initial:
             return
         self.attach_members()
+        log.info("Training the initial members to convergence (at most %d epochs each, patience %d).",
+                 self.al.max_final_epochs, self.al.patience)
         for spec in self.specs:
             log.info("Converging %s (at most %d epochs, patience %d).", spec.tag, self.al.max_final_epochs,
-                     self.al.patience)
-            self.trainer.converge(self.members[spec.tag], self.al.max_final_epochs, self.al.patience,
-                                  self.al.margin)
+                     self.al.patience, extra=DETAIL)
+            self.stops.append(self.trainer.converge(self.members[spec.tag], self.al.max_final_epochs,
+                                                    self.al.patience, self.al.margin))
 
     def export_models(self) -> None:
         self.attach_members()

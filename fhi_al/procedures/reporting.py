@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..durable import atomic_write_bytes, atomic_write_json
+from ..logs import DETAIL
 from ..training.plots import read_history  # noqa: F401 - the procedures read histories through here
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def save_figure(fig: Any, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     atomic_write_bytes(path, buffer.getvalue())
-    log.info("wrote %s", path)
+    log.info("wrote %s", path, extra=DETAIL)
 
 
 def learning_curve(histories: Mapping[str, Sequence[dict]], path: Path, *, title: str) -> None:
@@ -52,6 +53,20 @@ def learning_curve(histories: Mapping[str, Sequence[dict]], path: Path, *, title
     fig.suptitle(title)
     save_figure(fig, path)
     plt.close(fig)
+
+
+def log_stops(stops: Sequence[Any]) -> None:
+    """One summary line per member trained to convergence: why its training stopped (the engine's wording)."""
+    for stop in stops:
+        log.info("Final training: %s.", stop.describe())
+
+
+def log_outputs(model_paths: Sequence[Path], results_dir: Path, run_dir: Path) -> None:
+    """Where the models, plots and tables are, relative to the run folder."""
+    def shown(path: Path) -> str:
+        return str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path)
+
+    log.info("Models: %s; plots and tables in %s/.", ", ".join(shown(p) for p in model_paths), shown(results_dir))
 
 
 def timing_table(timings_s: Mapping[str, float]) -> str:

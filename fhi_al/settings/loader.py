@@ -388,4 +388,18 @@ def load_run_settings(run_dir: Path) -> schema.RunSettings:
         check_consistency(al)
     except SettingsError as error:
         raise _with_file(error, al_path) from None
+    mace = _check_machine(mace, run_dir)
     return schema.RunSettings(mace=mace, al=al, notes=tuple(notes + _cross_notes(al) + _foundation_notes(mace)))
+
+
+def _check_machine(mace: schema.MaceSettings, run_dir: Path) -> schema.MaceSettings:
+    """What can only fail later (device, dtype, checkpoint to resume from), checked now; -> mace with the device
+    spelt the way torch reads it. (A MACE-MP-0 model that is neither cached nor downloadable fails when the
+    initial dataset loads it, before any reference call: no network is probed here.)"""
+    from . import machine
+
+    try:
+        device = machine.check_mace_settings(mace, run_dir)
+    except SettingsError as error:
+        raise _with_file(error, run_dir / schema.MACE_SETTINGS_FILE) from None
+    return machine.normalised(mace, device)

@@ -196,12 +196,14 @@ TRAINING_MOVED_TO_ARCHITECTURE = ("scaling",)
 
 @dataclass(frozen=True)
 class MaceMiscSettings:
-    device: str = option("cpu", "Torch device for training and inference.", choices=["cpu", "cuda"])
+    device: str = option("cpu", "Torch device for training and inference: cpu, cuda, cuda:N (GPU N) or mps; "
+                                "checked against this torch build and machine when the settings are read.")
     keep_checkpoints: bool = option(False, "Keep every checkpoint instead of only the latest one per member.")
     restart_latest: bool = option(False, "When a member is created and a checkpoint of it exists, resume from "
                                          "that latest checkpoint instead of starting anew (the procedures always "
                                          "resume their members).")
-    log_level: str = option("INFO", "Level of the log files (the --log-level option overrides it).",
+    log_level: str = option("INFO", "Level of the log files; DEBUG also brings the per-epoch detail to the "
+                                    "console (the --log-level option overrides it).",
                             choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     error_table: str = option("PerAtomMAE", "Metrics reported in the error tables.",
                               choices=["PerAtomMAE", "PerAtomRMSE", "TotalMAE", "TotalRMSE"])

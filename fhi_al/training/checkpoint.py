@@ -42,6 +42,7 @@ def member_state(member: Any) -> dict[str, Any]:
         "ema": member.ema.state_dict() if member.ema is not None else None,
         "shuffle_rng": member.rng.get_state(),
         "stale_validations": member.stale_validations,
+        "best_valid_epoch": member.best_valid_epoch,
     }
 
 
@@ -58,6 +59,7 @@ def restore_training_state(member: Any, state: dict[str, Any]) -> None:
     member.best_valid_loss = float(state["best_valid_loss"])
     member.optimizer_steps = int(state.get("optimizer_steps", 0))
     member.stale_validations = int(state.get("stale_validations", 0))
+    member.best_valid_epoch = state.get("best_valid_epoch")
 
 
 def statistics_from_state(state: dict[str, Any]) -> DatasetStatistics:

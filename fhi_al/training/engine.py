@@ -24,17 +24,20 @@ from ..architectures.registry import canonical_name, get_architecture_class
 from ..data.stats import compute_statistics
 from ..durable import append_durable
 from ..errors import InputError
-from . import finetune, optim, session, statistics_refs
+from ..logs import DETAIL, progress
+from . import finetune, optim, session, statistics_refs, stopping
 from .checkpoint import CheckpointHandler, restore_training_state, statistics_from_state
 from .config import TrainingConfig
 from .head import HeadedArchitecture, HeadSpec, base_architecture
 from .metrics import LossTargets, error_metrics, make_loss
 from .selection import OutlierFilter, SampleCache, force_selection, structure_key
+from .stopping import StopReason, TrainingStop
 
 log = logging.getLogger(__name__)
 
 HISTORY_SUFFIX = "_history.jsonl"
 MODEL_SUFFIX = ".model"
+PROGRESS_MIN_EPOCHS = 10  # sessions at least this long show a progress bar on a terminal
 
 
 @dataclass(eq=False)
@@ -59,6 +62,8 @@ class Member:
     version: int = 0  # bumped whenever weights or statistics change; keys the inference copy
     stats_fingerprint: str | None = None
     stale_validations: int = 0  # validations in a row without a new best loss (early stopping)
+    best_valid_epoch: int | None = None  # epoch of best_valid_loss
+    last_stop: TrainingStop | None = None  # why the last session ended early or at convergence (None: ran its epochs)
     last_train_errors: dict[str, float] | None = None  # running errors of the last epoch (training weights)
     _inference: tuple[int, torch.nn.Module] | None = field(default=None, repr=False)
 
@@ -142,7 +147,7 @@ class Trainer:
         member = self._assemble(tag, seed, model, stats, train_atoms, list(valid_atoms))
         member.stats_fingerprint = self._fingerprint(used)
         log.info("member %s: %s with %d parameters, %d train / %d valid structures", tag, self.architecture.name,
-                 sum(p.numel() for p in model.parameters()), len(train_atoms), len(member.valid_atoms))
+                 sum(p.numel() for p in model.parameters()), len(train_atoms), len(member.valid_atoms), extra=DETAIL)
         return member
 
     def load_member(self, tag: str, *, train_atoms: Sequence[Atoms] | None = None,
@@ -165,7 +170,7 @@ class Trainer:
         restore_training_state(member, state)
         self.architecture.update_statistics(member.model, stats)
         log.info("member %s resumed from %s at epoch %d", tag, path or self.checkpoints.latest_path(tag),
-                 member.epoch)
+                 member.epoch, extra=DETAIL)
         return member
 
     def _assemble(self, tag, seed, model, stats, train_atoms, valid_atoms) -> Member:
@@ -191,24 +196,30 @@ class Trainer:
         report=False the session's plots/predictions are left to a later `end_session` (short AL visits)."""
         valid_skip = valid_skip or self.config.valid_skip
         self.refresh_statistics(member)
-        metrics = None
-        for _ in range(epochs):
-            train_loss = self._train_epoch(member, use_scheduler=use_scheduler)
-            if member.epoch % valid_skip == 0:
-                metrics = self.validate(member, use_scheduler=use_scheduler, train_loss=train_loss)
-            self._interval_checkpoint(member)
-            if self._early_stop(member):
-                break
+        metrics, member.last_stop = None, None
+        with progress(total=epochs, desc=f"training {member.tag}", unit="epoch",
+                      disable=epochs < PROGRESS_MIN_EPOCHS) as bar:
+            for done in range(1, epochs + 1):
+                train_loss = self._train_epoch(member, use_scheduler=use_scheduler)
+                if member.epoch % valid_skip == 0:
+                    metrics = self.validate(member, use_scheduler=use_scheduler, train_loss=train_loss)
+                self._interval_checkpoint(member)
+                bar.update()
+                if self._early_stop(member, done):
+                    break
         if report:
             self.end_session(member)
         return metrics
 
-    def _early_stop(self, member: Member) -> bool:
+    def _early_stop(self, member: Member, epochs_done: int) -> bool:
         limit = self.config.n_early_stopping
         if limit is None or member.stale_validations < limit:
             return False
-        log.info("%s: early stopping at epoch %d after %d validations without improvement", member.tag,
-                 member.epoch, member.stale_validations)
+        member.last_stop = TrainingStop(tag=member.tag, reason=StopReason.EARLY_STOPPED, epochs=epochs_done,
+                                        final_epoch=member.epoch, best_loss=member.best_valid_loss,
+                                        best_epoch=member.best_valid_epoch, stale_checks=member.stale_validations,
+                                        limit=limit, limit_key="n_early_stopping")
+        log.info("%s", member.last_stop.describe(), extra=DETAIL)
         return True
 
     def _interval_checkpoint(self, member: Member) -> None:
@@ -282,6 +293,8 @@ class Trainer:
         improved = metrics["loss"] < member.best_valid_loss
         member.best_valid_loss = min(member.best_valid_loss, metrics["loss"])
         member.stale_validations = 0 if improved else member.stale_validations + 1
+        if improved:
+            member.best_valid_epoch = member.epoch
         if improved and self.config.save_best:
             self.checkpoints.save_best(member)
         train_errors = {f"train_{k}": v for k, v in (getattr(member, "last_train_errors", None) or {}).items()}
@@ -292,7 +305,8 @@ class Trainer:
         member.history.append(record)
         self._append_history(member.tag, record)
         log.info("%s epoch %d: loss %.4g, energy RMSE %.2f meV/atom, forces RMSE %.1f meV/Å", member.tag,
-                 member.epoch, metrics["loss"], 1e3 * metrics["energy_rmse_per_atom"], 1e3 * metrics["forces_rmse"])
+                 member.epoch, metrics["loss"], 1e3 * metrics["energy_rmse_per_atom"], 1e3 * metrics["forces_rmse"],
+                 extra=DETAIL)
         return metrics
 
     def evaluate(self, member: Member, atoms: Sequence[Atoms]) -> dict[str, float]:
@@ -318,47 +332,45 @@ class Trainer:
         return LossTargets.concatenate(targets), {"energy": torch.cat(energies), "forces": torch.cat(forces)}
 
     def converge(self, member: Member, max_epochs: int, patience: int, margin: float, *,
-                 valid_skip: int | None = None) -> dict[str, float] | None:
+                 valid_skip: int | None = None, limit_key: str = "max_final_epochs") -> TrainingStop:
         """Train with a fresh optimizer and scheduler until the validation loss has not improved by more
-        than the relative `margin` for `patience` validations (or `max_epochs`); keep the best weights."""
+        than the relative `margin` for `patience` validations, or `max_epochs` ran out; keep the best weights.
+        -> why it stopped (`member.last_stop` too), with the metrics of the kept weights."""
         valid_skip = valid_skip or self.config.valid_skip
         self.reset_optimizer(member)
         self.refresh_statistics(member)
-        best_loss, best_state, best_metrics, stale, done = math.inf, None, None, 0, 0
-        while done < max_epochs and stale < patience:
-            epochs = min(valid_skip, max_epochs - done)
-            for _ in range(epochs):
-                train_loss = self._train_epoch(member, use_scheduler=True)
-            done += epochs
-            metrics = self.validate(member, use_scheduler=True, train_loss=train_loss)
-            if metrics is None:
-                continue
-            if metrics["loss"] < best_loss * (1.0 - margin):
-                best_loss, best_metrics, stale = metrics["loss"], metrics, 0
-                best_state = self._snapshot(member)
-            else:
-                stale += 1
+        best_loss, best_state, best_metrics, best_epoch, stale, done = math.inf, None, None, None, 0, 0
+        with progress(total=max_epochs, desc=f"converging {member.tag}", unit="epoch") as bar:
+            while done < max_epochs and stale < patience:
+                epochs = min(valid_skip, max_epochs - done)
+                for _ in range(epochs):
+                    train_loss = self._train_epoch(member, use_scheduler=True)
+                done += epochs
+                bar.update(epochs)
+                metrics = self.validate(member, use_scheduler=True, train_loss=train_loss)
+                if metrics is None:
+                    continue
+                if best_metrics is None or metrics["loss"] < best_loss * (1.0 - margin):  # the first always counts
+                    best_loss, best_metrics, best_epoch, stale = metrics["loss"], metrics, member.epoch, 0
+                    best_state = stopping.snapshot(member)
+                else:
+                    stale += 1
         if best_state is not None:
-            self._restore_snapshot(member, best_state)
-            member.best_valid_loss = best_loss
-        log.info("%s converged after %d epochs: best validation loss %.4g", member.tag, done, best_loss)
+            stopping.restore(member, best_state)
+            member.best_valid_loss, member.best_valid_epoch = best_loss, best_epoch
+        reason = StopReason.CONVERGED if stale >= patience else StopReason.MAX_EPOCHS
+        member.last_stop = TrainingStop(tag=member.tag, reason=reason, epochs=done, final_epoch=member.epoch,
+                                        best_loss=best_loss, best_epoch=best_epoch, stale_checks=stale,
+                                        patience=patience, margin=margin, limit=max_epochs, limit_key=limit_key,
+                                        metrics=best_metrics)
+        log.info("%s", member.last_stop.describe(), extra=DETAIL)
         self.save_checkpoint(member)
         self.end_session(member)
-        return best_metrics
+        return member.last_stop
 
     def end_session(self, member: Member) -> None:
         """Predictions (write_predictions) and plots (training_plots) of the session in results/."""
         session.report(self, member)
-
-    def _snapshot(self, member: Member) -> dict[str, Any]:
-        return {"model": _detached_copy(member.model.state_dict()),
-                "ema": _detached_copy(member.ema.state_dict()) if member.ema is not None else None}
-
-    def _restore_snapshot(self, member: Member, snapshot: dict[str, Any]) -> None:
-        member.model.load_state_dict(snapshot["model"])
-        if member.ema is not None:
-            member.ema.load_state_dict(snapshot["ema"])
-        member.version += 1
 
     # --- data ------------------------------------------------------------------------------------------
     def samples(self, atoms_list: Sequence[Atoms]) -> list[Any]:
@@ -414,7 +426,7 @@ class Trainer:
         """The member with EMA weights as `model/{tag}.model` (loadable by mace's MACECalculator for MACE)."""
         path = Path(path) if path is not None else self.model_path(member.tag)
         self.architecture.export(member.averaged_model(), path)
-        log.info("exported %s to %s", member.tag, path)
+        log.info("exported %s to %s", member.tag, path, extra=DETAIL)
         if self.config.export_lammps:
             finetune.export_lammps(self.architecture, path)
         return path
@@ -427,14 +439,3 @@ class Trainer:
 
     def _append_history(self, tag: str, record: dict[str, Any]) -> None:
         append_durable(self.history_path(tag), json.dumps(record) + "\n")
-
-
-def _detached_copy(value: Any) -> Any:
-    """A deep copy of a (nested) state dict whose tensors are detached clones."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {key: _detached_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached_copy(item) for item in value)
-    return copy.deepcopy(value)

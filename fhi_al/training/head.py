@@ -16,6 +16,7 @@ from ase import Atoms
 from ..architectures.base import Batch, DatasetStatistics, reference_labels
 from ..durable import atomic_torch_save
 from ..errors import SettingsError
+from ..logs import DETAIL
 from . import statistics_refs, zbl
 
 log = logging.getLogger(__name__)
@@ -257,7 +258,7 @@ class HeadedArchitecture:
         atomic_torch_save({"spec": asdict(self.spec), "state_dict": model.head.state_dict(),
                            "species": model.head.species.tolist()}, head_path(path))
         log.info("engine energy terms of %s written to %s (apply with fhi_al.training.head.load_exported)",
-                 path, head_path(path))
+                 path, head_path(path), extra=DETAIL)
 
 
 def head_path(model_path: str | Path) -> Path:

@@ -1,0 +1,120 @@
+"""Settings checked against this machine and installation: the torch device, the dtype the architecture and
+device can use, a checkpoint to resume from. Run while the settings are read, so nothing fails after the reference
+has been paid; each failure is a SettingsError naming the key, the value given and what is available here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import SettingsError
+from . import schema
+
+log = logging.getLogger(__name__)
+
+DEVICE_KEY = "MISC.device"
+DTYPE_KEY = "GENERAL.default_dtype"
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda|mps)(?::(\d+))?$")
+ALL_DTYPES = ("float64", "float32")
+# Apple's MPS backend has no float64 arithmetic.
+DEVICE_DTYPES = {"cpu": ALL_DTYPES, "cuda": ALL_DTYPES, "mps": ("float32",)}
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str  # cpu | cuda | mps
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.index is None else f"{self.kind}:{self.index}"
+
+
+def available_devices() -> list[str]:
+    """The torch devices usable on this machine with this torch build, e.g. ['cpu', 'cuda:0']."""
+    import torch
+
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    if _mps_available():
+        devices.append("mps")
+    return devices
+
+
+def _mps_available() -> bool:
+    import torch
+
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def _no_cuda_reason() -> str:
+    import torch
+
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) was compiled without CUDA"
+    return f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no usable GPU on this machine"
+
+
+def check_device(value: str) -> Device:
+    """The device of MISC.device if this torch build and machine have it, else SettingsError."""
+    match = DEVICE_PATTERN.match(str(value).strip().lower())
+    if match is None or (match.group(1) != "cuda" and match.group(2) is not None):
+        raise SettingsError(f"got {value!r}; expected cpu, cuda, cuda:N (N = GPU index) or mps; available here: "
+                            f"{', '.join(available_devices())}", where=DEVICE_KEY)
+    device = Device(match.group(1), None if match.group(2) is None else int(match.group(2)))
+    if device.kind == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SettingsError(f"got {value!r} but {_no_cuda_reason()}; available here: "
+                                f"{', '.join(available_devices())}", where=DEVICE_KEY)
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise SettingsError(f"got {value!r} but this machine has {count} GPU(s); available here: "
+                                f"{', '.join(available_devices())}", where=DEVICE_KEY)
+    if device.kind == "mps" and not _mps_available():
+        raise SettingsError(f"got {value!r} but this torch build or machine has no MPS backend; available here: "
+                            f"{', '.join(available_devices())}", where=DEVICE_KEY)
+    return device
+
+
+def check_dtype(dtype: str, *, model: str, device: Device) -> None:
+    """The architecture (its Hypers' `supported_dtypes`, default both) and the device must support `dtype`."""
+    from .loader import hypers_class
+
+    supported = tuple(getattr(hypers_class(model), "supported_dtypes", ALL_DTYPES))
+    if dtype not in supported:
+        raise SettingsError(f"got {dtype!r} but architecture {model} supports only {', '.join(supported)}",
+                            where=DTYPE_KEY)
+    on_device = DEVICE_DTYPES[device.kind]
+    if dtype not in on_device:
+        raise SettingsError(f"got {dtype!r} but {DEVICE_KEY} {device} supports only {', '.join(on_device)}",
+                            where=DTYPE_KEY)
+
+
+def check_mace_settings(mace: schema.MaceSettings, run_dir: Path) -> Device:
+    """Checks of mace_settings.yaml against the machine and the run folder; -> the device."""
+    device = check_device(mace.misc.device)
+    check_dtype(mace.general.default_dtype, model=mace.architecture.model, device=device)
+    training = mace.training
+    if training.resume_from is not None:
+        path = Path(training.resume_from).expanduser()
+        path = path if path.is_absolute() else run_dir / path
+        if not path.exists():
+            raise SettingsError(f"got {training.resume_from!r}: no such checkpoint file or folder ({path})",
+                                where="TRAINING.resume_from")
+    if training.energy_target == "cohesive" and mace.architecture.atomic_energies is None:
+        raise SettingsError("got 'cohesive', which subtracts the isolated-atom energies: give them in "
+                            "ARCHITECTURE.atomic_energies (FHI_AL-atomic-energies computes them)",
+                            where="TRAINING.energy_target")
+    return device
+
+
+def normalised(mace: schema.MaceSettings, device: Device) -> schema.MaceSettings:
+    """mace settings with MISC.device spelt the way torch reads it ('CUDA' -> 'cuda')."""
+    return dataclasses.replace(mace, misc=dataclasses.replace(mace.misc, device=str(device)))

@@ -48,8 +48,8 @@ def test_normal_mode_sampling_pays_one_hessian_and_no_md(run):
 
 
 def test_sampled_frames_are_distinct_harmonic_displacements(run):
-    frames = read(run / "data" / "initial" / f"train_shared.xyz", index=":")
-    frames += read(run / "data" / "initial" / f"valid_shared.xyz", index=":")
+    frames = read(run / "data" / "initial" / "train_shared.xyz", index=":")
+    frames += read(run / "data" / "initial" / "valid_shared.xyz", index=":")
     positions = np.array([f.get_positions() for f in frames])
     assert len({f.info["label_id"] for f in frames}) == len(frames) == 8
     spread = positions.std(axis=0).max()

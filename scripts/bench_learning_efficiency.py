@@ -388,13 +388,20 @@ def label_times(run_dir: Path) -> list[float]:
 
 def paid_call_times(run_dir: Path) -> list[float]:
     """When each reference calculation the user pays for ran (MD steps, Hessian, labels, failures; analysis-mode
-    calls and labels read from an MD step's results excluded), sorted; one entry per call."""
-    from fhi_al.references.ledger import ANALYSIS
+    calls excluded), sorted; one entry per call. A label recorded with 0 calls is free only when an ab initio
+    MD step paid for it; in a run without ab initio MD it was read from an analysis call at the same frame
+    (fhi_al before the decision-then-analysis order), and a run without analysis mode would have paid it."""
+    from fhi_al.references.ledger import AIMD_STEP, ANALYSIS, LABEL
 
+    entries = read_jsonl(run_dir / "logs" / "reference_ledger.jsonl")
+    aimd = any(r.get("purpose") == AIMD_STEP for r in entries)
     times = []
-    for r in read_jsonl(run_dir / "logs" / "reference_ledger.jsonl"):
-        if r.get("purpose", "label") != ANALYSIS:
-            times += [r["time"]] * int(r.get("calls", 1))
+    for r in entries:
+        purpose, calls = r.get("purpose", LABEL), int(r.get("calls", 1))
+        if purpose == LABEL and calls == 0 and not aimd and r.get("ok", True):
+            calls = 1
+        if purpose != ANALYSIS:
+            times += [r["time"]] * calls
     return sorted(times)
 
 

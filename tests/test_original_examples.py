@@ -103,13 +103,13 @@ def test_device_spelling_is_checked():
 def test_dtype_the_device_cannot_use(monkeypatch):
     monkeypatch.setattr(machine, "_mps_available", lambda: True)
     device = machine.check_device("mps")
-    machine.check_dtype("float32", model="MACE", device=device)
+    machine.check_dtype("float32", model="MACE", hypers=None, device=device)
     with pytest.raises(SettingsError) as info:
-        machine.check_dtype("float64", model="MACE", device=device)
+        machine.check_dtype("float64", model="MACE", hypers=None, device=device)
     assert info.value.where == "GENERAL.default_dtype" and "float32" in str(info.value)
 
 
-def test_dtype_the_architecture_cannot_use(tmp_path, monkeypatch, online):
+def test_dtype_the_architecture_cannot_use(tmp_path, monkeypatch):
     from fhi_al.architectures.mace.hypers import MaceHypers
     from fhi_al.settings import loader
 

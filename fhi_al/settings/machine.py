@@ -83,11 +83,9 @@ def check_device(value: str) -> Device:
     return device
 
 
-def check_dtype(dtype: str, *, model: str, device: Device) -> None:
+def check_dtype(dtype: str, *, model: str, hypers: object, device: Device) -> None:
     """The architecture (its Hypers' `supported_dtypes`, default both) and the device must support `dtype`."""
-    from .loader import hypers_class
-
-    supported = tuple(getattr(hypers_class(model), "supported_dtypes", ALL_DTYPES))
+    supported = tuple(getattr(hypers, "supported_dtypes", ALL_DTYPES))
     if dtype not in supported:
         raise SettingsError(f"got {dtype!r} but architecture {model} supports only {', '.join(supported)}",
                             where=DTYPE_KEY)
@@ -100,7 +98,8 @@ def check_dtype(dtype: str, *, model: str, device: Device) -> None:
 def check_mace_settings(mace: schema.MaceSettings, run_dir: Path) -> Device:
     """Checks of mace_settings.yaml against the machine and the run folder; -> the device."""
     device = check_device(mace.misc.device)
-    check_dtype(mace.general.default_dtype, model=mace.architecture.model, device=device)
+    check_dtype(mace.general.default_dtype, model=mace.architecture.model, hypers=mace.architecture.hypers,
+                device=device)
     training = mace.training
     if training.resume_from is not None:
         path = Path(training.resume_from).expanduser()

@@ -22,6 +22,7 @@ from ase.optimize import BFGS
 
 from ..durable import atomic_write_bytes
 from ..errors import InputError
+from ..logs import DETAIL
 from ..references import compute_label
 from ..references.ledger import HESSIAN, RELAXATION
 from ..restart import restore_rng, rng_state
@@ -203,7 +204,7 @@ def normal_modes(atoms: Atoms, hessian: np.ndarray, *, periodic: bool) -> Normal
         log.info("%d mode(s) below %g cm^-1 are sampled at %g cm^-1", int(soft.sum()), FREQUENCY_FLOOR_CM,
                  FREQUENCY_FLOOR_CM)
     log.info("normal modes: %d rigid modes dropped, wavenumbers %s cm^-1", n_rigid,
-             " ".join(f"{w:.0f}" for w in wavenumbers))
+             " ".join(f"{w:.0f}" for w in wavenumbers), extra=DETAIL)
     return NormalModes(wavenumbers_cm=wavenumbers, eigenvalues_eV_per_A2_amu=np.maximum(np.abs(eigenvalues), floor),
                        vectors=complement @ inner, masses_amu=masses, n_rigid=n_rigid)
 

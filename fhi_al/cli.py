@@ -25,6 +25,7 @@ from .logs import DETAIL, captured_prints, configure_logging, quiet_known_warnin
 from .memory import keep_freed_memory
 from .parallel import configure_threads, is_root, root_only, world
 from .references import Ledger, reference_from_settings
+from .references.ledger import ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
 
@@ -163,8 +164,6 @@ def run_step(procedure: Procedure, run: Callable[[RunContext], Any], context: Ru
     if procedure.runs_on_all_ranks:
         run(context)
         return
-    from .procedures.common import ledger_path  # loaded with the procedure (torch)
-
     al = context.settings.al.active_learning
 
     def make_reference(comm, group_index: int):

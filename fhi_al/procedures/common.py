@@ -14,7 +14,6 @@ from ase import Atoms
 
 from ..data.store import DatasetStore
 from ..ensemble import ensemble_seeds
-from ..references.ledger import ledger_path  # noqa: F401  (re-exported for the procedures)
 from ..training.config import TrainingConfig
 from ..training.engine import Member, Trainer, member_tag
 

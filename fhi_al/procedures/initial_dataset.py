@@ -21,11 +21,11 @@ from ..labeling import LabelResult, RemoteReference, label_from_results
 from ..logs import DETAIL
 from ..md import MDParameters
 from ..references import compute_label, reference_name, reference_timeout_from_settings
-from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost
+from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
 from . import reporting
 from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, dataset_name, ensemble_forces_mae, initial_member_sets,
-                     ledger_path, load_or_create_member, make_store, make_trainer, member_specs)
+                     load_or_create_member, make_store, make_trainer, member_specs)
 from .label_book import LabelBook, Timings
 from .normal_modes import make_normal_mode_sampler
 from .sampling import GuardedReference, LangevinSampler, foundation_calculator

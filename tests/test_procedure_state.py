@@ -69,7 +69,7 @@ def test_version_1_al_record_loads_with_pending_frames_moved_to_the_book(tmp_pat
     assert list(state.pending) == ["al-t1-s40"]
     label = state.pending["al-t1-s40"]
     assert (label.trajectory, label.md_step, label.kind) == (1, 40, "threshold")
-    trajectories = make_trajectories(WATER, None, count=2, md=MDParameters(300.0, 0.5, 0.01), seed=1)
+    trajectories = make_trajectories([WATER] * 2, None, mds=[MDParameters(300.0, 0.5, 0.01)] * 2, seed=1)
     for trajectory, saved in zip(trajectories, state.trajectories):
         trajectory.restore(saved)
     assert [t.status for t in trajectories] == ["running", WAITING]

@@ -169,7 +169,7 @@ class SpringCalculator(Calculator):
 def trajectory_with(calc_kwargs: dict):
     water = molecule("H2O")
     calc = SpringCalculator(water.get_positions(), **calc_kwargs)
-    return make_trajectories(water, calc, count=1, md=MD, seed=5)[0], calc
+    return make_trajectories([water], calc, mds=[MD], seed=5)[0], calc
 
 
 def assert_reset_to_start(trajectory, start_positions, caplog, reason_text: str, reason: str | None):
@@ -223,7 +223,7 @@ def test_model_exception_is_a_reset_not_a_crash(caplog):
                 raise RuntimeError("model exploded")
 
     water = molecule("H2O")
-    trajectory = make_trajectories(water, Broken(water.get_positions()), count=1, md=MD, seed=5)[0]
+    trajectory = make_trajectories([water], Broken(water.get_positions()), mds=[MD], seed=5)[0]
     with caplog.at_level(logging.WARNING):
         reason = trajectory.advance(10, BlowUpDetector(target_temperature_K=TARGET_K))
     assert "model evaluation failed: RuntimeError: model exploded" in reason

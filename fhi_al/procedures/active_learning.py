@@ -94,8 +94,9 @@ class ActiveLearning:
         self.members = {spec.tag: load_or_create_member(self.trainer, spec, *self.member_data(spec.tag))
                         for spec in self.specs}
         self.calc = self.make_calculator()
-        self.trajectories = make_trajectories(self.context.geometry, self.calc, count=self.al.num_trajectories,
-                                              md=self.md, seed=self.settings.al.md.seed)
+        count = self.al.num_trajectories
+        self.trajectories = make_trajectories([self.context.geometry] * count, self.calc, mds=[self.md] * count,
+                                              seed=self.settings.al.md.seed)
         self.state = self.state_file.load()
         self.tracker = self.make_tracker(self.state.threshold)
         if self.state.trajectories is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms
@@ -119,12 +120,15 @@ class Trajectory:
         self.last_label_step = state.last_label_step
 
 
-def make_trajectories(start: Atoms, calc: Calculator, *, count: int, md: MDParameters,
+def make_trajectories(starts: Sequence[Atoms], calc: Calculator, *, mds: Sequence[MDParameters],
                       seed: int) -> list[Trajectory]:
-    """`count` trajectories from the same start, each with its own RNG stream and velocities."""
-    streams = np.random.SeedSequence(seed).spawn(count)
+    """One trajectory per entry of `starts` (its starting structure) and `mds` (its MD settings), each with
+    its own RNG stream and velocities."""
+    if len(starts) != len(mds):
+        raise ValueError(f"{len(starts)} starting structures for {len(mds)} MD settings")
+    streams = np.random.SeedSequence(seed).spawn(len(starts))
     trajectories = []
-    for index, stream in enumerate(streams):
+    for index, (start, md, stream) in enumerate(zip(starts, mds, streams)):
         rng = np.random.default_rng(stream)
         atoms = start.copy()
         atoms.calc = calc

@@ -12,8 +12,8 @@ import numpy as np
 from ase import Atoms, units
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary
-from ase.neighborlist import neighbor_list
 from ase.parallel import DummyMPI
+from .neighbours import neighbour_list
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class BlowUpDetector:
     def isolated_atoms(self, atoms: Atoms) -> list[int]:
         if len(atoms) < 2:
             return []
-        has_neighbour = np.unique(neighbor_list("i", atoms, self.max_distance_A))
+        has_neighbour = np.unique(neighbour_list("i", atoms, self.max_distance_A))
         return sorted(set(range(len(atoms))) - set(has_neighbour.tolist()))
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from ase import Atoms
-from ase.neighborlist import neighbor_list
+from ..neighbours import neighbour_list
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class PairList:
 
 def pair_list(atoms: Atoms, *, cutoff_A: float, dtype: torch.dtype) -> PairList:
     """Pairs of one structure within `cutoff_A` (periodic images included)."""
-    first, second, shifts = neighbor_list("ijS", atoms, cutoff_A)
+    first, second, shifts = neighbour_list("ijS", atoms, cutoff_A)
     shift_A = shifts @ np.asarray(atoms.cell.array, dtype=float)
     return PairList(first=torch.as_tensor(first, dtype=torch.long), second=torch.as_tensor(second, dtype=torch.long),
                     shift_A=torch.as_tensor(shift_A, dtype=dtype), numbers=torch.tensor(atoms.numbers),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from ase import Atoms
-from ase.neighborlist import neighbor_list
+from ...neighbours import neighbour_list
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def build_graph(atoms: Atoms, *, rad_cutoff_A: float, ang_cutoff_A: float,
                 dtype: torch.dtype = torch.float64) -> NeighbourGraph:
     """Neighbour pairs within max(rad_cutoff, ang_cutoff) and the angular triplets within ang_cutoff."""
     cutoff_A = max(rad_cutoff_A, ang_cutoff_A)
-    i, j, distance, shift = neighbor_list("ijdS", atoms, cutoff_A)
+    i, j, distance, shift = neighbour_list("ijdS", atoms, cutoff_A)
     keep = distance > SELF_DISTANCE_A
     i, j, distance, shift = i[keep], j[keep], distance[keep], shift[keep]
     shift_A = shift @ np.asarray(atoms.cell.array, dtype=float)

@@ -11,9 +11,9 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from ase import Atoms
-from ase.neighborlist import neighbor_list
 
 from .basis import LaplacianEigenstateBasis, real_spherical_harmonics
+from ...neighbours import neighbour_list
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class NeighbourPairs:
 
 def build_pairs(atoms: Atoms, *, cutoff_A: float, dtype: torch.dtype = torch.float64) -> NeighbourPairs:
     """All neighbour pairs within `cutoff_A` (periodic images included), found once per structure."""
-    i, j, distance, shift = neighbor_list("ijdS", atoms, cutoff_A)
+    i, j, distance, shift = neighbour_list("ijdS", atoms, cutoff_A)
     keep = distance > SELF_DISTANCE_A
     shift_A = shift[keep] @ np.asarray(atoms.cell.array, dtype=float)
     return NeighbourPairs(centre=torch.as_tensor(i[keep], dtype=torch.long),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from ase import Atoms
-from ase.neighborlist import neighbor_list
+from ...neighbours import neighbour_list
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def build_graph(atoms: Atoms, *, cutoff_A: float, strategy: str = RADIUS_GRAPH, 
     """Bonds within `cutoff_A` (all, or the `max_neighbors` nearest per atom) and their line graph.
 
     Works without a cell (molecules) and with periodic cells (bonds to images carry the cell shift)."""
-    i, j, distance, shift = neighbor_list("ijdS", atoms, float(cutoff_A))
+    i, j, distance, shift = neighbour_list("ijdS", atoms, float(cutoff_A))
     keep = np.flatnonzero(distance > SELF_DISTANCE_A)
     if strategy == K_NEAREST:
         keep = keep[nearest_per_atom(i[keep], distance[keep], int(max_neighbors))]

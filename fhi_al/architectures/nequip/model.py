@@ -15,7 +15,6 @@ import mace  # noqa: F401  - mace must be imported before anything imports e3nn
 import numpy as np
 import torch
 from ase import Atoms
-from ase.neighborlist import neighbor_list
 from mace.tools.torch_tools import default_dtype
 
 from ...errors import InputError
@@ -23,6 +22,7 @@ from ..exported import ExportedModelCalculator, PositionsArchitecture
 from ..base import Batch, DatasetStatistics
 from .hypers import NequipHypers
 from .network import NequipInputs, NequipModel
+from ...neighbours import neighbour_list
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class NequipSample:
 
 def neighbour_graph(atoms: Atoms, *, cutoff_A: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(receiver, sender, shift_A) of every ordered pair within `cutoff_A`, periodic images included."""
-    receiver, sender, shifts = neighbor_list("ijS", atoms, cutoff_A)
+    receiver, sender, shifts = neighbour_list("ijS", atoms, cutoff_A)
     return receiver, sender, shifts @ np.asarray(atoms.cell.array, dtype=float)
 
 

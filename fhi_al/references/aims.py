@@ -30,10 +30,15 @@ STRESS_KEYWORD = "compute_analytical_stress"  # FHI-aims computes the stress onl
 
 
 def exports_symbol(lib_path: str | Path, symbol: str) -> bool:
-    """True when the shared library exports `symbol` (loaded the way asi4py loads it, RTLD_GLOBAL)."""
+    """True when the shared library exports `symbol` (loaded the way asi4py loads it, RTLD_GLOBAL); False when it
+    cannot be loaded at all (starting it then fails with asi4py's own error)."""
     import ctypes
 
-    return hasattr(ctypes.CDLL(str(lib_path), mode=ctypes.RTLD_GLOBAL), symbol)
+    try:
+        return hasattr(ctypes.CDLL(str(lib_path), mode=ctypes.RTLD_GLOBAL), symbol)
+    except OSError as error:
+        log.debug("cannot load %s to look for %s: %s", lib_path, symbol, error)
+        return False
 
 
 def control_parameters(control: Any) -> dict[str, Any]:

@@ -135,7 +135,11 @@ def check_stress_training(mace: schema.MaceSettings) -> None:
 
 def check_stress_inputs(settings: schema.RunSettings, pbc, cell_volume_A3: float) -> None:
     """GENERAL.compute_stress needs a periodic geometry (pbc in all directions, a cell of positive volume) and a
-    reference that gives stress; SettingsError naming the key otherwise."""
+    reference that gives stress; a periodic geometry cannot use the (molecular) PySCF reference. SettingsError
+    naming the key otherwise."""
+    if settings.calculator == "pyscf" and any(bool(flag) for flag in pbc):
+        raise SettingsError("got pyscf, a reference for molecules, but the geometry is periodic (lattice_vector "
+                            "lines in geometry.in); use xtb, emt or aims", where="REFERENCE.calculator")
     if not settings.mace.general.compute_stress:
         return
     if not all(bool(flag) for flag in pbc) or not cell_volume_A3 > 0.0:

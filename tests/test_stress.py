@@ -317,3 +317,22 @@ def test_settings_reject_stress_with_a_non_mace_architecture_at_read_time():
     check_stress_training(SimpleNamespace(general=SimpleNamespace(compute_stress=True),
                                           architecture=SimpleNamespace(model="MACE", energy_shift=None,
                                                                        energy_scale=None, zbl=False)))
+
+
+def test_initial_dataset_of_a_periodic_cell_stores_and_trains_stress(tmp_path):
+    """Ab initio MD of EMT Cu with compute_stress: every stored frame carries the reference's REF_stress and
+    the members' validation history reports the stress error."""
+    from workflow import make_run_folder, run_cli
+
+    folder = make_run_folder(tmp_path / "cu", atoms=bulk("Cu", "fcc", a=3.61, cubic=True),
+                             mace={"GENERAL": {"compute_stress": True, "name_exp": "cu"}},
+                             al={"REFERENCE": {"calculator": "emt"}, "MD": {"temperature": 300}})
+    result = run_cli("FHI_AL-initial-ds", folder)
+    assert result.returncode == 0, result.stderr
+    frames = DatasetStore(folder / "data").read("initial/train_cu_1")
+    assert frames and all(frame.info[REF_STRESS_KEY].shape == (6,) for frame in frames)
+    emt = make_reference(name="emt")
+    for frame in frames[:3]:  # the stored stress is the reference's stress of the stored structure
+        np.testing.assert_allclose(frame.info[REF_STRESS_KEY], compute_reference_label(emt, frame).stress_eV_per_A3,
+                                   rtol=1e-6, atol=1e-9)  # positions stored to 1e-8 Å
+    assert "stress_mae_meV_per_A3" in (folder / "results" / "cu_1_history.jsonl").read_text()

@@ -266,8 +266,9 @@ WATER_GEOMETRY = "atom 0 0 0.119 O\natom 0 0.763 -0.477 H\natom 0 -0.763 -0.477 
 def run_with(folder: Path, *, model="MACE", calculator="emt", geometry=CU_GEOMETRY, compute_stress=True,
              extra_mace="") -> subprocess.CompletedProcess:
     folder.mkdir()
-    (folder / "mace_settings.yaml").write_text(f"GENERAL:\n  name_exp: s\n  compute_stress: {str(compute_stress).lower()}"
-                                               f"\nARCHITECTURE:\n  model: {model}\n{extra_mace}")
+    (folder / "mace_settings.yaml").write_text(f"GENERAL:\n  name_exp: s\n  compute_stress: "
+                                               f"{str(compute_stress).lower()}\nARCHITECTURE:\n  model: {model}\n"
+                                               f"{extra_mace}")
     (folder / "active_learning_settings.yaml").write_text(f"REFERENCE:\n  calculator: {calculator}\n")
     (folder / "geometry.in").write_text(geometry)
     return subprocess.run([str(Path(VENV_BIN) / "FHI_AL-atomic-energies"), "--run-dir", str(folder)],

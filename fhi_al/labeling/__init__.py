@@ -14,5 +14,5 @@ from .service import Services, run_procedure
 
 __all__ = ["GroupLabeler", "RemoteReference", "serve_reference_group", "LABEL_ID_KEY", "REF_ENERGY_KEY",
            "REF_FORCES_KEY", "REF_STRESS_KEY", "REFERENCE_KEY", "LabelResult", "label_from_results",
-           "label_structure", "labelled_atoms", "SerialLabeler", "SharedReference", "serve_shared_reference", "Services",
-           "run_procedure"]
+           "label_structure", "labelled_atoms", "SerialLabeler", "SharedReference", "serve_shared_reference",
+           "Services", "run_procedure"]

@@ -211,7 +211,8 @@ class MaceArchitecture(Architecture):
         out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=False)
         return {"energy": out["energy"], "forces": out["forces"]}
 
-    def predict_stress(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
+    def predict_stress(self, model: torch.nn.Module, batch: Batch, *,
+                       training: bool = False) -> dict[str, torch.Tensor]:
         """Energy, forces and stress [num_structures, 3, 3] (eV/Å³, ASE's sign, (1/V) dE/dstrain; zero for a
         structure without a cell) of a batch, by mace's strain displacement."""
         out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=True)

@@ -29,7 +29,7 @@ from . import finetune, optim, session, statistics_refs, stopping
 from .checkpoint import CheckpointHandler, restore_training_state, statistics_from_state
 from .config import TrainingConfig
 from .head import HeadedArchitecture, HeadSpec, base_architecture
-from .metrics import LossTargets, error_metrics, make_loss, with_stress
+from .metrics import LossTargets, error_metrics, make_loss, stress_note, with_stress
 from .selection import OutlierFilter, SampleCache, force_selection, structure_key
 from .stopping import StopReason, TrainingStop
 
@@ -307,11 +307,9 @@ class Trainer:
                   "time": time.time()}
         member.history.append(record)
         self._append_history(member.tag, record)
-        stress = (f", stress MAE {metrics['stress_mae_meV_per_A3']:.2f} meV/Å³"
-                  if "stress_mae_meV_per_A3" in metrics else "")
         log.info("%s epoch %d: loss %.4g, energy RMSE %.2f meV/atom, forces RMSE %.1f meV/Å%s", member.tag,
                  member.epoch, metrics["loss"], 1e3 * metrics["energy_rmse_per_atom"], 1e3 * metrics["forces_rmse"],
-                 stress, extra=DETAIL)
+                 stress_note(metrics), extra=DETAIL)
         return metrics
 
     def evaluate(self, member: Member, atoms: Sequence[Atoms]) -> dict[str, float]:

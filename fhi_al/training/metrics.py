@@ -165,6 +165,12 @@ def error_metrics(targets: LossTargets, pred: dict[str, torch.Tensor]) -> dict[s
     return metrics
 
 
+def stress_note(metrics: dict[str, float]) -> str:
+    """', stress MAE x meV/Å³' for a log line when `metrics` have the stress error, else ''."""
+    value = metrics.get("stress_mae_meV_per_A3")
+    return "" if value is None else f", stress MAE {value:.2f} meV/Å³"
+
+
 def stress_metrics(targets: LossTargets, pred_stress: torch.Tensor) -> dict[str, float]:
     """Stress-component MAE/RMSE in meV/Å³ over the structures with a reference stress."""
     has = targets.stress_weight > 0

@@ -28,6 +28,7 @@ from .references import Ledger, reference_from_settings
 from .references.ledger import ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
+from .settings.machine import check_stress_inputs
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     run_dir = check_run_dir(run_dir)
     settings = load_run_settings(run_dir)
     geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
+    check_stress_inputs(settings, geometry.pbc, geometry.cell.volume)
     check_foundation(settings, geometry)
     control = None
     if settings.calculator == "aims":

@@ -1,7 +1,8 @@
 """Conformance tests every architecture passes; a test module subclasses `ArchitectureConformance` and
 provides the `tiny_hypers` fixture (and `model_name`). Physics: forces = -dE/dR, invariances; engine:
 loss decreases, checkpoints reproduce predictions, warm start continues without re-initialisation, a trained
-member exports to a file whose ASE calculator reproduces the member.
+member exports to a file whose ASE calculator reproduces the member; stress (GENERAL.compute_stress) is either
+trained, with stress = (1/V) dE/dstrain, or refused naming the key and the model.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
+from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from scipy.spatial.transform import Rotation
 
 from fhi_al.architectures.exported import ExportedModelCalculator
-from fhi_al.labeling import REF_ENERGY_KEY, REF_FORCES_KEY
+from fhi_al.architectures.registry import get_architecture_class, trains_stress
+from fhi_al.errors import InputError
+from fhi_al.labeling import REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY
 from fhi_al.training.config import TrainingConfig
 from fhi_al.training.engine import Trainer
 from fhi_al.training.head import load_exported
@@ -43,6 +46,44 @@ def emt_labelled(base: Atoms, count: int, *, seed: int, displacement_A: float = 
         atoms.calc = None
         structures.append(atoms)
     return structures
+
+
+def emt_copper(count: int, *, seed: int) -> list[Atoms]:
+    """Rattled, strained 4-atom fcc Cu cells labelled with EMT, stress included (Voigt, eV/Å³)."""
+    rng = np.random.default_rng(seed)
+    structures = []
+    for index in range(count):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + np.diag(rng.uniform(-0.02, 0.02, 3))), scale_atoms=True)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_stress()
+        atoms.info.update({REF_ENERGY_KEY: float(atoms.calc.results["energy"]), "label_id": f"cu-{seed}-{index}",
+                           REF_STRESS_KEY: np.array(atoms.calc.results["stress"])})
+        atoms.arrays[REF_FORCES_KEY] = np.array(atoms.calc.results["forces"])
+        atoms.calc = None
+        structures.append(atoms)
+    return structures
+
+
+def fd_stress_check(trainer: Trainer, model: torch.nn.Module, atoms: Atoms, step: float = 1e-4) -> None:
+    """The architecture's predicted stress equals (1/V) dE/dstrain of its energy by central differences."""
+    arch = trainer.architecture
+
+    def energy(structure: Atoms) -> float:
+        return float(arch.predict(model, arch.collate([arch.featurize(structure)]))["energy"][0].detach())
+
+    stress = arch.predict_stress(model, arch.collate([arch.featurize(atoms)]))["stress"][0].detach().numpy()
+    for i, j in [(0, 0), (1, 2), (2, 2)]:
+        strain = np.zeros((3, 3))
+        strain[i, j] = strain[j, i] = step / 2 if i != j else step
+        energies = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.set_cell(atoms.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
+            energies.append(energy(moved))
+        numerical = (energies[0] - energies[1]) / (2 * step) / atoms.get_volume()
+        assert numerical == pytest.approx(stress[i, j], rel=1e-5, abs=1e-9)
 
 
 def predict(trainer: Trainer, model: torch.nn.Module, structures: list[Atoms]) -> dict[str, np.ndarray]:
@@ -150,6 +191,23 @@ class ArchitectureConformance:
             trainer.evaluate(member, member.valid_atoms)["loss"], rel=1e-10)
         assert trainer.evaluate(member, member.valid_atoms)["loss"] != loss_before
 
+
+    def test_stress_is_trained_or_refused(self, config, run_dir):
+        """GENERAL.compute_stress: the settings check (registry, no torch) agrees with the class; an architecture
+        with a strain hook trains on REF_stress and predicts (1/V) dE/dstrain, the others refuse it."""
+        from dataclasses import replace
+
+        assert get_architecture_class(self.model_name).trains_stress == trains_stress(self.model_name)
+        stress_config = replace(config, compute_stress=True)
+        if not trains_stress(self.model_name):
+            with pytest.raises(InputError, match=f"GENERAL.compute_stress.*{self.model_name}"):
+                Trainer(stress_config, run_dir)
+            return
+        trainer = Trainer(stress_config, run_dir)
+        member = trainer.create_member("conf_stress", 1, emt_copper(4, seed=5), emt_copper(2, seed=6))
+        trainer.train(member, 2)
+        assert "stress_mae_meV_per_A3" in member.history[-1]
+        fd_stress_check(trainer, member.inference_model(), member.valid_atoms[0])
 
     def test_hypers_load_without_torch(self):
         """Settings are validated before any heavy library loads (a bad key exits within a second)."""

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from ..labeling.label import REF_ENERGY_KEY, REF_FORCES_KEY  # the label's keys: REF_energy (eV), REF_forces (eV/Å)
+# the label's keys: REF_energy (eV), REF_forces (eV/Å), REF_stress (Voigt 6, eV/Å³)
+from ..labeling.label import REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY  # noqa: F401
 
 
 @dataclass
@@ -54,6 +55,11 @@ class Batch:
     structure_index: torch.Tensor  # [num_atoms]: which structure each atom belongs to
     energy_weight: torch.Tensor | None = None  # [num_structures], default ones
     forces_weight: torch.Tensor | None = None  # [num_structures], default ones
+    # architectures that train stress (Architecture.trains_stress): reference stress, 0/1 whether a structure has
+    # one, cell volume
+    stress_eV_per_A3: torch.Tensor | None = None  # [num_structures, 3, 3], ASE's sign
+    stress_weight: torch.Tensor | None = None  # [num_structures]
+    volume_A3: torch.Tensor | None = None  # [num_structures]
 
     def to(self, device: torch.device | str) -> "Batch":
         moved = {name: (value.to(device) if isinstance(value, torch.Tensor) else value)
@@ -71,6 +77,10 @@ class Architecture(abc.ABC):
     checkpoint_version: ClassVar[int] = 1
     # Keys of ARCHITECTURE that belong to the engine rather than to this architecture's Hypers.
     engine_keys: ClassVar[tuple[str, ...]] = ("model", "atomic_energies")
+    # True when the architecture trains on stress (GENERAL.compute_stress): its batches carry the stress fields
+    # and it has `predict_stress(model, batch, training=...)` -> {'energy', 'forces', 'stress' [S, 3, 3]}.
+    # Keep in step with registry.STRESS_ARCHITECTURES (read when the settings are, without torch).
+    trains_stress: ClassVar[bool] = False
 
     def __init__(self, hypers: Any, *, dtype: torch.dtype = torch.float64):
         self.hypers = hypers

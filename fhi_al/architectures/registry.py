@@ -27,6 +27,15 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
 }
 
 
+# Architectures that train on stress (GENERAL.compute_stress); the others have no strain hook and refuse it.
+STRESS_ARCHITECTURES = ("MACE", "ScaleShiftMACE")
+
+
+def trains_stress(name: str) -> bool:
+    """True when architecture `name` trains on stress (its class's `trains_stress`)."""
+    return canonical_name(name) in STRESS_ARCHITECTURES
+
+
 def available() -> list[str]:
     return sorted(_REGISTRY)
 

@@ -1,6 +1,7 @@
 """Labelled structures on disk: extxyz files with MACE's keys that grow by durable appends.
 
-A file written here trains unchanged with `mace_run_train --energy_key REF_energy --forces_key REF_forces`.
+A file written here trains unchanged with `mace_run_train --energy_key REF_energy --forces_key REF_forces`
+(periodic frames carry `REF_stress`, Voigt 6 in eV/Å³: add `--stress_key REF_stress`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from ase import Atoms
 
 from fhi_al.durable import append_durable, atomic_write_bytes
 from fhi_al.errors import InputError
-from fhi_al.labeling.label import LABEL_ID_KEY, REF_ENERGY_KEY, REF_FORCES_KEY, REFERENCE_KEY, labelled_atoms
+from fhi_al.labeling.label import (LABEL_ID_KEY, REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY, REFERENCE_KEY,
+                                  labelled_atoms)
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +52,21 @@ def with_provenance(labelled: Atoms, *, procedure: str, trajectory: int, md_step
     stored.info = {REF_ENERGY_KEY: float(labelled.info[REF_ENERGY_KEY]), CONFIG_TYPE_KEY: str(config_type),
                    "procedure": str(procedure), "trajectory": int(trajectory), "md_step": int(md_step),
                    REFERENCE_KEY: str(labelled.info[REFERENCE_KEY]), LABEL_ID_KEY: str(labelled.info[LABEL_ID_KEY])}
+    if labelled.info.get(REF_STRESS_KEY) is not None:
+        stored.info[REF_STRESS_KEY] = np.array(labelled.info[REF_STRESS_KEY], dtype=float)
     return stored
 
 
 def label_atoms(atoms: Atoms, *, energy_eV: float, forces_eV_per_A: np.ndarray,
                 config_type: str = DEFAULT_CONFIG_TYPE, procedure: str, trajectory: int, md_step: int,
-                reference: str, label_id: str) -> Atoms:
+                reference: str, label_id: str, stress_eV_per_A3: np.ndarray | None = None) -> Atoms:
     """A calculator-free copy of `atoms` carrying the reference labels and their provenance.
 
     Pass the calculator's raw results (never constraint-adjusted forces). Non-finite results raise
     `ReferenceError`, so no NaN can reach a dataset.
     """
     labelled = labelled_atoms(atoms, energy_eV=energy_eV, forces_eV_per_A=forces_eV_per_A, reference=reference,
-                              label_id=label_id)
+                              label_id=label_id, stress_eV_per_A3=stress_eV_per_A3)
     return with_provenance(labelled, procedure=procedure, trajectory=trajectory, md_step=md_step,
                            config_type=config_type)
 
@@ -203,4 +207,6 @@ def _normalised(atoms: Atoms) -> Atoms:
             atoms.info[key] = kind(atoms.info[key])
     if REF_ENERGY_KEY in atoms.info:
         atoms.info[REF_ENERGY_KEY] = float(atoms.info[REF_ENERGY_KEY])
+    if REF_STRESS_KEY in atoms.info:
+        atoms.info[REF_STRESS_KEY] = np.asarray(atoms.info[REF_STRESS_KEY], dtype=float).reshape(-1)
     return atoms

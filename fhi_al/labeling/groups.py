@@ -118,12 +118,12 @@ class GroupLabeler:
 
 class RemoteReference(Calculator):
     """Parallel mode, ML rank: the reference as an ASE Calculator whose calculations run on a reference
-    group (used to drive ab initio MD and for one-off calls)."""
+    group (used to drive ab initio MD and for one-off calls). With `stress` (the groups' reference gives
+    stress) it also offers the stress of periodic cells."""
 
-    implemented_properties = ["energy", "free_energy", "forces"]
-
-    def __init__(self, labeler: GroupLabeler, name: str):
+    def __init__(self, labeler: GroupLabeler, name: str, *, stress: bool = False):
         super().__init__()
+        self.implemented_properties = ["energy", "free_energy", "forces"] + (["stress"] if stress else [])
         self.labeler = labeler
         self.reference_name = name  # the name of the reference the groups run
         self.calls = 0
@@ -139,6 +139,8 @@ class RemoteReference(Calculator):
             raise ReferenceError(result.error, calculator=self.name)
         self.results = {"energy": result.energy_eV, "free_energy": result.energy_eV,
                         "forces": result.forces_eV_per_A}
+        if result.stress_eV_per_A3 is not None:
+            self.results["stress"] = result.stress_eV_per_A3
 
 
 def serve_reference_group(calc: Any, *, layout: Layout, comm: Comm, timeout_s: float | None,

@@ -16,7 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import InputError, ReferenceError
 from ..md import GuardedDynamics, MDParameters, initialize_velocities, make_dynamics
-from ..references import compute_label
+from ..references import compute_reference_label, gives_stress
 from ..restart import restore_rng, rng_state
 from .state import SamplerState
 
@@ -91,22 +91,24 @@ class LangevinSampler:
 class GuardedReference(Calculator):
     """A local reference driving ab initio MD with the guards of a label: a call that exceeds `timeout_s`,
     fails in the library or returns NaN/inf raises ReferenceError, which the sampler turns into a reset.
-    (A remote reference in parallel mode is guarded on its reference group already.)"""
-
-    implemented_properties = ["energy", "free_energy", "forces"]
+    (A remote reference in parallel mode is guarded on its reference group already.) Offers the stress of
+    periodic cells when the wrapped reference gives it (NPT ab initio MD)."""
 
     def __init__(self, calc: Calculator, *, timeout_s: float | None):
         super().__init__()
         self.calc = calc
         self.timeout_s = timeout_s
+        self.implemented_properties = ["energy", "free_energy", "forces"] + (["stress"] if gives_stress(calc) else [])
 
     def _get_name(self) -> str:
         return self.calc.name  # ASE's Calculator.name: the guarded reference's identity
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        energy, forces = compute_label(self.calc, self.atoms, timeout_s=self.timeout_s)
-        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        label = compute_reference_label(self.calc, self.atoms, timeout_s=self.timeout_s)
+        self.results = {"energy": label.energy_eV, "free_energy": label.energy_eV, "forces": label.forces_eV_per_A}
+        if label.stress_eV_per_A3 is not None:
+            self.results["stress"] = label.stress_eV_per_A3
 
 
 def foundation_calculator(size_or_path: str, *, dtype: str = "float64") -> Calculator:

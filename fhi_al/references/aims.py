@@ -16,7 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from ..errors import InputError, ReferenceError
-from .base import evaluate
+from .base import LABEL_PROPERTIES, STRESS, evaluate, is_periodic_cell
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,20 @@ SPECIES_DIR_KEY = "ACTIVE_LEARNING.species_dir"
 LOG_FILE = "aims.out"
 CONTROL_ATTRIBUTES = ("ase_parameters", "parameters", "keywords")
 DEFAULT_XC = "pbe"
+STRESS_SYMBOL = "ASI_stress"  # optional in the ASI API: libraries without it give no stress
+STRESS_KEYWORD = "compute_analytical_stress"  # FHI-aims computes the stress only when asked in control.in
+
+
+def exports_symbol(lib_path: str | Path, symbol: str) -> bool:
+    """True when the shared library exports `symbol` (loaded the way asi4py loads it, RTLD_GLOBAL); False when it
+    cannot be loaded at all (starting it then fails with asi4py's own error)."""
+    import ctypes
+
+    try:
+        return hasattr(ctypes.CDLL(str(lib_path), mode=ctypes.RTLD_GLOBAL), symbol)
+    except OSError as error:
+        log.debug("cannot load %s to look for %s: %s", lib_path, symbol, error)
+        return False
 
 
 def control_parameters(control: Any) -> dict[str, Any]:
@@ -61,10 +75,10 @@ class AimsASICalculator(Calculator):
 
     `control`: control.in keywords (species blocks are added from `species_dir`); extra keyword arguments
     override control.in keywords (e.g. spin="collinear" for isolated atoms). A change of the atoms (not only
-    their positions) restarts the library.
+    their positions) restarts the library. Stress (periodic cells only) when the library exports ASI_stress;
+    control.in then asks for the analytical stress.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces"]
     name = "aims"
     collective = True  # every rank of the communicator takes part in each calculation
 
@@ -84,15 +98,25 @@ class AimsASICalculator(Calculator):
         self.work_dir = Path(work_dir).resolve()
         self._asi_calc = None
         self._numbers: tuple[int, ...] | None = None
+        self.implemented_properties = ["energy", "free_energy", "forces"]
+        if exports_symbol(self.lib_path, STRESS_SYMBOL):
+            self.implemented_properties.append(STRESS)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         if self._asi_calc is None or self._numbers != tuple(self.atoms.numbers):
             self._start(self.atoms)
-        results = evaluate(self._asi_calc, self.atoms, ("energy", "forces"))
+        wants_stress = self._stress_wanted(self.atoms)
+        results = evaluate(self._asi_calc, self.atoms, (*LABEL_PROPERTIES, STRESS) if wants_stress else
+                           LABEL_PROPERTIES)
         self._check_converged()
         self.results = {"energy": results["energy"], "free_energy": results["energy"],
                         "forces": None if results.get("forces") is None else results["forces"].copy()}
+        if wants_stress and results.get(STRESS) is not None:
+            self.results[STRESS] = results[STRESS].copy()
+
+    def _stress_wanted(self, atoms: Atoms) -> bool:
+        return STRESS in self.implemented_properties and is_periodic_cell(atoms)
 
     def _check_converged(self) -> None:
         asi = self._asi_calc.asi
@@ -107,7 +131,8 @@ class AimsASICalculator(Calculator):
         self.close()
         self._check_species(atoms)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        writer = _InputWriter(self.control)
+        control = {**self.control, STRESS_KEYWORD: True} if self._stress_wanted(atoms) else self.control
+        writer = _InputWriter(control)
         asi = ASIlib(str(self.lib_path), writer, self.comm, atoms, str(self.work_dir), LOG_FILE)
         started = asi.init()  # asi4py prints and swallows its own errors; None means it failed
         failure = self.comm.bcast(writer.error, root=0)

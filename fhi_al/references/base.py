@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,6 +27,33 @@ from .ledger import LABEL, as_ledger
 log = logging.getLogger(__name__)
 
 LABEL_PROPERTIES = ("energy", "forces")
+STRESS = "stress"  # ASE's property: Voigt order xx yy zz yz xz xy, eV/Å³, (1/V) dE/dstrain
+PERIODIC_LABEL_PROPERTIES = (*LABEL_PROPERTIES, STRESS)
+
+
+@dataclass(frozen=True)
+class ReferenceLabel:
+    """What a reference calculation gives a label: energy, raw forces and, for a periodic cell with a reference
+    that implements it, the stress (Voigt 6, eV/Å³, ASE's sign: positive = the cell wants to shrink)."""
+
+    energy_eV: float
+    forces_eV_per_A: np.ndarray
+    stress_eV_per_A3: np.ndarray | None = None
+
+
+def is_periodic_cell(atoms: Atoms) -> bool:
+    """True for a structure periodic in all three directions with a cell of positive volume."""
+    return bool(np.all(atoms.get_pbc())) and abs(float(atoms.cell.volume)) > 0.0
+
+
+def gives_stress(calc: Any) -> bool:
+    """True when the reference implements ASE's stress property (EMT, tblite, an ASI library with ASI_stress)."""
+    return STRESS in getattr(calc, "implemented_properties", ())
+
+
+def label_properties(calc: Any, atoms: Atoms) -> tuple[str, ...]:
+    """The properties a label of `atoms` asks of `calc`: stress too for a periodic cell, if `calc` gives it."""
+    return PERIODIC_LABEL_PROPERTIES if is_periodic_cell(atoms) and gives_stress(calc) else LABEL_PROPERTIES
 
 
 def reference_name(calc: Calculator) -> str:
@@ -94,7 +122,17 @@ def structure_description(atoms: Atoms, label_id: str | None = None) -> str:
 
 def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = None, ledger: Any = None,
                   label_id: str | None = None, purpose: str = LABEL) -> tuple[float, np.ndarray]:
-    """(energy_eV, forces_eV_per_A) of `atoms` from `calc`, or ReferenceError.
+    """(energy_eV, forces_eV_per_A) of `atoms` from `calc`, or ReferenceError (`compute_reference_label`
+    without the stress)."""
+    label = compute_reference_label(calc, atoms, timeout_s=timeout_s, ledger=ledger, label_id=label_id,
+                                    purpose=purpose)
+    return label.energy_eV, label.forces_eV_per_A
+
+
+def compute_reference_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = None, ledger: Any = None,
+                            label_id: str | None = None, purpose: str = LABEL) -> ReferenceLabel:
+    """The ReferenceLabel of `atoms` from `calc` (with stress for a periodic cell when `calc` gives it), or
+    ReferenceError.
 
     Forces are the calculator's raw results, never constraint-adjusted. With `ledger` (a path or a
     references.ledger.Ledger) one durable line is appended per calculation, failed ones included, with its
@@ -110,8 +148,9 @@ def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = N
                               n_atoms=len(atoms), started=started)
     try:
         with _deadline(timeout_s):
-            results, calls = evaluate_counted(calc, work)
-        energy, forces = checked_results(results, n_atoms=len(atoms), calculator=name, structure=where)
+            results, calls = evaluate_counted(calc, work, label_properties(calc, atoms))
+        label = checked_label(results, n_atoms=len(atoms), calculator=name, structure=where,
+                              stress=STRESS in label_properties(calc, atoms))
     except (ReferenceError, InputError):  # already precise: a failed label or the user's input to fix
         record(None, calls=1, ok=False)
         raise
@@ -125,8 +164,8 @@ def compute_label(calc: Calculator, atoms: Atoms, *, timeout_s: float | None = N
         record(None, calls=1, ok=False)
         raise ReferenceError(f"reference calculation failed: {type(err).__name__}: {err}",
                              calculator=name, structure=where) from err
-    record(energy, calls=calls, ok=True)
-    return energy, forces
+    record(label.energy_eV, calls=calls, ok=True)
+    return label
 
 
 def _ledger_recorder(ledger: Any, *, started: float, **fields: Any):
@@ -151,6 +190,41 @@ def _reset_quietly(calc: Calculator) -> None:
 
 def checked_results(results: Mapping[str, Any], *, n_atoms: int, calculator: str,
                     structure: str) -> tuple[float, np.ndarray]:
+    label = checked_label(results, n_atoms=n_atoms, calculator=calculator, structure=structure)
+    return label.energy_eV, label.forces_eV_per_A
+
+
+def checked_label(results: Mapping[str, Any], *, n_atoms: int, calculator: str, structure: str,
+                  stress: bool = False) -> ReferenceLabel:
+    """The label in `results`, checked (shapes, finite numbers); with `stress` the stress must be there too."""
+    energy, forces = _checked_energy_forces(results, n_atoms=n_atoms, calculator=calculator, structure=structure)
+    if not stress:
+        return ReferenceLabel(energy, forces)
+    return ReferenceLabel(energy, forces, checked_stress(results.get(STRESS), calculator=calculator,
+                                                         structure=structure))
+
+
+def checked_stress(value: Any, *, calculator: str, structure: str) -> np.ndarray:
+    """A stress result as Voigt 6 (eV/Å³; a 3x3 tensor is converted), or ReferenceError."""
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    if value is None:
+        raise ReferenceError("reference returned no stress for a periodic structure", calculator=calculator,
+                             structure=structure)
+    stress = np.array(value, dtype=float, copy=True)
+    if stress.shape == (3, 3):
+        stress = full_3x3_to_voigt_6_stress(stress)
+    if stress.shape != (6,):
+        raise ReferenceError(f"reference returned a stress of shape {stress.shape}, expected (6,) or (3, 3)",
+                             calculator=calculator, structure=structure)
+    if not np.all(np.isfinite(stress)):
+        raise ReferenceError("reference returned a non-finite stress (NaN/inf)", calculator=calculator,
+                             structure=structure)
+    return stress
+
+
+def _checked_energy_forces(results: Mapping[str, Any], *, n_atoms: int, calculator: str,
+                           structure: str) -> tuple[float, np.ndarray]:
     if "energy" not in results or results.get("forces") is None:
         raise ReferenceError("reference returned no energy or no forces", calculator=calculator,
                              structure=structure)

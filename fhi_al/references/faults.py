@@ -17,7 +17,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import ReferenceError, SettingsError
-from .base import evaluate, is_collective
+from .base import STRESS, evaluate, gives_stress, is_collective, label_properties
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,6 @@ def wrap_with_faults(calc: Calculator, faults: FaultSpec | str | None = None) ->
 class FaultInjectingCalculator(Calculator):
     """Delegates to `inner`, but per call draws one of: error, hang, NaN forces, or a normal result."""
 
-    implemented_properties = ["energy", "free_energy", "forces"]
-
     def __init__(self, inner: Calculator, spec: FaultSpec):
         super().__init__()
         self.inner = inner
@@ -88,6 +86,10 @@ class FaultInjectingCalculator(Calculator):
     def collective(self) -> bool:
         return is_collective(self.inner)
 
+    @property
+    def implemented_properties(self) -> list[str]:
+        return ["energy", "free_energy", "forces"] + ([STRESS] if gives_stress(self.inner) else [])
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         fault = self._draw()
@@ -98,11 +100,13 @@ class FaultInjectingCalculator(Calculator):
             raise ReferenceError("injected fault: reference error", calculator=self.name, structure=formula)
         if fault == "hang":
             time.sleep(self.spec.hang_s)
-        results = dict(evaluate(self.inner, self.atoms, ("energy", "forces")))
+        results = dict(evaluate(self.inner, self.atoms, label_properties(self.inner, self.atoms)))
         if fault == "nan":
             results["forces"] = np.full((len(self.atoms), 3), np.nan)
         self.results = {"energy": results["energy"], "free_energy": results["energy"],
                         "forces": np.array(results["forces"], copy=True)}
+        if results.get(STRESS) is not None:
+            self.results[STRESS] = np.array(results[STRESS], copy=True)
 
     def _draw(self) -> str | None:
         self.counts["calls"] += 1

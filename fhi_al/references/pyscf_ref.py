@@ -12,7 +12,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 from ase.units import Bohr, Hartree
 
-from ..errors import ReferenceError
+from ..errors import InputError, ReferenceError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,9 @@ class PySCFCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
+        if self.atoms.pbc.any():  # a molecular SCF of a periodic cell would silently drop the images
+            raise InputError("the PySCF reference is for molecules (no periodic boundary conditions, no stress); "
+                             "use xtb, emt or aims for periodic structures", where="REFERENCE.calculator")
         mf = self._mean_field(self.atoms)
         numbers = tuple(self.atoms.numbers)
         dm0 = self._guess[1] if self._guess and self._guess[0] == numbers else None

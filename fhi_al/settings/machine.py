@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 DEVICE_KEY = "MISC.device"
 DTYPE_KEY = "GENERAL.default_dtype"
+STRESS_KEY = "GENERAL.compute_stress"
+STRESS_REFERENCES = ("xtb", "emt")  # always give stress for periodic cells; aims if its library has ASI_stress
 DEVICE_PATTERN = re.compile(r"^(cpu|cuda|mps)(?::(\d+))?$")
 ALL_DTYPES = ("float64", "float32")
 # Apple's MPS backend has no float64 arithmetic.
@@ -100,6 +102,7 @@ def check_mace_settings(mace: schema.MaceSettings, run_dir: Path) -> Device:
     device = check_device(mace.misc.device)
     check_dtype(mace.general.default_dtype, model=mace.architecture.model, hypers=mace.architecture.hypers,
                 device=device)
+    check_stress_training(mace)
     training = mace.training
     if training.resume_from is not None:
         path = Path(training.resume_from).expanduser()
@@ -112,6 +115,52 @@ def check_mace_settings(mace: schema.MaceSettings, run_dir: Path) -> Device:
                             "ARCHITECTURE.atomic_energies (FHI_AL-atomic-energies computes them)",
                             where="TRAINING.energy_target")
     return device
+
+
+def check_stress_training(mace: schema.MaceSettings) -> None:
+    """GENERAL.compute_stress needs an architecture that trains stress and none of the engine's energy terms."""
+    from ..architectures.registry import STRESS_ARCHITECTURES, trains_stress
+
+    arch = mace.architecture
+    if not mace.general.compute_stress:
+        return
+    if not trains_stress(arch.model):
+        raise SettingsError(f"got true but ARCHITECTURE.model {arch.model} cannot train on stress (it has no strain "
+                            f"hook); set compute_stress false or use {' or '.join(STRESS_ARCHITECTURES)}",
+                            where=STRESS_KEY)
+    if arch.energy_shift is not None or arch.energy_scale is not None or arch.zbl:
+        raise SettingsError("got true but the engine's energy terms (ARCHITECTURE.energy_shift, energy_scale, zbl) "
+                            "have no stress; switch them off or compute_stress", where=STRESS_KEY)
+
+
+def check_stress_inputs(settings: schema.RunSettings, pbc, cell_volume_A3: float) -> None:
+    """GENERAL.compute_stress needs a periodic geometry (pbc in all directions, a cell of positive volume) and a
+    reference that gives stress; a periodic geometry cannot use the (molecular) PySCF reference. SettingsError
+    naming the key otherwise."""
+    if settings.calculator == "pyscf" and any(bool(flag) for flag in pbc):
+        raise SettingsError("got pyscf, a reference for molecules, but the geometry is periodic (lattice_vector "
+                            "lines in geometry.in); use xtb, emt or aims", where="REFERENCE.calculator")
+    if not settings.mace.general.compute_stress:
+        return
+    if not all(bool(flag) for flag in pbc) or not cell_volume_A3 > 0.0:
+        raise SettingsError("got true but the geometry is not periodic in all three directions with a cell "
+                            "(lattice_vector lines in geometry.in); stress needs a periodic structure; set "
+                            "compute_stress false for molecules", where=STRESS_KEY)
+    calculator = settings.calculator
+    if calculator in STRESS_REFERENCES:
+        return
+    if calculator == "aims" and _aims_gives_stress(settings.al.active_learning.aims_lib_path):
+        return
+    raise SettingsError(f"got true but the reference {calculator} cannot give stress "
+                        f"{'(its library has no ASI_stress)' if calculator == 'aims' else '(molecules only)'}; "
+                        f"references with stress: {', '.join(STRESS_REFERENCES)}, aims with ASI_stress",
+                        where=STRESS_KEY)
+
+
+def _aims_gives_stress(lib_path) -> bool:
+    from ..references.aims import STRESS_SYMBOL, exports_symbol  # loads the library: only when stress is asked
+
+    return bool(lib_path) and exports_symbol(lib_path, STRESS_SYMBOL)
 
 
 def normalised(mace: schema.MaceSettings, device: Device) -> schema.MaceSettings:

@@ -32,7 +32,9 @@ class GeneralSettings:
     model_dir: str = option("model", "Folder for the exported model files ({tag}.model).")
     log_dir: str = option("logs", "Folder for the log files of each procedure.")
     results_dir: str = option("results", "Folder for loss curves, error tables and plots.", aliases=["loss_dir"])
-    compute_stress: bool = option(False, "Train on stresses as well (periodic systems); not used yet.")
+    compute_stress: bool = option(False, "Train on the reference stress of periodic structures (REF_stress) with "
+                                         "TRAINING.stress_weight and virials_weight; needs a periodic geometry, a "
+                                         "reference that gives stress (aims, xtb, emt) and a MACE architecture.")
 
 
 GENERAL_UNUSED = ("save_cpu", "compute_forces", "model_choice", "output_dir")
@@ -137,6 +139,11 @@ class TrainingSettings:
                        choices=["weighted"])
     energy_weight: float = option(1.0, "Weight of the energy term of the loss.", minimum=0.0)
     forces_weight: float = option(1000.0, "Weight of the forces term of the loss.", minimum=0.0)
+    stress_weight: float = option(1.0, "GENERAL.compute_stress: weight of mace's stress term, the mean squared "
+                                       "stress error in (eV/Å³)² (0 = off).", minimum=0.0)
+    virials_weight: float = option(1.0, "GENERAL.compute_stress: weight of mace's virials term, the mean squared "
+                                        "virial error per atom in (eV/atom)², virial = -volume·stress (0 = off).",
+                                   minimum=0.0)
     config_type_weights: dict[str, float] = option({"Default": 1.0}, "Loss weight per config_type of a structure.")
     force_alpha: float | None = option(None, "aenet's weighting: loss = (1 - α)·energy term + α·force term; "
                                              "replaces energy_weight/forces_weight when set.", minimum=0.0,
@@ -186,7 +193,7 @@ class TrainingSettings:
 TRAINING_UNUSED = ("valid_fraction", "train_path", "valid_path", "test_path", "max_num_epochs", "patience",
                    "eval_interval", "swa", "swa_lr", "swa_energy_weight", "swa_forces_weight",
                    "swa_virials_weight", "swa_stress_weight", "swa_dipole_weight", "start_swa",
-                   "virials_weight", "stress_weight", "dipole_weight", "pretrained_model", "pretrained_weights",
+                   "dipole_weight", "pretrained_model", "pretrained_weights",
                    "update_avg_num_neighbors", "perform_finetuning", "finetuning_choice", "freeze_embedding",
                    "freeze_zbl", "freeze_hirshfeld", "freeze_partial_charges", "freeze_shifts", "freeze_scales",
                    "convert_to_lora", "lora_rank", "lora_alpha", "lora_freeze_A", "convert_to_multihead")

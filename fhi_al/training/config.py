@@ -26,6 +26,7 @@ class TrainingConfig:
     checkpoints_dir: str = "checkpoints"
     model_dir: str = "model"
     results_dir: str = "results"
+    compute_stress: bool = False  # train on REF_stress (architectures with trains_stress)
     # mace.training (defaults are mace's)
     batch_size: int = 10
     valid_batch_size: int = 10
@@ -46,6 +47,8 @@ class TrainingConfig:
     clip_grad: float | None = 10.0
     energy_weight: float = 1.0
     forces_weight: float = 100.0
+    stress_weight: float = 1.0  # compute_stress: mace's stress loss weight
+    virials_weight: float = 1.0  # compute_stress: mace's virials loss weight
     config_type_weights: dict[str, float] | None = None  # loss weight per atoms.info["config_type"]
     valid_skip: int = 1  # validate every valid_skip epochs (active_learning.valid_skip)
     force_alpha: float | None = None  # aenet: loss = (1 - alpha) E-term + alpha F-term (replaces the weights)
@@ -112,6 +115,21 @@ class TrainingConfig:
             values["results_dir"] = general.loss_dir
         values.update(overrides)
         return cls(**values)
+
+    def check_stress_training(self, architecture: Any) -> None:
+        """compute_stress needs an architecture that trains stress and no engine energy terms (their stress is
+        not computed); else InputError naming GENERAL.compute_stress and the model."""
+        from ..errors import InputError
+        from .head import HeadedArchitecture, base_architecture
+
+        if not self.compute_stress:
+            return
+        if not getattr(base_architecture(architecture), "trains_stress", False):
+            raise InputError(f"architecture {self.model} cannot train on stress (it has no strain hook); set it "
+                             f"false or use MACE", where="GENERAL.compute_stress")
+        if isinstance(architecture, HeadedArchitecture):
+            raise InputError("training on stress with the engine's energy terms (ARCHITECTURE.energy_shift, "
+                             "energy_scale, zbl) is not supported", where="GENERAL.compute_stress")
 
     def with_hypers(self) -> "TrainingConfig":
         """This config with `hypers` filled in with the architecture's defaults when missing."""

@@ -29,7 +29,7 @@ from . import finetune, optim, session, statistics_refs, stopping
 from .checkpoint import CheckpointHandler, restore_training_state, statistics_from_state
 from .config import TrainingConfig
 from .head import HeadedArchitecture, HeadSpec, base_architecture
-from .metrics import LossTargets, error_metrics, make_loss
+from .metrics import LossTargets, error_metrics, make_loss, stress_note, with_stress
 from .selection import OutlierFilter, SampleCache, force_selection, structure_key
 from .stopping import StopReason, TrainingStop
 
@@ -117,9 +117,12 @@ class Trainer:
         keep_last = self.config.max_checkpoints or (None if self.config.keep_checkpoints else 1)
         self.checkpoints = CheckpointHandler(self.run_dir / self.config.checkpoints_dir, keep_last=keep_last)
         c = self.config
-        self.loss_fn = make_loss(energy_weight=c.energy_weight, forces_weight=c.forces_weight, dtype=c.dtype,
-                                 criterion=c.criterion, huber_delta=c.huber_delta, energy_loss=c.energy_loss,
-                                 force_alpha=c.force_alpha)
+        c.check_stress_training(self.architecture)
+        base_loss = make_loss(energy_weight=c.energy_weight, forces_weight=c.forces_weight, dtype=c.dtype,
+                              criterion=c.criterion, huber_delta=c.huber_delta, energy_loss=c.energy_loss,
+                              force_alpha=c.force_alpha)
+        self.loss_fn = with_stress(base_loss, compute_stress=c.compute_stress, stress_weight=c.stress_weight,
+                                   virials_weight=c.virials_weight)
         self.device = torch.device(self.config.device)
         # through a lambda so that the architecture's current featurize is used
         self.cache = SampleCache(lambda atoms: self.architecture.featurize(atoms), enabled=c.cache_featurization,
@@ -266,7 +269,7 @@ class Trainer:
     def _step(self, member: Member, batch, weights: torch.Tensor | None, force_mask: torch.Tensor | None = None,
               *, use_scheduler: bool = False) -> tuple:
         member.optimizer.zero_grad(set_to_none=True)
-        pred = self.architecture.predict(member.model, batch, training=True)
+        pred = self._predict(member.model, batch, training=True)
         targets = LossTargets.from_batch(batch).scaled(weights)
         loss = self.loss_fn(targets.with_force_mask(force_mask), pred)
         loss.backward()
@@ -304,9 +307,9 @@ class Trainer:
                   "time": time.time()}
         member.history.append(record)
         self._append_history(member.tag, record)
-        log.info("%s epoch %d: loss %.4g, energy RMSE %.2f meV/atom, forces RMSE %.1f meV/Å", member.tag,
+        log.info("%s epoch %d: loss %.4g, energy RMSE %.2f meV/atom, forces RMSE %.1f meV/Å%s", member.tag,
                  member.epoch, metrics["loss"], 1e3 * metrics["energy_rmse_per_atom"], 1e3 * metrics["forces_rmse"],
-                 extra=DETAIL)
+                 stress_note(metrics), extra=DETAIL)
         return metrics
 
     def evaluate(self, member: Member, atoms: Sequence[Atoms]) -> dict[str, float]:
@@ -317,19 +320,25 @@ class Trainer:
         return {"loss": loss, **error_metrics(all_targets, pred)}
 
     def predict_labelled(self, member: Member, atoms: Sequence[Atoms]) -> tuple[LossTargets, dict]:
-        """(targets, predictions {'energy', 'forces'}) of the member (EMA weights) on labelled `atoms`."""
+        """(targets, predictions {'energy', 'forces'[, 'stress']}) of the member (EMA weights) on labelled `atoms`."""
         samples = self.samples(atoms)
-        targets, energies, forces = [], [], []
+        targets, outputs = [], {"energy": [], "forces": [], "stress": []}
         member.model.eval()
         with member.averaged():
             for start in range(0, len(samples), self.config.valid_batch_size):
                 stop = start + self.config.valid_batch_size
                 batch = self.architecture.collate(samples[start:stop]).to(self.device)
-                pred = self.architecture.predict(member.model, batch, training=False)
+                pred = self._predict(member.model, batch, training=False)
                 targets.append(LossTargets.from_batch(batch).scaled(self._config_weights(atoms[start:stop])))
-                energies.append(pred["energy"].detach())
-                forces.append(pred["forces"].detach())
-        return LossTargets.concatenate(targets), {"energy": torch.cat(energies), "forces": torch.cat(forces)}
+                for key, value in pred.items():
+                    outputs[key].append(value.detach())
+        return LossTargets.concatenate(targets), {key: torch.cat(value) for key, value in outputs.items() if value}
+
+    def _predict(self, model: torch.nn.Module, batch, *, training: bool) -> dict[str, torch.Tensor]:
+        """Energy and forces of a batch, and the stress when GENERAL.compute_stress is on."""
+        if self.config.compute_stress:
+            return self.architecture.predict_stress(model, batch, training=training)
+        return self.architecture.predict(model, batch, training=training)
 
     def converge(self, member: Member, max_epochs: int, patience: int, margin: float, *,
                  valid_skip: int | None = None, limit_key: str = "max_final_epochs") -> TrainingStop:

@@ -4,7 +4,10 @@
  * geometry.in (atom count) and control.in (sc_iter_limit) from the working directory in ASI_init, takes
  * coordinates (Bohr) from ASI_set_atom_coords / ASI_set_geometry, and computes energy (Ha) and forces
  * (Ha/Bohr) in ASI_run. The pair loop is split over the ranks of the communicator given to ASI_init and
- * summed with MPI_Allreduce, so every rank ends up with the same numbers.
+ * summed with MPI_Allreduce, so every rank ends up with the same numbers. For a periodic structure
+ * (ASI_set_geometry with a lattice) ASI_stress returns the analytic virial stress of the same pair sum,
+ * sigma = -(1/V) sum_pairs f (x) d (Ha/Bohr^3), i.e. (1/V) dE/dstrain of the energy it reports; the pair sum
+ * itself stays that of a cluster (no periodic images).
  *
  * Knobs for tests, read from control.in:
  *   sc_iter_limit N      with N < STANDIN_MIN_SCF_ITERATIONS the "SCF" is reported as not converged;
@@ -30,6 +33,8 @@ static int n_atoms = 0;
 static double *coords = NULL; /* n_atoms x 3, Bohr */
 static double *forces = NULL; /* n_atoms x 3, Ha/Bohr */
 static double energy = 0.0;
+static double stress[9]; /* 3 x 3, Ha/Bohr^3, row-major */
+static double volume = 0.0; /* Bohr^3; 0 for a cluster (no lattice given): no stress */
 static bool scf_converged = false;
 static bool fail_run = false;
 static int n_runs = 0;
@@ -96,19 +101,32 @@ void ASI_init(const char *inputpath, const char *outputfile, int mpi_fcomm) {
     }
 }
 
-void ASI_set_atom_coords(const double *xyz, int n) {
+static void set_coords(const double *xyz, int n) {
     resize(n);
     memcpy(coords, xyz, sizeof(double) * 3 * (size_t)n);
 }
 
+void ASI_set_atom_coords(const double *xyz, int n) {
+    set_coords(xyz, n);
+    volume = 0.0;
+}
+
+static double determinant(const double *m) {
+    return m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6])
+         + m[2] * (m[3] * m[7] - m[4] * m[6]);
+}
+
 void ASI_set_geometry(const double *xyz, int n, const double *lattice) {
-    (void)lattice; /* a cluster code: the lattice is ignored */
-    ASI_set_atom_coords(xyz, n);
+    set_coords(xyz, n); /* the lattice only gives the volume of the stress; the pair sum has no images */
+    volume = lattice ? fabs(determinant(lattice)) : 0.0;
 }
 
 void ASI_run(void) {
-    /* buffer = forces (3n) followed by the energy, reduced in one call */
-    double *local = calloc((size_t)(3 * n_atoms + 1), sizeof(double));
+    /* buffer = forces (3n), the energy, then the 9 virial components sum_pairs f (x) d, reduced in one call */
+    int n_values = 3 * n_atoms + 1 + 9;
+    double *local = calloc((size_t)n_values, sizeof(double));
+    double *total = calloc((size_t)n_values, sizeof(double));
+    double *virial = local + 3 * n_atoms + 1;
     long pair = 0;
     for (int i = 0; i < n_atoms; i++) {
         for (int j = i + 1; j < n_atoms; j++, pair++) {
@@ -125,15 +143,21 @@ void ASI_run(void) {
             for (int k = 0; k < 3; k++) {
                 local[3 * i + k] += scale * d[k];
                 local[3 * j + k] -= scale * d[k];
+                for (int l = 0; l < 3; l++) virial[3 * k + l] += scale * d[k] * d[l];
             }
         }
     }
-    MPI_Allreduce(local, forces, 3 * n_atoms + 1, MPI_DOUBLE, MPI_SUM, comm);
-    energy = forces[3 * n_atoms];
+    MPI_Allreduce(local, total, n_values, MPI_DOUBLE, MPI_SUM, comm);
+    memcpy(forces, total, sizeof(double) * 3 * (size_t)n_atoms);
+    energy = total[3 * n_atoms];
+    /* dE/dstrain_kl = -sum_pairs f_k d_l, so sigma = -(1/V) sum_pairs f (x) d */
+    for (int k = 0; k < 9; k++) stress[k] = volume > 0.0 ? -total[3 * n_atoms + 1 + k] / volume : 0.0;
     free(local);
+    free(total);
     if (fail_run) {
         energy = NAN;
         for (int k = 0; k < 3 * n_atoms; k++) forces[k] = NAN;
+        for (int k = 0; k < 9; k++) stress[k] = NAN;
     }
     n_runs++;
     if (out) {
@@ -159,7 +183,7 @@ void ASI_finalize(void) {
 int ASI_n_atoms(void) { return n_atoms; }
 double ASI_energy(void) { return energy; }
 const double *ASI_forces(void) { return forces; }
-const double *ASI_stress(void) { return NULL; }
+const double *ASI_stress(void) { return volume > 0.0 ? stress : NULL; }
 bool ASI_is_scf_converged(void) { return scf_converged; }
 const double *ASI_atomic_charges(int scheme) { (void)scheme; return NULL; }
 

@@ -22,12 +22,14 @@ from mace.tools.torch_tools import default_dtype
 
 from ...durable import atomic_torch_save
 from ...errors import InputError
-from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, Architecture, Batch, DatasetStatistics
+from ..base import REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY, Architecture, Batch, DatasetStatistics
 from .hypers import MaceHypers
 
 log = logging.getLogger(__name__)
 
-KEYSPEC = mace_data.KeySpecification(info_keys={"energy": REF_ENERGY_KEY}, arrays_keys={"forces": REF_FORCES_KEY})
+# a structure without REF_stress gets mace's stress_weight 0
+KEYSPEC = mace_data.KeySpecification(info_keys={"energy": REF_ENERGY_KEY, "stress": REF_STRESS_KEY},
+                                     arrays_keys={"forces": REF_FORCES_KEY})
 # mace_run_train builds "MACE" as a ScaleShiftMACE with zero shift and a non-residual first interaction.
 HEAD_KEY, DEFAULT_HEAD = "head", "Default"  # mace's head key in atoms.info and its default head
 PLAIN_MACE_FIRST_INTERACTIONS = ("RealAgnosticInteractionBlock", "RealAgnosticDensityInteractionBlock")
@@ -41,6 +43,7 @@ class MaceArchitecture(Architecture):
     Hypers: ClassVar[type] = MaceHypers
     checkpoint_version: ClassVar[int] = 1
     variants: ClassVar[tuple[str, ...]] = ("MACE", "ScaleShiftMACE")
+    trains_stress: ClassVar[bool] = True
 
     def __init__(self, hypers: MaceHypers, *, dtype: torch.dtype = torch.float64, variant: str = "MACE"):
         super().__init__(hypers, dtype=dtype)
@@ -198,17 +201,21 @@ class MaceArchitecture(Architecture):
     def collate(self, samples: Sequence[Any]) -> Batch:
         batch = torch_geometric.Batch.from_data_list(list(samples))
         num_atoms = batch.ptr[1:] - batch.ptr[:-1]
+        volume = torch.linalg.det(batch.cell.view(-1, 3, 3)).abs()
         return Batch(inputs=batch, energy_eV=batch.energy, forces_eV_per_A=batch.forces, num_atoms=num_atoms,
                      structure_index=batch.batch, energy_weight=batch.weight * batch.energy_weight,
-                     forces_weight=batch.weight * batch.forces_weight)
+                     forces_weight=batch.weight * batch.forces_weight, stress_eV_per_A3=batch.stress,
+                     stress_weight=batch.weight * batch.stress_weight * (volume > 0), volume_A3=volume)
 
     def predict(self, model: torch.nn.Module, batch: Batch, *, training: bool = False) -> dict[str, torch.Tensor]:
         out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=False)
         return {"energy": out["energy"], "forces": out["forces"]}
 
-    def predict_stress(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
-        """Energy, forces and stress [num_structures, 3, 3] (eV/Å³, mace's sign) of a periodic batch."""
-        out = model(batch.inputs.to_dict(), training=False, compute_force=True, compute_stress=True)
+    def predict_stress(self, model: torch.nn.Module, batch: Batch, *,
+                       training: bool = False) -> dict[str, torch.Tensor]:
+        """Energy, forces and stress [num_structures, 3, 3] (eV/Å³, ASE's sign, (1/V) dE/dstrain; zero for a
+        structure without a cell) of a batch, by mace's strain displacement."""
+        out = model(batch.inputs.to_dict(), training=training, compute_force=True, compute_stress=True)
         return {"energy": out["energy"], "forces": out["forces"], "stress": out["stress"]}
 
     def positions(self, inputs: Any) -> torch.Tensor:

@@ -21,7 +21,7 @@ from fhi_al.settings.loader import check_md_trajectories, load_al_settings
 BAROSTATS = ("berendsen", "mtk", "isomtk")
 TEMPERATURE_K = 300.0
 PRESSURE_PA = 5e9  # 5 GPa: a volume change of ~3.5% in Cu, far above the fluctuations of a 32-atom cell
-# Fast couplings so that 400 steps of 2 fs (0.8 ps) relax the volume; physics, not production settings.
+# Fast couplings so that 300 steps of 2 fs (0.6 ps) relax the volume; physics, not production settings.
 FAST = dict(timestep_fs=2.0, friction_per_fs=0.01, stat_ensemble="NPT", tdamp_fs=50.0, pdamp_fs=200.0,
             taut_fs=50.0, taup_fs=100.0)
 
@@ -56,7 +56,7 @@ def emt_bulk_modulus_Pa() -> float:
     return modulus / GPa * 1e9
 
 
-def sampled(dynamics: GuardedDynamics, *, segments: int = 40, steps: int = 10) -> tuple[float, float]:
+def sampled(dynamics: GuardedDynamics, *, segments: int = 30, steps: int = 10) -> tuple[float, float]:
     """Mean volume (Å³) and kinetic temperature over the second half of `segments` segments."""
     volumes, temperatures = [], []
     for _ in range(segments):
@@ -75,7 +75,7 @@ def test_volume_answers_the_pressure_and_the_temperature_is_sampled(barostat):
     expected = -PRESSURE_PA / emt_bulk_modulus_Pa()
     assert volume_p < volume_0
     assert volume_p / volume_0 - 1.0 == pytest.approx(expected, rel=0.3)
-    # 32 atoms, 20 samples over 0.4 ps: a loose band around the target
+    # 32 atoms, 15 samples over 0.3 ps: a loose band around the target
     for temperature in (temperature_0, temperature_p):
         assert 0.8 * TEMPERATURE_K < temperature < 1.25 * TEMPERATURE_K
 
@@ -140,7 +140,7 @@ def test_collapse_and_explosion_are_caught_and_the_cell_restored(pressure_Pa, re
     dynamics = guarded("berendsen", 0.0)
     assert dynamics.run(5) is None
     good_cell, good_step = dynamics.atoms.get_cell().array.copy(), dynamics.step
-    dynamics.dyn.set_pressure(pressure_au=pressure_Pa * 1e-9 * GPa)
+    dynamics.dyn.pressure = pressure_Pa * 1e-9 * GPa  # (ASE 3.29's set_pressure fails on its own arguments)
     dynamics.dyn.set_taup(5 * dynamics.dyn.dt)
     got = dynamics.run(5)
     assert got is not None and reason in got
@@ -151,10 +151,14 @@ def test_collapse_and_explosion_are_caught_and_the_cell_restored(pressure_Pa, re
 def test_reset_of_an_mtk_trajectory_is_a_fresh_start_from_the_last_good_frame():
     dynamics = guarded("mtk", 1e9)
     dynamics.run(20)
-    good_cell = dynamics.atoms.get_cell().array.copy()
-    dynamics.run(7)  # moves on; the reset goes back to step 20's frame
+    good_cell = dynamics.atoms.get_cell().array.copy()  # the last good frame: a segment's end
+    assert integrator_state(dynamics.dyn).thermostat.momenta.any()
+    for _ in range(3):  # moves on without observers (as inside a segment that then fails)
+        dynamics.dyn.step()
+    assert not np.array_equal(dynamics.atoms.get_cell().array, good_cell)
     dynamics.reset("test")
     np.testing.assert_array_equal(dynamics.atoms.get_cell().array, good_cell)
+    np.testing.assert_array_equal(dynamics.dyn._h, good_cell)  # the integrator's own copy of the cell too
     state = integrator_state(dynamics.dyn)
     assert not state.thermostat.momenta.any() and not state.cell_momenta.any()
     # the integrator continues from what the atoms hold now: the same as an MTK built on that frame
@@ -239,7 +243,7 @@ def test_trajectories_take_their_own_md_settings():
     from fhi_al.procedures.trajectories import make_trajectories
 
     nvt = MDParameters(temperature_K=300.0, timestep_fs=1.0, friction_per_fs=0.01)
-    npt = md_parameters("isomtk", 1e9, temperature_K=600.0)
+    npt = MDParameters(**{**md_parameters("isomtk", 1e9).__dict__, "temperature_K": 600.0})
     trajectories = make_trajectories([copper(1), copper(1)], EMT(), mds=[nvt, npt], seed=3)
     assert type(trajectories[0].dynamics.dyn).__name__ == "Langevin"
     assert type(trajectories[1].dynamics.dyn).__name__ == "IsotropicMTKNPT"

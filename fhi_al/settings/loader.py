@@ -173,6 +173,18 @@ def load_al_settings(path: Path) -> schema.AlSettings:
         raise _with_file(error, path) from None
 
 
+def build_reference(raw: Any) -> schema.ReferenceSettings:
+    if raw is not None and not isinstance(raw, dict):
+        raise SettingsError(f"expected a mapping of keys to values, got {type(raw).__name__}", where="REFERENCE")
+    raw = dict(raw or {})
+    nested = {}
+    for name, cls in schema.REFERENCE_SUBSECTIONS.items():
+        key = next((k for k in raw if str(k).lower() == name), None)
+        nested[name] = build_section(cls, raw.pop(key) if key is not None else None, f"REFERENCE.{name}")
+    top = build_section(schema.ReferenceSettings, raw, "REFERENCE")
+    return dataclasses.replace(top, **nested)
+
+
 # ------------------------------------------------------------------------------------------------ ARCHITECTURE
 def hypers_class(model: str) -> type:
     """The Hypers dataclass of an architecture, from its torch-free `hypers` module."""

@@ -65,16 +65,3 @@ def check_md_trajectories(al: schema.AlSettings) -> None:
         raise SettingsError(f"no entry for trajectory {', '.join(map(str, missing))}; with MD given per trajectory, "
                             f"every trajectory 0..{count - 1} (ACTIVE_LEARNING.num_trajectories = {count}) needs "
                             f"one", where="MD")
-
-
-
-def build_reference(raw: Any) -> schema.ReferenceSettings:
-    if raw is not None and not isinstance(raw, dict):
-        raise SettingsError(f"expected a mapping of keys to values, got {type(raw).__name__}", where="REFERENCE")
-    raw = dict(raw or {})
-    nested = {}
-    for name, cls in schema.REFERENCE_SUBSECTIONS.items():
-        key = next((k for k in raw if str(k).lower() == name), None)
-        nested[name] = build_section(cls, raw.pop(key) if key is not None else None, f"REFERENCE.{name}")
-    top = build_section(schema.ReferenceSettings, raw, "REFERENCE")
-    return dataclasses.replace(top, **nested)

@@ -21,7 +21,8 @@ class MdSettings:
     timestep: float = option(0.5, "MD time step.", minimum=0.0, exclusive_minimum=True, unit="fs")
     friction: float = option(0.001, "Langevin friction coefficient (NVT).", minimum=0.0, exclusive_minimum=True,
                              unit="1/fs")
-    seed: int = option(42, "Seed of the thermostat's random numbers and initial velocities.",
+    seed: int = option(42, "Seed of the thermostat's random numbers and initial velocities (with MD per "
+                           "trajectory, trajectory 0's seed seeds every trajectory's stream).",
                        aliases=["MD_seed"])
     barostat: str = option("mtk", "NPT integrator: berendsen (ASE NPTBerendsen: Berendsen velocity and cell "
                                   "scaling), mtk (MTKNPT: Martyna-Tobias-Klein, full cell, Nosé-Hoover chains) "

@@ -283,3 +283,39 @@ def test_npt_with_a_tiny_mace_ensemble(tmp_path):
         assert atoms.get_volume() != volume
     else:  # an untrained model may blow the cell up: the reset put back a good cell
         assert cell_problem(atoms, volume) is None
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow  # about 80 s: an initial dataset and 2 x 60 MLFF MD steps with training
+def test_active_learning_with_an_nvt_and_an_npt_trajectory(tmp_path):
+    """FHI_AL on bulk Cu with the EMT reference: trajectory 0 (NVT, also the initial dataset's ab initio MD) keeps
+    its cell, trajectory 1 (MTK at 2 GPa on the MACE ensemble) labels frames of other volumes and saves its chains."""
+    import json
+
+    import yaml
+    from ase.io import read
+    from workflow import make_run_folder, run_cli
+
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))
+    folder = make_run_folder(tmp_path / "run", atoms=atoms, mace={"GENERAL": {"name_exp": "cu", "seed": 3}})
+    al = yaml.safe_load((folder / "active_learning_settings.yaml").read_text())
+    al["ACTIVE_LEARNING"].update(desired_acc=0.0, max_initial_epochs=6, n_samples=3, valid_ratio=0.3,
+                                 initial_sampling="aimd", initial_member_data="shared", skip_step_mlff=3, c_x=0.0,
+                                 threshold_warmup_checks=3, uncert_not_crossed_limit=10, max_MD_steps=60,
+                                 max_set_size=30)
+    al["MD"] = {0: {"temperature": 300, "timestep": 2.0, "friction": 0.01},
+                1: {"temperature": 500, "timestep": 2.0, "stat_ensemble": "NPT", "barostat": "mtk",
+                    "pressure": 2.0e9, "pdamp": 200.0}}
+    al["REFERENCE"] = {"calculator": "emt"}
+    (folder / "active_learning_settings.yaml").write_text(yaml.safe_dump(al))
+    result = run_cli("FHI_AL", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    volume = atoms.get_volume()
+    frames = read(folder / "data/al/train.xyz", index=":") + read(folder / "data/al/valid.xyz", index=":")
+    by_trajectory = {index: [f for f in frames if f.info["label_id"].startswith(f"al-t{index}-")] for index in (0, 1)}
+    assert by_trajectory[0] and by_trajectory[1]
+    assert all(f.get_volume() == pytest.approx(volume, rel=1e-12) for f in by_trajectory[0])
+    assert max(abs(f.get_volume() / volume - 1.0) for f in by_trajectory[1]) > 1e-3
+    record = json.loads((folder / "restart/al/state.json").read_text())["data"]["trajectories"]
+    assert "integrator" not in record[0]["md"] and "integrator" in record[1]["md"]

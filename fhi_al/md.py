@@ -29,8 +29,9 @@ DEFAULT_MAX_TEMPERATURE_FACTOR = 5.0
 # so a volume halved is a model without repulsion and a volume doubled is a cell flying apart.
 MIN_VOLUME_RATIO = 0.5
 MAX_VOLUME_RATIO = 2.0
-# A cell whose volume is below this fraction of the product of its edge lengths (the cube of the sine of the
-# angle between nearly coplanar vectors) has sheared flat: 0.05 is a cell angle of about 3 degrees.
+# A cell whose volume is below this fraction of the product of its edge lengths has sheared flat: for two
+# orthogonal vectors the fraction is the sine of the third vector's angle to their plane, so 0.05 is ~3 degrees
+# (an fcc primitive cell has 0.71, a hexagonal one 0.87).
 MIN_CELL_FLATNESS = 0.05
 
 
@@ -178,7 +179,8 @@ def restore_md_state(atoms: Atoms, state: MDState, dyn: Any = None) -> int:
 
 
 class BlowUpDetector:
-    """Tells whether a frame is unphysical: non-finite numbers, an atom far from all others, overheating."""
+    """Tells whether a frame is unphysical: non-finite numbers, an atom far from all others, overheating, and
+    for periodic frames a non-finite, flat, collapsed or exploded cell."""
 
     def __init__(self, *, target_temperature_K: float, max_distance_A: float = DEFAULT_MAX_DISTANCE_A,
                  max_temperature_factor: float = DEFAULT_MAX_TEMPERATURE_FACTOR):
@@ -276,7 +278,8 @@ class GuardedDynamics:
     observers attached through `dyn.attach`.
 
     The guard observer checks the frame each segment ends on (non-finite numbers, a flying atom,
-    overheating, a collapsed, exploded or degenerate cell); a good frame becomes the last good frame and is handed to the `on_good_frame` observers.
+    overheating, a collapsed, exploded or degenerate cell); a good frame becomes the last good frame and is
+    handed to the `on_good_frame` observers.
     A bad frame, or a failed calculation, puts the trajectory back on the last good frame with fresh
     Maxwell-Boltzmann velocities (from `rng`); the step counter keeps running, so ids made from the step
     stay unique. Only a segment's last frame is checked (one neighbour list per hand-out, not per step): the

@@ -120,7 +120,8 @@ def sync_integrator(dyn: Any, state: IntegratorState | None) -> None:
         if state is None or state.reference_cell is None:
             dyn._cell0, dyn._eps, dyn._p_eps = np.array(atoms.get_cell()), 0.0, 0.0
         else:
-            dyn._cell0, dyn._eps, dyn._p_eps = state.reference_cell.copy(), state.log_strain, float(state.cell_momenta[0])
+            dyn._cell0, dyn._eps = state.reference_cell.copy(), state.log_strain
+            dyn._p_eps = float(state.cell_momenta[0])
         dyn._volume0 = abs(float(np.linalg.det(dyn._cell0)))
         return
     dyn._h = np.array(atoms.get_cell())

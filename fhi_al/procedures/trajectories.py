@@ -1,5 +1,5 @@
 """MLFF trajectories of the active-learning loop: MD on the ensemble mean (NVT or NPT, per trajectory), each with
-stream, a small state machine (running -> waiting for the reference -> training -> running) and the
+its own RNG stream, a small state machine (running -> waiting for the reference -> training -> running) and the
 state it needs to resume after a kill.
 """
 

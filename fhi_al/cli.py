@@ -112,12 +112,24 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
     check_stress_inputs(settings, geometry.pbc, geometry.cell.volume)
     check_foundation(settings, geometry)
+    check_md_ensemble(settings, geometry, run_dir / settings.al.misc.path_to_geometry)
     control = None
     if settings.calculator == "aims":
         control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
                                           settings.al.active_learning.species_dir, geometry)
     return RunContext(run_dir=run_dir, settings=settings, geometry=geometry, control=control, comm=comm,
                       log_level=log_level or settings.mace.misc.log_level)
+
+
+def check_md_ensemble(settings, geometry, geometry_path: Path) -> None:
+    """NPT changes the cell: every MD block (or per-trajectory entry) asking for it needs a periodic structure."""
+    if geometry.pbc.all():
+        return
+    for key, md in settings.al.md_entries():
+        if md.stat_ensemble == "NPT":
+            raise InputError(f"NPT needs a structure periodic in all three directions (three lattice_vector lines), "
+                             f"but {geometry_path.name} is not; use NVT for a molecule or a slab",
+                             where=f"{key}.stat_ensemble")
 
 
 def check_foundation(settings, geometry) -> None:

@@ -1,5 +1,5 @@
-"""Molecular dynamics for sampling: the dynamics factory, velocities, restartable MD state and one guarded
-dynamics (blow-up detection, return to the last good frame with fresh velocities) that every MD runs in.
+"""Molecular dynamics for sampling: the dynamics factory (NVT Langevin, NPT), velocities, restartable MD state and
+one guarded dynamics (blow-up detection, return to the last good frame with fresh velocities) that every MD runs in.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from ase.md.velocitydistribution import Stationary
 from ase.parallel import DummyMPI
 from .neighbours import neighbour_list
 
+from .npt import IntegratorState, integrator_state, make_npt, sync_integrator
+
 log = logging.getLogger(__name__)
 
 COM_DOF = 3  # centre-of-mass translation, removed from the kinetic temperature
@@ -22,24 +24,65 @@ DEFAULT_MAX_DISTANCE_A = 5.0
 # Instantaneous temperatures of small molecules fluctuate strongly (chi-squared with 3N-3 dof):
 # for 8 atoms, 5x the target has a probability below 1e-12 per step in a healthy run.
 DEFAULT_MAX_TEMPERATURE_FACTOR = 5.0
+# Cell collapse / explosion under NPT: the volume relative to the starting structure's. Condensed matter changes
+# volume by far less at the pressures and temperatures an MD samples (Cu at 100 GPa: V/V0 ~ 0.72; melting: +5%),
+# so a volume halved is a model without repulsion and a volume doubled is a cell flying apart.
+MIN_VOLUME_RATIO = 0.5
+MAX_VOLUME_RATIO = 2.0
+# A cell whose volume is below this fraction of the product of its edge lengths has sheared flat: for two
+# orthogonal vectors the fraction is the sine of the third vector's angle to their plane, so 0.05 is ~3 degrees
+# (an fcc primitive cell has 0.71, a hexagonal one 0.87).
+MIN_CELL_FLATNESS = 0.05
 
 
 @dataclass(frozen=True)
 class MDParameters:
-    """The thermostat of every MD the tool runs (settings section MD)."""
+    """The ensemble of one MD the tool runs (settings section MD, or its entry for one trajectory).
+
+    NVT: Langevin with `friction_per_fs`. NPT: `barostat` berendsen (velocity rescaling with `taut_fs`, cell
+    scaling with `taup_fs` and `compressibility_A3_per_eV`), mtk (full cell) or isomtk (isotropic volume), both
+    MTK with Nosé-Hoover chains (`tdamp_fs`, `tchain`, `tloop` for the particles; `pdamp_fs`, `pchain`, `ploop`
+    for the cell).
+    """
 
     temperature_K: float
     timestep_fs: float
     friction_per_fs: float
+    stat_ensemble: str = "NVT"
+    barostat: str = "mtk"
+    pressure_Pa: float = 101325.0
+    tdamp_fs: float = 50.0
+    pdamp_fs: float = 500.0
+    tchain: int = 3
+    pchain: int = 3
+    tloop: int = 1
+    ploop: int = 1
+    taut_fs: float = 500.0
+    taup_fs: float = 1000.0
+    compressibility_A3_per_eV: float = 1.0
+
+    @property
+    def npt(self) -> bool:
+        return self.stat_ensemble == "NPT"
 
     @classmethod
     def from_settings(cls, md_settings: Any) -> "MDParameters":
         return cls(temperature_K=md_settings.temperature, timestep_fs=md_settings.timestep,
-                   friction_per_fs=md_settings.friction)
+                   friction_per_fs=md_settings.friction, stat_ensemble=md_settings.stat_ensemble,
+                   barostat=md_settings.barostat, pressure_Pa=md_settings.pressure, tdamp_fs=md_settings.tdamp,
+                   pdamp_fs=md_settings.pdamp, tchain=md_settings.tchain, pchain=md_settings.pchain,
+                   tloop=md_settings.tloop, ploop=md_settings.ploop, taut_fs=md_settings.taut,
+                   taup_fs=md_settings.taup, compressibility_A3_per_eV=md_settings.compressibility_au)
 
 
-def make_dynamics(atoms: Atoms, *, md: MDParameters, rng: np.random.Generator) -> Langevin:
-    """The dynamics of `md` on `atoms` (NVT Langevin; the place where NPT integrators will be chosen)."""
+def make_dynamics(atoms: Atoms, *, md: MDParameters, rng: np.random.Generator) -> Any:
+    """The dynamics of `md` on `atoms`: NVT Langevin (driven by `rng`) or an NPT integrator (deterministic;
+    ValueError for a structure that is not periodic in all directions)."""
+    if md.npt:
+        return make_npt(atoms, barostat=md.barostat, temperature_K=md.temperature_K, timestep_fs=md.timestep_fs,
+                        pressure_Pa=md.pressure_Pa, tdamp_fs=md.tdamp_fs, pdamp_fs=md.pdamp_fs, tchain=md.tchain,
+                        pchain=md.pchain, tloop=md.tloop, ploop=md.ploop, taut_fs=md.taut_fs, taup_fs=md.taup_fs,
+                        compressibility_A3_per_eV=md.compressibility_A3_per_eV)
     return make_langevin(atoms, temperature_K=md.temperature_K, timestep_fs=md.timestep_fs,
                         friction_per_fs=md.friction_per_fs, rng=rng)
 
@@ -94,28 +137,35 @@ class MDState:
     cell: np.ndarray  # Å
     pbc: np.ndarray
     step: int
+    integrator: IntegratorState | None = None  # MTK chains and cell momenta (None: all state is above)
 
     def to_record(self) -> dict[str, Any]:
-        """Plain values for fhi_al.restart.save_record (the layout of restart records since version 1)."""
-        return {"numbers": self.numbers, "positions": self.positions, "momenta": self.momenta, "cell": self.cell,
-                "pbc": self.pbc, "step": int(self.step)}
+        """Plain values for fhi_al.restart.save_record (the layout of restart records since version 1; the
+        integrator key only where there is an integrator state)."""
+        record = {"numbers": self.numbers, "positions": self.positions, "momenta": self.momenta,
+                  "cell": self.cell, "pbc": self.pbc, "step": int(self.step)}
+        if self.integrator is not None:
+            record["integrator"] = self.integrator.to_record()
+        return record
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> "MDState":
+        integrator = record.get("integrator")  # absent in records written before NPT
         return cls(numbers=np.asarray(record["numbers"]), positions=np.asarray(record["positions"], dtype=float),
                    momenta=np.asarray(record["momenta"], dtype=float), cell=np.asarray(record["cell"], dtype=float),
-                   pbc=np.asarray(record["pbc"], dtype=bool), step=int(record["step"]))
+                   pbc=np.asarray(record["pbc"], dtype=bool), step=int(record["step"]),
+                   integrator=None if integrator is None else IntegratorState.from_record(integrator))
 
 
-def md_state(atoms: Atoms, *, step: int = 0) -> MDState:
-    """The MD state of `atoms` at `step` (copies)."""
+def md_state(atoms: Atoms, *, step: int = 0, dyn: Any = None) -> MDState:
+    """The MD state of `atoms` at `step` (copies), with the integrator state of `dyn` if it has one."""
     return MDState(numbers=atoms.get_atomic_numbers().copy(), positions=atoms.get_positions(),
                    momenta=atoms.get_momenta(), cell=atoms.get_cell().array.copy(), pbc=atoms.get_pbc().copy(),
-                   step=int(step))
+                   step=int(step), integrator=None if dyn is None else integrator_state(dyn))
 
 
 def restore_md_state(atoms: Atoms, state: MDState, dyn: Any = None) -> int:
-    """Put `state` back into `atoms` (and the step counter into `dyn`); returns the step."""
+    """Put `state` back into `atoms` (and the step counter and integrator state into `dyn`); returns the step."""
     if not np.array_equal(state.numbers, atoms.get_atomic_numbers()):
         raise ValueError("MD state belongs to a different structure (atomic numbers differ)")
     atoms.set_cell(state.cell)
@@ -124,11 +174,13 @@ def restore_md_state(atoms: Atoms, state: MDState, dyn: Any = None) -> int:
     atoms.set_momenta(state.momenta)
     if dyn is not None:
         dyn.nsteps = state.step
+        sync_integrator(dyn, state.integrator)
     return state.step
 
 
 class BlowUpDetector:
-    """Tells whether a frame is unphysical: non-finite numbers, an atom far from all others, overheating."""
+    """Tells whether a frame is unphysical: non-finite numbers, an atom far from all others, overheating, and
+    for periodic frames a non-finite, flat, collapsed or exploded cell."""
 
     def __init__(self, *, target_temperature_K: float, max_distance_A: float = DEFAULT_MAX_DISTANCE_A,
                  max_temperature_factor: float = DEFAULT_MAX_TEMPERATURE_FACTOR):
@@ -136,14 +188,19 @@ class BlowUpDetector:
         self.max_distance_A = max_distance_A
         self.max_temperature_factor = max_temperature_factor
 
-    def check(self, atoms: Atoms, forces_eV_per_A: np.ndarray | None = None) -> str | None:
+    def check(self, atoms: Atoms, forces_eV_per_A: np.ndarray | None = None, *,
+              reference_volume_A3: float | None = None) -> str | None:
         """A reason string if the frame blew up, else None.
 
         `forces_eV_per_A` defaults to the forces already computed by the attached calculator (no new
-        calculation is triggered).
+        calculation is triggered). With `reference_volume_A3` (the starting cell's volume) a periodic cell
+        is also checked for collapse and explosion.
         """
         if forces_eV_per_A is None and atoms.calc is not None:
             forces_eV_per_A = atoms.calc.results.get("forces")
+        cell_reason = cell_problem(atoms, reference_volume_A3)
+        if cell_reason is not None:
+            return cell_reason
         if not np.isfinite(atoms.get_positions()).all():
             return "non-finite positions"
         if not np.isfinite(atoms.get_momenta()).all():
@@ -166,6 +223,30 @@ class BlowUpDetector:
         return sorted(set(range(len(atoms))) - set(has_neighbour.tolist()))
 
 
+def cell_problem(atoms: Atoms, reference_volume_A3: float | None) -> str | None:
+    """Why the cell of a periodic frame is unphysical (non-finite, sheared flat, volume collapsed or exploded
+    relative to `reference_volume_A3`), else None. Non-periodic frames have no cell to check."""
+    if not atoms.pbc.any():
+        return None
+    cell = atoms.get_cell().array
+    if not np.isfinite(cell).all():
+        return "non-finite cell"
+    if not atoms.pbc.all():
+        return None
+    volume_A3 = abs(float(np.linalg.det(cell)))
+    edges = float(np.prod(np.linalg.norm(cell, axis=1)))
+    if edges == 0.0 or volume_A3 < MIN_CELL_FLATNESS * edges:
+        return f"degenerate cell (volume {volume_A3:.3g} Å³ for edge lengths {np.linalg.norm(cell, axis=1)})"
+    if reference_volume_A3 is None:
+        return None
+    ratio = volume_A3 / reference_volume_A3
+    if ratio < MIN_VOLUME_RATIO:
+        return f"cell collapsed: volume {ratio:.2f} x the starting volume (below {MIN_VOLUME_RATIO})"
+    if ratio > MAX_VOLUME_RATIO:
+        return f"cell exploded: volume {ratio:.2f} x the starting volume (above {MAX_VOLUME_RATIO})"
+    return None
+
+
 class LastGoodFrame:
     """Remembers the last frame that passed the checks and puts a trajectory back on it."""
 
@@ -177,7 +258,7 @@ class LastGoodFrame:
         self.state = md_state(atoms, step=step)
 
     def reset(self, atoms: Atoms, *, temperature_K: float, rng: np.random.Generator) -> int:
-        """Back to the last good positions with fresh Maxwell-Boltzmann velocities; returns its step."""
+        """Back to the last good positions and cell with fresh Maxwell-Boltzmann velocities; returns its step."""
         restore_md_state(atoms, self.state)
         initialize_velocities(atoms, temperature_K, rng)
         self.resets += 1
@@ -193,11 +274,12 @@ class BlowUp(Exception):
 
 
 class GuardedDynamics:
-    """One guarded MD: any ASE dynamics (Langevin today; NPT integrators alike) run in segments of
-    `run(steps)`, with observers attached through `dyn.attach`.
+    """One guarded MD: any ASE dynamics (Langevin, NPT integrators) run in segments of `run(steps)`, with
+    observers attached through `dyn.attach`.
 
     The guard observer checks the frame each segment ends on (non-finite numbers, a flying atom,
-    overheating); a good frame becomes the last good frame and is handed to the `on_good_frame` observers.
+    overheating, a collapsed, exploded or degenerate cell); a good frame becomes the last good frame and is
+    handed to the `on_good_frame` observers.
     A bad frame, or a failed calculation, puts the trajectory back on the last good frame with fresh
     Maxwell-Boltzmann velocities (from `rng`); the step counter keeps running, so ids made from the step
     stay unique. Only a segment's last frame is checked (one neighbour list per hand-out, not per step): the
@@ -213,6 +295,8 @@ class GuardedDynamics:
         self.failure = failure
         self.detector = detector or BlowUpDetector(target_temperature_K=temperature_K)
         self.last_good = LastGoodFrame(dyn.atoms, step=int(dyn.nsteps))
+        # the cell checks compare with the structure the dynamics was built on (the same after a restart)
+        self.reference_volume_A3 = float(dyn.atoms.get_volume()) if dyn.atoms.pbc.all() else None
         self.resets = 0
         self.resets_in_a_row = 0  # since the last frame that passed the checks
         self.events: list[tuple[int, str]] = []  # (step, reason) of every reset
@@ -252,7 +336,7 @@ class GuardedDynamics:
         if not final and self.dyn.nsteps != getattr(self.dyn, "max_steps", None):
             return  # only the frame a segment ends on is checked
         self._checked = True
-        reason = self.detector.check(self.atoms)
+        reason = self.detector.check(self.atoms, reference_volume_A3=self.reference_volume_A3)
         if reason is not None:
             raise BlowUp(reason)
         self.last_good.record(self.atoms, step=self.step)
@@ -261,9 +345,11 @@ class GuardedDynamics:
             observer()
 
     def reset(self, reason: str) -> None:
-        """Back to the last good frame with fresh velocities (also for a reason found outside, e.g. an
-        uncertainty above its upper bound)."""
+        """Back to the last good frame (positions and cell) with fresh velocities, and an NPT integrator's
+        chains and cell momenta at rest (also for a reason found outside, e.g. an uncertainty above its upper
+        bound)."""
         good_step = self.last_good.reset(self.atoms, temperature_K=self.temperature_K, rng=self.rng)
+        sync_integrator(self.dyn, None)
         if self.atoms.calc is not None:
             self.atoms.calc.reset()
         self.resets += 1
@@ -281,12 +367,14 @@ class GuardedDynamics:
     def last_good_frame(self) -> Atoms:
         """The frame a reset goes back to (calculator-free copy)."""
         frame = self.snapshot()
+        frame.set_cell(self.last_good.state.cell)
         frame.set_positions(self.last_good.state.positions)
         return frame
 
     def state(self) -> MDState:
-        """The MD state of the current frame (the RNG state is saved by the owner of `rng`)."""
-        return md_state(self.atoms, step=self.step)
+        """The MD state of the current frame with the integrator's (the RNG state is saved by the owner of
+        `rng`)."""
+        return md_state(self.atoms, step=self.step, dyn=self.dyn)
 
     def restore(self, state: MDState, *, last_good: MDState | None = None) -> None:
         """Continue from a saved MD state; the last good frame is `last_good` or the restored frame."""

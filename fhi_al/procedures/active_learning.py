@@ -51,7 +51,6 @@ class ActiveLearning:
         self.run_dir = Path(context.run_dir)
         self.settings = context.settings
         self.al = context.settings.al.active_learning
-        self.md = MDParameters.from_settings(context.settings.al.md)
         self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
                                   seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
         self.store = make_store(context.settings, self.run_dir)
@@ -95,7 +94,8 @@ class ActiveLearning:
                         for spec in self.specs}
         self.calc = self.make_calculator()
         count = self.al.num_trajectories
-        self.trajectories = make_trajectories([self.context.geometry] * count, self.calc, mds=[self.md] * count,
+        mds = [MDParameters.from_settings(self.settings.al.md_settings_for(index)) for index in range(count)]
+        self.trajectories = make_trajectories([self.context.geometry] * count, self.calc, mds=mds,
                                               seed=self.settings.al.md.seed)
         self.state = self.state_file.load()
         self.tracker = self.make_tracker(self.state.threshold)

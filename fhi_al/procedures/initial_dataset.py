@@ -98,7 +98,7 @@ class InitialDataset:
             self.book.pending.pop(label.label_id)
 
     def make_sampler(self):
-        md = self.settings.al.md
+        md = self.settings.al.md_settings_for(0)  # the sampling MD is trajectory 0's
         rng = np.random.default_rng(md.seed)
         if self.al.initial_sampling == "aimd":
             # A local reference gets the label guards (timeout, NaN) for the MD steps too; the results of the

@@ -1,5 +1,5 @@
-"""MLFF trajectories of the active-learning loop: Langevin MD on the ensemble mean, each with its own RNG
-stream, a small state machine (running -> waiting for the reference -> training -> running) and the
+"""MLFF trajectories of the active-learning loop: MD on the ensemble mean (NVT or NPT, per trajectory), each with
+its own RNG stream, a small state machine (running -> waiting for the reference -> training -> running) and the
 state it needs to resume after a kill.
 """
 

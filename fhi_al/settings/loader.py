@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import InputError, SettingsError
 from . import schema
+from .md_block import build_md, check_md_trajectories
 from .typed import build_section, field_names, suggest
 
 log = logging.getLogger(__name__)
@@ -164,8 +165,9 @@ def load_al_settings(path: Path) -> schema.AlSettings:
         raw = _split_sections(read_yaml(path), schema.AL_SECTIONS, path)
         values = {"reference": build_reference(raw.get("REFERENCE"))}
         for name, (attr, cls, unused) in schema.AL_SECTIONS.items():
-            if cls is not None:
+            if cls is not None and cls is not schema.MdSettings:
                 values[attr] = build_section(cls, raw.get(name), name, accepted_unused=unused)
+        values["md"], values["md_by_trajectory"] = build_md(raw.get("MD"))
         return schema.AlSettings(**values)
     except SettingsError as error:
         raise _with_file(error, path) from None
@@ -291,6 +293,7 @@ def _resolve_paths(al: schema.AlSettings, run_dir: Path) -> schema.AlSettings:
 
 def check_consistency(al: schema.AlSettings) -> None:
     """Checks that involve more than one key; raises SettingsError naming the key to change."""
+    check_md_trajectories(al)
     section, calculator = al.active_learning, al.reference.calculator
     if calculator == "aims":
         if section.aims_lib_path is None:

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .md_schema import BAROSTATS, MD_UNUSED, MdSettings  # noqa: F401 - part of the schema
 from .typed import option
 
 log = logging.getLogger(__name__)
@@ -318,22 +319,6 @@ AL_UNUSED = ("initial_valid_ratio", "skip_step", "threshold", "path_to_trajector
 
 
 @dataclass(frozen=True)
-class MdSettings:
-    stat_ensemble: str = option("NVT", "Statistical ensemble of all MD runs.", choices=["NVT"])
-    thermostat: str = option("Langevin", "Thermostat.", choices=["Langevin"])
-    temperature: float = option(300.0, "Target temperature.", minimum=0.0, exclusive_minimum=True, unit="K")
-    timestep: float = option(0.5, "MD time step.", minimum=0.0, exclusive_minimum=True, unit="fs")
-    friction: float = option(0.001, "Langevin friction coefficient.", minimum=0.0, exclusive_minimum=True,
-                             unit="1/fs")
-    seed: int = option(42, "Seed of the thermostat's random numbers and initial velocities.",
-                       aliases=["MD_seed"])
-
-
-MD_UNUSED = ("barostat", "externalstress", "ttime", "pfactor", "pressure", "tdamp", "pdamp", "tchain", "pchain",
-             "tloop", "ploop")
-
-
-@dataclass(frozen=True)
 class AlMiscSettings:
     create_restart: bool = option(True, "Write restart records so that an interrupted run resumes.")
     path_to_geometry: str = option("geometry.in", "Starting structure (FHI-aims geometry.in format).")
@@ -396,9 +381,25 @@ class MaceSettings:
 @dataclass(frozen=True)
 class AlSettings:
     active_learning: ActiveLearningSettings
-    md: MdSettings
+    md: MdSettings  # the plain MD block, or trajectory 0's entry when MD maps trajectory indices to blocks
     misc: AlMiscSettings
     reference: ReferenceSettings
+    md_by_trajectory: dict[int, MdSettings] = field(default_factory=dict)  # empty for a plain MD block
+
+    def md_settings_for(self, trajectory_index: int) -> MdSettings:
+        """The MD settings of one trajectory (the initial dataset's sampling MD is trajectory 0)."""
+        if not self.md_by_trajectory:
+            return self.md
+        if trajectory_index not in self.md_by_trajectory:
+            raise KeyError(f"MD has no entry for trajectory {trajectory_index} (entries: "
+                           f"{sorted(self.md_by_trajectory)})")
+        return self.md_by_trajectory[trajectory_index]
+
+    def md_entries(self) -> list[tuple[str, MdSettings]]:
+        """(dotted key, settings) of every MD block given: ("MD", block) or ("MD.<index>", entry)."""
+        if not self.md_by_trajectory:
+            return [("MD", self.md)]
+        return [(f"MD.{index}", md) for index, md in sorted(self.md_by_trajectory.items())]
 
 
 @dataclass(frozen=True)

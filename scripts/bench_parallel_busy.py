@@ -38,7 +38,7 @@ MACE = {"GENERAL": {"name_exp": "busy", "seed": 1},
         "TRAINING": {"batch_size": 4, "valid_batch_size": 8, "lr": 0.01}}
 AL = {"ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 4, "valid_ratio": 0.25, "ensemble_size": 2,
                           "intermediate_epochs": 2, "max_initial_epochs": 4, "skip_step_initial": 5,
-                          "skip_step_mlff": 5, "max_MD_steps": 100000, "max_epochs_worker": 2,
+                          "skip_step_mlff": 5, "max_MD_steps": 100000, "max_epochs_worker": 1,
                           "threshold_warmup_checks": 2, "uncert_not_crossed_limit": 4, "c_x": -0.1,
                           "converge_al": False},
       "MD": {"temperature": 500, "timestep": 0.5, "friction": 0.01, "seed": 3},
@@ -96,22 +96,40 @@ def ml_timings(log_text: str) -> dict:
     return {"labels": int(match.group(1)), "wall_s": float(match.group(2)), **timings}
 
 
+def busy_in(timeline: list[dict], groups: int, start: float, end: float) -> dict[int, float]:
+    """Each group's time in the reference within [start, end], as a fraction of it."""
+    return {g: sum(max(min(t["end"], end) - max(t["start"], start), 0.0) for t in timeline if t["group"] == g)
+            / (end - start) for g in range(groups)}
+
+
 def measure(folder: Path, groups: int) -> dict:
     usage = json.loads((folder / "results" / "al_reference_usage.json").read_text())
     timeline = usage["timeline"]
     first, last = min(t["start"] for t in timeline), max(t["end"] for t in timeline)
     window_s = last - first
-    busy = {g: sum(t["end"] - t["start"] for t in timeline if t["group"] == g) / window_s for g in range(groups)}
+    busy = busy_in(timeline, groups, first, last)
+    # steady state: from the moment every group has its first label to the moment the first group runs dry at
+    # the end (the ramp-up and the finite run's last, partly filled round are not the ML side's doing)
+    steady = (max(min(t["start"] for t in timeline if t["group"] == g) for g in range(groups)),
+              min(max(t["end"] for t in timeline if t["group"] == g) for g in range(groups)))
+    steady_busy = busy_in(timeline, groups, *steady)
     ml = ml_timings((folder / "logs" / "AL.log").read_text())
-    waited_s = (1 - usage["busy_fractions"]["ml_rank"]) * ml["wall_s"]
+    # in parallel mode the summary's "reference" is the groups' time, overlapping the ML rank's. The ML rank's
+    # other work per label (bookkeeping, datasets, checkpoints) is its time in the label window not spent in MD,
+    # training or waiting for labels; start-up and final reports fall outside the window
+    waited_s = usage["ml_rank_waited_s"]
+    ml_other_s = max(window_s - waited_s - ml["md_s"] - ml["training_s"], 0.0)
     labels = len(timeline)
     return {"groups": groups, "labels": labels, "window_s": window_s,
             "busy_fraction": {f"group_{g}": value for g, value in busy.items()},
             "busy_fraction_min": min(busy.values()), "busy_fraction_mean": sum(busy.values()) / groups,
+            "steady_window_s": steady[1] - steady[0],
+            "steady_busy_fraction": {f"group_{g}": value for g, value in steady_busy.items()},
+            "steady_busy_fraction_min": min(steady_busy.values()),
             "busy_fraction_al_phase": {k: v for k, v in usage["busy_fractions"].items() if k.startswith("group")},
             "per_label_s": {"reference": sum(t["end"] - t["start"] for t in timeline) / labels,
                             "md": ml["md_s"] / labels, "training": ml["training_s"] / labels,
-                            "other": max(ml["other_s"] - waited_s, 0.0) / labels},
+                            "other": ml_other_s / labels},
             "ml_rank": {**ml, "waited_s": waited_s, "busy_fraction": usage["busy_fractions"]["ml_rank"]},
             "timeline": [{**t, "start": t["start"] - first, "end": t["end"] - first} for t in timeline]}
 
@@ -124,7 +142,8 @@ def plot(report: dict, path: Path) -> None:
 
     runs = report["runs"]
     fig, axes = plt.subplots(len(runs), 1, figsize=(10, 1.2 + 0.45 * sum(r["groups"] for r in runs)),
-                             gridspec_kw={"height_ratios": [r["groups"] for r in runs]})
+                             gridspec_kw={"height_ratios": [r["groups"] for r in runs]}, squeeze=False)
+    axes = axes[:, 0]
     for axis, run_ in zip(axes, runs):
         for entry in run_["timeline"]:
             axis.barh(entry["group"], entry["end"] - entry["start"], left=entry["start"], height=0.6,
@@ -132,7 +151,9 @@ def plot(report: dict, path: Path) -> None:
         axis.set_yticks(range(run_["groups"]), [f"group {g}" for g in range(run_["groups"])])
         per = run_["per_label_s"]
         axis.set_title(f"K = {run_['groups']}: busy {100 * run_['busy_fraction_min']:.0f}–"
-                       f"{100 * max(run_['busy_fraction'].values()):.0f}% (target {100 * TARGET_BUSY:.0f}%); "
+                       f"{100 * max(run_['busy_fraction'].values()):.0f}% from first to last label, "
+                       f"{100 * run_['steady_busy_fraction_min']:.0f}%+ in steady state (target "
+                       f"{100 * TARGET_BUSY:.0f}%);\n"
                        f"per label: reference {per['reference']:.1f} s, ML rank md {per['md']:.2f} s + training "
                        f"{per['training']:.2f} s + other {per['other']:.2f} s", fontsize=8)
     axes[-1].set_xlabel("wall time since the first AL label was sent (s)")
@@ -145,7 +166,7 @@ def plot(report: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--cost-s", type=float, default=4.0, help="simulated reference cost per call")
+    parser.add_argument("--cost-s", type=float, default=12.0, help="simulated reference cost per call")
     parser.add_argument("--labels-per-group", type=int, default=8)
     parser.add_argument("--trajectories-per-group", type=int, default=2)
     args = parser.parse_args()
@@ -168,9 +189,13 @@ def main() -> None:
         result = {**measure(folder, groups), "command_wall_s": wall_s, "settings": al["ACTIVE_LEARNING"]}
         report["runs"].append(result)
         print(f"K = {groups}: {result['labels']} labels, groups busy {100 * result['busy_fraction_min']:.0f}–"
-              f"{100 * max(result['busy_fraction'].values()):.0f}%, per label {result['per_label_s']}", flush=True)
+              f"{100 * max(result['busy_fraction'].values()):.0f}% (steady state >= "
+              f"{100 * result['steady_busy_fraction_min']:.0f}%), per label {result['per_label_s']}", flush=True)
     report["load_average_after"] = os.getloadavg()
-    report["target_reached"] = all(r["busy_fraction_min"] >= TARGET_BUSY for r in report["runs"])
+    report["target_reached"] = {"first_to_last_label": all(r["busy_fraction_min"] >= TARGET_BUSY
+                                                           for r in report["runs"]),
+                                "steady_state": all(r["steady_busy_fraction_min"] >= TARGET_BUSY
+                                                    for r in report["runs"])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench_parallel_busy.json").write_text(json.dumps(report, indent=1) + "\n")
     plot(report, RESULTS / "bench_parallel_busy.png")

@@ -155,7 +155,7 @@ def plot(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (busy, sizing) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (busy, wall, sizing) = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = dict(zip(DFT_COSTS_S, ("tab:red", "tab:orange", "tab:green", "tab:blue")))
     rows = report["predictions"]
     for cost_s, colour in colours.items():
@@ -166,6 +166,10 @@ def plot(report: dict, path: Path) -> None:
                  and r["ensemble_scale"] == 1]
         busy.plot([r["groups"] for r in sized], [100 * r["busy_fraction"] for r in sized], "s--", color=colour,
                   alpha=0.6, ms=4)
+        wall.plot([r["groups"] for r in one], [r["wall_s"] / 3600 for r in one], "o-", color=colour,
+                  label=f"DFT {cost_s / 60:.0f} min")
+        wall.plot([r["groups"] for r in sized], [r["wall_s"] / 3600 for r in sized], "s--", color=colour, alpha=0.6,
+                  ms=4)
         for scale, style in ((1.0, "o-"), (2.0, "^:")):
             needed = {r["groups"]: r["ml_ranks_needed"] for r in rows
                       if r["reference_s"] == cost_s and r["ensemble_scale"] == scale}
@@ -184,6 +188,12 @@ def plot(report: dict, path: Path) -> None:
     busy.set_ylim(0, 105)
     busy.legend(fontsize=7, loc="lower left")
     busy.set_title("Predicted busy fraction (ML side: one rank unless sized)", fontsize=9)
+    wall.set_xscale("log", base=2)
+    wall.set_yscale("log")
+    wall.set_xlabel("reference groups K")
+    wall.set_ylabel("wall time (h)")
+    wall.legend(fontsize=7)
+    wall.set_title(f"Wall time for {LABELS_PER_GROUP} labels per group (dashed: sized ml_ranks)", fontsize=9)
     sizing.set_xscale("log", base=2)
     sizing.set_yscale("log", base=2)
     sizing.set_xlabel("reference groups K")

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -21,6 +22,24 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ROOT = 0
+
+# A waiting rank checks for its message, then sleeps, doubling the sleep up to a cap: MPICH's blocking calls
+# (recv, probe, bcast, barrier) spin a core at 100% for as long as they wait, which on a shared node takes the
+# core from the ranks that compute. The first sleep keeps a busy exchange fast; the cap bounds how late an idle
+# rank notices its message (reference calculations take seconds to hours).
+WAIT_FIRST_SLEEP_S = 0.001
+WAIT_MAX_SLEEP_S = 0.05
+
+
+def wait_until(ready: Callable[[], Any], *, first_sleep_s: float = WAIT_FIRST_SLEEP_S,
+               max_sleep_s: float = WAIT_MAX_SLEEP_S) -> Any:
+    """Call `ready()` until it returns something true (and return that), sleeping between calls with
+    exponential back-off: the one way a rank of fhi_al waits for another."""
+    sleep_s = first_sleep_s
+    while not (outcome := ready()):
+        time.sleep(sleep_s)
+        sleep_s = min(2 * sleep_s, max_sleep_s)
+    return outcome
 
 
 class SerialComm:
@@ -67,22 +86,42 @@ class MPIComm:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
 
-    def bcast(self, obj: T, root: int = ROOT) -> T:
-        return self.mpi.bcast(obj, root=root)
-
+    # Every collective starts with a polite barrier: a rank that arrives early (a reference rank while rank 0
+    # trains) waits there without spinning; the collective itself then runs with every rank present.
     def barrier(self) -> None:
-        self.mpi.Barrier()
+        wait_until(self.mpi.Ibarrier().Test)
+
+    def bcast(self, obj: T, root: int = ROOT) -> T:
+        self.barrier()
+        return self.mpi.bcast(obj, root=root)
 
     def allreduce_max(self, value: float) -> float:
         from mpi4py import MPI
 
+        self.barrier()
         return self.mpi.allreduce(value, op=MPI.MAX)
 
     def allgather(self, obj: Any) -> list:
+        self.barrier()
         return self.mpi.allgather(obj)
 
     def split(self, color: int, key: int = 0) -> "MPIComm":
+        self.barrier()
         return MPIComm(self.mpi.Split(color, key))
+
+    def send(self, obj: Any, *, dest: int, tag: int) -> None:
+        """Send `obj` (pickled); returns once MPI has it buffered or received. A small message goes at once; a
+        large one waits (without spinning) until `dest` receives it."""
+        wait_until(self.mpi.isend(obj, dest=dest, tag=tag).Test)
+
+    def has_message(self, *, source: int, tag: int) -> bool:
+        """True when a message from `source` with `tag` can be received now (never waits)."""
+        return bool(self.mpi.Iprobe(source=source, tag=tag))
+
+    def receive(self, *, source: int, tag: int) -> Any:
+        """The next message from `source` with `tag`, waited for without spinning a core (`wait_until`)."""
+        wait_until(lambda: self.has_message(source=source, tag=tag))
+        return self.mpi.recv(source=source, tag=tag)
 
     def abort(self, code: int = 1) -> None:
         self.mpi.Abort(code)

@@ -289,7 +289,7 @@ def test_committed_examples_equal_generated_and_load(tmp_path):
     # every documented key is in the example, under its YAML name
     data = yaml.safe_load((SETTINGS_FOLDER / schema.AL_SETTINGS_FILE).read_text())
     assert "lambda" in data["ACTIVE_LEARNING"] and "lambda_" not in data["ACTIVE_LEARNING"]
-    assert set(data["REFERENCE"]) == {"calculator", "xtb", "pyscf", "aims"}
+    assert set(data["REFERENCE"]) == {"calculator", "simulated_cost_s", "xtb", "pyscf", "aims"}
 
 
 def test_examples_module_writes_files(tmp_path):

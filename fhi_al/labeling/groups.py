@@ -12,10 +12,9 @@ from typing import Any, Sequence
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import ReferenceError
-from ..parallel import ROOT, Comm, Layout
+from ..parallel import ROOT, Comm, Layout, wait_until
 from .label import label_structure
-from .messages import (POLL_INTERVAL_S, TAG_RESULT, TAG_TASK, atoms_from_message, atoms_message, receive_politely,
-                       stop_ranks)
+from .messages import TAG_RESULT, TAG_TASK, atoms_from_message, atoms_message, stop_ranks
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +49,27 @@ class GroupLabeler:
         for leader in self.leaders:
             if leader not in self.busy and self.queue:
                 task = self.queue.popleft()
-                self.comm.mpi.send(task, dest=leader, tag=TAG_TASK)
+                self.comm.send(task, dest=leader, tag=TAG_TASK)
                 self.busy[leader] = task[0]
 
     def _poll(self) -> None:
         for leader in list(self.busy):
-            if self.comm.mpi.Iprobe(source=leader, tag=TAG_RESULT):
-                result, group, start, end = self.comm.mpi.recv(source=leader, tag=TAG_RESULT)
+            if self.comm.has_message(source=leader, tag=TAG_RESULT):
+                result, group, start, end = self.comm.receive(source=leader, tag=TAG_RESULT)
                 del self.busy[leader]
                 self.timeline.append({"group": group, "label_id": result.label_id, "start": start, "end": end})
                 self.done.append(result)
         self._dispatch()
+
+    def _polled_result(self, label_id: str | None = None) -> Any:
+        """Poll once; -> a finished result (the one of `label_id` if given), else None."""
+        self._poll()
+        return next((r for r in self.done if label_id is None or r.label_id == label_id), None)
+
+    def _all_received(self) -> bool:
+        """Poll once; -> True when no group is computing."""
+        self._poll()
+        return not self.busy
 
     def collect(self) -> list:
         """Labels finished since the last call (possibly none)."""
@@ -71,10 +80,7 @@ class GroupLabeler:
     def wait(self) -> list:
         """Block (politely) until at least one label is finished, or nothing is in flight."""
         started = time.perf_counter()
-        while not self.done and self.busy:
-            self._poll()
-            if not self.done:
-                time.sleep(POLL_INTERVAL_S)
+        wait_until(lambda: self._polled_result() is not None or not self.busy)
         self.waited_s += time.perf_counter() - started
         return self.collect()
 
@@ -89,22 +95,16 @@ class GroupLabeler:
         queued for `collect`."""
         self.submit(label_id, atoms, record=False)
         started = time.perf_counter()
-        while True:
-            self._poll()
-            mine = [r for r in self.done if r.label_id == label_id]
-            if mine:
-                self.done.remove(mine[0])
-                self.waited_s += time.perf_counter() - started
-                return mine[0]
-            time.sleep(POLL_INTERVAL_S)
+        mine = wait_until(lambda: self._polled_result(label_id))
+        self.done.remove(mine)
+        self.waited_s += time.perf_counter() - started
+        return mine
 
     def close(self) -> None:
         """Receive the results still on their way (no send stays unmatched), then stop the groups; once."""
         if self.closed:
             return
-        while self.busy:
-            self._poll()
-            time.sleep(POLL_INTERVAL_S)
+        wait_until(self._all_received)
         stop_ranks(self.comm, self.leaders)
         self.closed = True
 
@@ -152,11 +152,11 @@ def serve_reference_group(calc: Any, *, layout: Layout, comm: Comm, timeout_s: f
     leader = group.rank == ROOT
     while True:
         if leader:
-            task = receive_politely(comm, source=ROOT, tag=TAG_TASK)
+            task = comm.receive(source=ROOT, tag=TAG_TASK)
             for rank in range(1, group.size):
-                group.mpi.send(task, dest=rank, tag=TAG_TASK)
+                group.send(task, dest=rank, tag=TAG_TASK)
         else:
-            task = receive_politely(group, source=ROOT, tag=TAG_TASK)
+            task = group.receive(source=ROOT, tag=TAG_TASK)
         if task is None:
             return
         label_id, message, record = task
@@ -164,4 +164,4 @@ def serve_reference_group(calc: Any, *, layout: Layout, comm: Comm, timeout_s: f
         result = label_structure(calc, label_id, atoms_from_message(message), timeout_s=timeout_s,
                                  ledger=ledger if record else None)
         if leader:
-            comm.mpi.send((result, layout.group_index, start, time.time()), dest=ROOT, tag=TAG_RESULT)
+            comm.send((result, layout.group_index, start, time.time()), dest=ROOT, tag=TAG_RESULT)

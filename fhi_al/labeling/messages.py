@@ -1,9 +1,9 @@
-"""What the labelling service sends between ranks: message tags, structures as plain arrays, polite receives."""
+"""What the labelling service sends between ranks: message tags and structures as plain arrays (the waiting
+itself is the communicator's: `fhi_al.parallel.MPIComm.receive`)."""
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Sequence
 
 from ase import Atoms
@@ -12,7 +12,6 @@ log = logging.getLogger(__name__)
 
 TAG_TASK = 101  # ML rank (or group leader) -> reference rank: a structure to compute, or None to stop
 TAG_RESULT = 102  # group leader -> ML rank: a LabelResult with the group's busy interval
-POLL_INTERVAL_S = 0.005  # idle ranks poll instead of blocking: MPICH's blocking calls spin a core
 
 
 def atoms_message(atoms: Atoms) -> dict:
@@ -27,13 +26,6 @@ def atoms_from_message(message: dict) -> Atoms:
     return atoms
 
 
-def receive_politely(comm: Any, *, source: int, tag: int) -> Any:
-    """Blocking receive that sleeps between probes, so a waiting rank leaves its core to the others."""
-    while not comm.mpi.Iprobe(source=source, tag=tag):
-        time.sleep(POLL_INTERVAL_S)
-    return comm.mpi.recv(source=source, tag=tag)
-
-
 def stop_ranks(comm: Any, ranks: Sequence[int]) -> None:
     for rank in ranks:
-        comm.mpi.send(None, dest=rank, tag=TAG_TASK)
+        comm.send(None, dest=rank, tag=TAG_TASK)

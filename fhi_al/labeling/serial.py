@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 
 from ..parallel import ROOT, Comm
 from .label import LabelResult, label_structure
-from .messages import TAG_TASK, atoms_from_message, atoms_message, receive_politely
+from .messages import TAG_TASK, atoms_from_message, atoms_message
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class SharedReference(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         for rank in range(1, self.comm.size):
-            self.comm.mpi.send(atoms_message(self.atoms), dest=rank, tag=TAG_TASK)
+            self.comm.send(atoms_message(self.atoms), dest=rank, tag=TAG_TASK)
         self.calc.calculate(self.atoms, list(properties), list(system_changes))
         self.results = dict(self.calc.results)
 
@@ -82,7 +82,7 @@ class SharedReference(Calculator):
 def serve_shared_reference(calc: Any, comm: Comm) -> None:
     """Serial mode, other ranks: join the root's reference calculations until it says stop."""
     while True:
-        message = receive_politely(comm, source=ROOT, tag=TAG_TASK)
+        message = comm.receive(source=ROOT, tag=TAG_TASK)
         if message is None:
             return
         try:

@@ -69,14 +69,16 @@ def spin_options(name: str, unpaired: int) -> dict[str, Any]:
 
 def reference_factory(*, name: str, options: Any = None, comm: Any = None, run_dir: str | Path = ".",
                       control: Any = None, species_dir: str | Path | None = None,
-                      aims_lib_path: str | Path | None = None) -> CalculatorFactory:
+                      aims_lib_path: str | Path | None = None,
+                      simulated_cost_s: float | None = None) -> CalculatorFactory:
     """A factory (symbol, unpaired) -> calculator for isolated atoms, built with make_reference."""
     base_options = options_dict(options)
 
     def factory(symbol: str, unpaired: int) -> Calculator:
         return make_reference(name=name, options={**base_options, **spin_options(name, unpaired)}, comm=comm,
                               run_dir=Path(run_dir) / WORK_DIR / symbol, control=control,
-                              species_dir=species_dir, aims_lib_path=aims_lib_path)
+                              species_dir=species_dir, aims_lib_path=aims_lib_path,
+                              simulated_cost_s=simulated_cost_s)
 
     return factory
 

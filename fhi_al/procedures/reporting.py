@@ -85,7 +85,8 @@ def reference_usage(labeler: Any, folder: Path, *, name: str) -> None:
                                                            for key, value in fractions.items()))
     atomic_write_json(folder / f"{name}_reference_usage.json", {"busy_fractions": fractions,
                                                                 "timeline": labeler.timeline,
-                                                                "started_at": labeler.started_at})
+                                                                "started_at": labeler.started_at,
+                                                                "ml_rank_waited_s": labeler.waited_s})
     if not labeler.timeline:
         return
     plt = _pyplot()

@@ -13,6 +13,7 @@ from ..errors import InputError
 from .aims import AimsASICalculator
 from .faults import wrap_with_faults
 from .pyscf_ref import PySCFCalculator
+from .simulated import wrap_with_simulated_cost
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +34,15 @@ def options_dict(options: Any) -> dict[str, Any]:
 
 def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir: str | Path | None = None,
                    control: Any = None, species_dir: str | Path | None = None,
-                   aims_lib_path: str | Path | None = None, faults: Any = None) -> Calculator:
+                   aims_lib_path: str | Path | None = None, faults: Any = None,
+                   simulated_cost_s: float | None = None) -> Calculator:
     """The reference calculator `name` (aims | xtb | pyscf | emt) built from plain option values.
 
     `options`: the calculator's own options (REFERENCE.xtb / REFERENCE.pyscf section or dict). aims takes
     `control` (parsed control.in or a dict of control.in keywords), `species_dir`, `aims_lib_path` and `comm`
     (the ranks that compute together: an mpi4py or fhi_al.parallel communicator, given by the caller).
     `faults` (a FaultSpec, a spec string, or None to read FHI_AL_FAULTS) wraps the result in fault injection,
-    for tests only.
+    for tests only. `simulated_cost_s` (benchmarks only) makes every calculation sleep that long first.
     """
     options = options_dict(options)
     if name == "xtb":
@@ -59,7 +61,7 @@ def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir:
     else:
         raise InputError(f"unknown reference calculator {name!r}; allowed: {', '.join(REFERENCE_NAMES)}",
                          where=f"{SETTINGS_SECTION}.calculator")
-    return wrap_with_faults(calc, faults)
+    return wrap_with_faults(wrap_with_simulated_cost(calc, simulated_cost_s), faults)
 
 
 def reference_from_settings(settings: Any, run_dir: str | Path, comm: Any = None, control: Any = None,
@@ -72,7 +74,7 @@ def reference_from_settings(settings: Any, run_dir: str | Path, comm: Any = None
 
 
 def reference_kwargs(settings: Any) -> dict[str, Any]:
-    """name, options, species_dir, aims_lib_path read from RunSettings (attributes read defensively)."""
+    """name, options, species_dir, aims_lib_path, simulated_cost_s read from RunSettings (attributes read defensively)."""
     al = getattr(settings, "al", settings)
     reference = getattr(al, "reference", None)
     active = getattr(al, "active_learning", None)
@@ -80,7 +82,7 @@ def reference_kwargs(settings: Any) -> dict[str, Any]:
     name = getattr(reference, "calculator", None) or ("aims" if aims_lib_path else "xtb")
     options = options_dict(getattr(reference, name, None)) if name in ("xtb", "pyscf") else {}
     return {"name": name, "options": options, "species_dir": getattr(active, "species_dir", None),
-            "aims_lib_path": aims_lib_path}
+            "aims_lib_path": aims_lib_path, "simulated_cost_s": getattr(reference, "simulated_cost_s", None)}
 
 
 def reference_timeout_from_settings(settings: Any) -> float | None:

@@ -361,6 +361,9 @@ class ReferenceSettings:
     calculator: str | None = option(None, "Reference method (null = aims when ACTIVE_LEARNING.aims_lib_path "
                                           "is set, else xtb); emt is for tests only.",
                                     choices=list(REFERENCE_CALCULATORS))
+    simulated_cost_s: float | None = option(None, "For benchmarks only: every reference calculation first sleeps "
+                                                  "this long (no CPU used), then returns the reference's result; "
+                                                  "null = off.", minimum=0.0, unit="s")
     xtb: XtbSettings = field(default_factory=XtbSettings, metadata={"doc": "Options of the xtb reference."})
     pyscf: PyscfSettings = field(default_factory=PyscfSettings, metadata={"doc": "Options of the pyscf reference."})
     aims: AimsSettings = field(default_factory=AimsSettings, metadata={"doc": "Options of the aims reference."})

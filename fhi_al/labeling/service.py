@@ -50,7 +50,11 @@ def run_procedure(procedure: Callable[[Services], Any], *, make_reference: Calla
     labeler = GroupLabeler(comm, leaders, timeout_s=timeout_s)
     log.info("Parallel mode: 1 ML rank and %d reference group(s) of %d rank(s).", layout.num_groups, group_size)
     try:
-        return procedure(Services(reference=RemoteReference(labeler, reference_name), labeler=labeler))
+        # The groups label periodic cells with stress whenever their reference gives it; this rank cannot ask
+        # the library (e.g. an aims build without ASI_stress), so it offers stress and a missing one fails the
+        # calculation that needed it (NPT ab initio MD) with ASE's PropertyNotImplementedError.
+        reference = RemoteReference(labeler, reference_name, stress=True)
+        return procedure(Services(reference=reference, labeler=labeler))
     finally:
         labeler.close()
 

@@ -121,8 +121,6 @@ class CountingCalculator(Calculator):
     """Wraps a calculator that drives MD (ab initio MD) and records every calculation it makes in the ledger
     under `purpose`, failed ones included; the wrapped calculator's results pass through unchanged."""
 
-    implemented_properties = ["energy", "free_energy", "forces"]
-
     def __init__(self, calc: Calculator, *, ledger: "Ledger | str | os.PathLike", purpose: str,
                  id_prefix: str = "md"):
         super().__init__()
@@ -134,6 +132,10 @@ class CountingCalculator(Calculator):
 
     def _get_name(self) -> str:
         return self.calc.name  # the wrapped reference's identity, e.g. in the datasets' provenance
+
+    @property
+    def implemented_properties(self) -> list[str]:  # stress when the wrapped reference gives it (NPT)
+        return list(self.calc.implemented_properties)
 
     @property
     def collective(self) -> bool:

@@ -140,9 +140,10 @@ def check_stress_inputs(settings: schema.RunSettings, pbc, cell_volume_A3: float
     if settings.calculator == "pyscf" and any(bool(flag) for flag in pbc):
         raise SettingsError("got pyscf, a reference for molecules, but the geometry is periodic (lattice_vector "
                             "lines in geometry.in); use xtb, emt or aims", where="REFERENCE.calculator")
-    if not settings.mace.general.compute_stress:
+    compute_stress = settings.mace.general.compute_stress
+    if not compute_stress and not _npt_ab_initio_md(settings):
         return
-    if not all(bool(flag) for flag in pbc) or not cell_volume_A3 > 0.0:
+    if compute_stress and (not all(bool(flag) for flag in pbc) or not cell_volume_A3 > 0.0):
         raise SettingsError("got true but the geometry is not periodic in all three directions with a cell "
                             "(lattice_vector lines in geometry.in); stress needs a periodic structure; set "
                             "compute_stress false for molecules", where=STRESS_KEY)
@@ -151,10 +152,17 @@ def check_stress_inputs(settings: schema.RunSettings, pbc, cell_volume_A3: float
         return
     if calculator == "aims" and _aims_gives_stress(settings.al.active_learning.aims_lib_path):
         return
-    raise SettingsError(f"got true but the reference {calculator} cannot give stress "
+    why = "got true" if compute_stress else "NPT ab initio MD (initial_sampling: aimd) needs stress, but"
+    raise SettingsError(f"{why} the reference {calculator} cannot give stress "
                         f"{'(its library has no ASI_stress)' if calculator == 'aims' else '(molecules only)'}; "
                         f"references with stress: {', '.join(STRESS_REFERENCES)}, aims with ASI_stress",
-                        where=STRESS_KEY)
+                        where=STRESS_KEY if compute_stress else "MD.stat_ensemble")
+
+
+def _npt_ab_initio_md(settings: schema.RunSettings) -> bool:
+    """The initial dataset's MD (trajectory 0's settings) runs NPT on the reference."""
+    return (settings.al.active_learning.initial_sampling == "aimd"
+            and settings.al.md_settings_for(0).stat_ensemble == "NPT")
 
 
 def _aims_gives_stress(lib_path) -> bool:

@@ -321,17 +321,22 @@ def test_settings_reject_stress_with_a_non_mace_architecture_at_read_time():
 
 
 def test_initial_dataset_of_a_periodic_cell_stores_and_trains_stress(tmp_path):
-    """Ab initio MD of EMT Cu with compute_stress: every stored frame carries the reference's REF_stress and
+    """Ab initio MD of EMT Cu under NPT (MTK, 2 GPa: the reference's stress drives the cell) with compute_stress:
+    the stored frames have cells of their own, every one carries the reference's REF_stress of its own cell, and
     the members' validation history reports the stress error."""
     from workflow import make_run_folder, run_cli
 
-    folder = make_run_folder(tmp_path / "cu", atoms=bulk("Cu", "fcc", a=3.61, cubic=True),
+    start = bulk("Cu", "fcc", a=3.61, cubic=True)
+    folder = make_run_folder(tmp_path / "cu", atoms=start,
                              mace={"GENERAL": {"compute_stress": True, "name_exp": "cu"}},
-                             al={"REFERENCE": {"calculator": "emt"}, "MD": {"temperature": 300}})
+                             al={"REFERENCE": {"calculator": "emt"},
+                                 "MD": {"temperature": 300, "stat_ensemble": "NPT", "barostat": "mtk",
+                                        "pressure": 2.0e9, "pdamp": 100.0}})
     result = run_cli("FHI_AL-initial-ds", folder)
     assert result.returncode == 0, result.stderr
     frames = DatasetStore(folder / "data").read("initial/train_cu_1")
     assert frames and all(frame.info[REF_STRESS_KEY].shape == (6,) for frame in frames)
+    assert max(abs(frame.get_volume() / start.get_volume() - 1.0) for frame in frames) > 1e-4
     emt = make_reference(name="emt")
     for frame in frames[:3]:  # the stored stress is the reference's stress of the stored structure
         np.testing.assert_allclose(frame.info[REF_STRESS_KEY], compute_reference_label(emt, frame).stress_eV_per_A3,

@@ -1,0 +1,124 @@
+"""The frame guard of model-driven MD: its default bounds hold for healthy reference MD, and a deliberately poor
+foundation model (an untrained tiny MACE) cannot put atoms too close or huge reference forces into the datasets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import molecule
+from ase.io import read
+
+from fhi_al import md
+from fhi_al.procedures.sampling import LangevinSampler
+from fhi_al.references import make_reference
+from fhi_al.references.ledger import ReferenceCost
+from fhi_al.settings.schema import ActiveLearningSettings
+from foundation_helpers import FOUNDATION_HYPERS, xtb_labelled
+from workflow import make_run_folder, run_cli
+
+
+def test_settings_defaults_are_the_guards_defaults():
+    defaults = ActiveLearningSettings()
+    bounds = md.FrameBounds()
+    assert defaults.min_distance_fraction == bounds.min_distance_fraction == md.DEFAULT_MIN_DISTANCE_FRACTION
+    assert defaults.max_reference_force == bounds.max_reference_force_eV_per_A
+    assert defaults.max_temperature_factor == bounds.max_temperature_factor == md.DEFAULT_MAX_TEMPERATURE_FACTOR
+
+
+@pytest.mark.parametrize("name", ["H2O", "CH3CH2OH"])
+def test_default_bounds_never_reject_healthy_md(name):
+    """GFN2-xTB MD at 1000 K (twice the usual sampling temperature): closest contacts stay well above
+    min_distance_fraction and the largest force far below max_reference_force."""
+    sampler = LangevinSampler(molecule(name), make_reference(name="xtb"), md=md.MDParameters(1000.0, 0.5, 0.01),
+                              interval_steps=5, rng=np.random.default_rng(3))
+    contacts, forces = [], []
+    for _ in range(60):
+        frame = sampler.next_frame()
+        contacts.append(md.closest_contact_fraction(frame.atoms))
+        forces.append(np.linalg.norm(frame.results["forces"], axis=1).max())
+    assert sampler.failures == 0
+    assert min(contacts) > md.DEFAULT_MIN_DISTANCE_FRACTION + 0.05
+    assert max(forces) < 0.6 * md.DEFAULT_MAX_REFERENCE_FORCE_EV_PER_A
+
+
+def test_detector_rejects_atoms_too_close():
+    detector = md.BlowUpDetector(target_temperature_K=300.0)
+    water = molecule("H2O")
+    assert detector.check(water) is None
+    water.positions[1] = water.positions[0] + [0.0, 0.0, 0.6]  # O-H at 0.6 Å: 0.62 of the radii sum
+    reason = detector.check(water)
+    assert md.rejection_kind(reason) == md.TOO_CLOSE and "0.62" in reason
+    assert md.BlowUpDetector(target_temperature_K=300.0, min_distance_fraction=None).check(water) is None
+
+
+def test_reference_force_bound():
+    forces = np.zeros((3, 3))
+    forces[2] = [12.0, 16.0, 0.0]  # 20 eV/Å on atom 2
+    assert md.reference_force_rejection(forces, 20.0) is None
+    assert md.rejection_kind(md.reference_force_rejection(forces, 19.9)) == md.FORCE_ABOVE
+    assert md.reference_force_rejection(forces, None) is None
+
+
+def test_step_back_returns_to_the_good_frame_before_the_rejected_one():
+    atoms = molecule("H2O")
+    last_good = md.LastGoodFrame(atoms, step=0)
+    start = atoms.get_positions()
+    atoms.positions += 0.05
+    last_good.record(atoms, step=5)
+    last_good.step_back()
+    assert last_good.state.step == 0
+    np.testing.assert_allclose(last_good.state.positions, start)
+
+
+def test_rejected_labels_are_paid_but_not_stored():
+    entries = [{"label_id": "a", "purpose": "label", "calls": 1, "ok": True},
+               {"label_id": "b", "purpose": "label", "calls": 1, "ok": True},
+               {"label_id": "b", "purpose": "rejected", "calls": 0, "ok": True}]
+    cost = ReferenceCost.from_entries(entries)
+    assert (cost.paid, cost.labels, cost.rejected) == (2, 1, 1)
+    assert "1 labels rejected by the frame guard" in cost.summary()
+
+
+# ------------------------------------------------------------------------------ a poor foundation, end to end
+@pytest.fixture(scope="module")
+def poor_foundation(tmp_path_factory) -> Path:
+    """An untrained tiny MACE (E0s and statistics from two water frames): its MD squeezes water's atoms to a
+    quarter of their covalent radii sum and the reference forces to >1000 eV/Å within 40 steps at 500 K."""
+    from fhi_al.architectures.mace.hypers import MaceHypers
+    from fhi_al.training.config import TrainingConfig
+    from fhi_al.training.engine import Trainer
+
+    frames = xtb_labelled("H2O", 2, seed=2, displacement_A=0.02)
+    config = TrainingConfig(name_exp="poor", hypers=MaceHypers(**FOUNDATION_HYPERS), batch_size=4, scheduler="none",
+                            training_plots=False)
+    trainer = Trainer(config, tmp_path_factory.mktemp("poor"))
+    return trainer.export(trainer.create_member("poor", 1, frames, frames))
+
+
+def test_poor_foundation_frames_never_reach_the_datasets(tmp_path, poor_foundation):
+    folder = make_run_folder(tmp_path / "run", al={
+        "ACTIVE_LEARNING": {"initial_sampling": "mace-mp0", "initial_foundational_size": str(poor_foundation),
+                            "n_samples": 6, "max_initial_epochs": 2, "initial_member_data": "shared"},
+        "MD": {"temperature": 500}})
+    result = run_cli("FHI_AL-initial-ds", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stored = [atoms for path in (folder / "data").rglob("*.xyz") for atoms in read(path, index=":")]
+    assert len(stored) >= 6
+    for atoms in stored:
+        assert md.closest_contact_fraction(atoms) >= md.DEFAULT_MIN_DISTANCE_FRACTION
+        assert np.linalg.norm(atoms.arrays["REF_forces"], axis=1).max() <= md.DEFAULT_MAX_REFERENCE_FORCE_EV_PER_A
+    log_text = (folder / "logs" / "initial_dataset.log").read_text()
+    summary = [line for line in log_text.splitlines() if "Frame guard:" in line]
+    assert summary, "the rejections must be summarised"
+    rejected_md = int(summary[-1].split("Frame guard: ")[1].split()[0])
+    entries = [json.loads(line) for line in (folder / "logs" / "reference_ledger.jsonl").read_text().splitlines()]
+    rejected_labels = [e for e in entries if e["purpose"] == "rejected"]
+    assert rejected_md + len(rejected_labels) > 0  # the guard had work to do: the test can fail
+    for entry in rejected_labels:  # each rejected label was computed (and paid) first
+        assert any(e["label_id"] == entry["label_id"] and e["purpose"] == "label" for e in entries)
+    assert log_text.count("back to the frame of step") >= rejected_md  # each MD rejection logged with its reason
+    assert all(f"label {e['label_id']} not stored" in log_text for e in rejected_labels)

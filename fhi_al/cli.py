@@ -121,6 +121,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     settings = load_run_settings(run_dir)
     geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
     check_foundation(settings, geometry)
+    check_given_datasets(settings, geometry, run_dir)
     control = None
     if settings.calculator == "aims":
         control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
@@ -137,6 +138,22 @@ def check_foundation(settings, geometry) -> None:
     from .training.config import DTYPES
 
     check_run_inputs(settings.mace.architecture, geometry.numbers, dtype=DTYPES[settings.mace.general.default_dtype])
+
+
+def check_given_datasets(settings, geometry, run_dir: Path) -> None:
+    """ACTIVE_LEARNING.initial_train_dataset / initial_valid_dataset (if given) are readable, labelled (REF_energy,
+    REF_forces) and hold only the geometry's elements; a mapping names every member tag."""
+    al = settings.al.active_learning
+    if al.initial_train_dataset is None and al.initial_valid_dataset is None:
+        return
+    from .data.given import read_given
+    from .ensemble import ensemble_seeds  # torch: only when datasets are given
+    from .procedures.common import SHARED_TAG
+    from .training.engine import member_tag
+
+    general = settings.mace.general
+    tags = [member_tag(general.name_exp, seed) for seed in ensemble_seeds(general.seed, al.ensemble_size)]
+    read_given(al, run_dir=run_dir, geometry=geometry, tags=tags, shared_tag=SHARED_TAG)
 
 
 def _start_logging(context: RunContext, procedure: Procedure, printed: Sequence[str] = ()) -> None:

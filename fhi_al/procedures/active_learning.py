@@ -83,6 +83,10 @@ class ActiveLearning:
                    "final_training": [stop.as_record() for stop in self.stops]})
 
     def require_initial_dataset(self) -> None:
+        if not is_done(self.run_dir, INITIAL_STAGE.marker) and self.al.initial_train_dataset is not None:
+            from .given_start import run as start_from_given
+
+            start_from_given(self.context)  # FHI_AL-al alone: the given datasets (and models) are the start
         if not is_done(self.run_dir, INITIAL_STAGE.marker):
             raise InputError("the initial dataset is not complete in this folder: run FHI_AL-initial-ds (or FHI_AL) "
                              "first", where=str(self.run_dir))

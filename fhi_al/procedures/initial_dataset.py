@@ -39,6 +39,11 @@ TRAJECTORY = 0  # the initial dataset samples one trajectory
 
 
 def run(context: Any) -> None:
+    if context.settings.al.active_learning.initial_train_dataset is not None:
+        from .given_start import run as start_from_given
+
+        start_from_given(context)  # the user's datasets (and models) replace the sampling
+        return
     InitialDataset(context).run()
 
 

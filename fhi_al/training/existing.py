@@ -43,7 +43,9 @@ def architecture_differences(own: dict[str, torch.Tensor], theirs: dict[str, tor
 
 def member_from_model_file(trainer: Trainer, tag: str, seed: int, path: Path, train_atoms: Sequence[Atoms],
                            valid_atoms: Sequence[Atoms]) -> Member:
-    """The member `tag` with the weights of `path` (a fresh optimiser; the EMA starts from those weights)."""
+    """The member `tag` with the weights of `path` (a fresh optimiser; the EMA starts from those weights). The
+    statistics terms (E0s, scale and shift) are the run's data's, as for every member (`update_statistics`), so
+    the member is the same when its checkpoint is read back."""
     saved = read_model_file(path)
     member = trainer.create_member(tag, seed, train_atoms, valid_atoms)
     own, theirs = member.model.state_dict(), saved.state_dict()
@@ -55,6 +57,7 @@ def member_from_model_file(trainer: Trainer, tag: str, seed: int, path: Path, tr
                          f"hyperparameters or remove the file to train a new member", where=str(path))
     with torch.no_grad():
         member.model.load_state_dict({name: value.to(own[name].dtype) for name, value in theirs.items()})
+    trainer.architecture.update_statistics(member.model, member.stats)
     member.ema = optim.build_ema(member.model, trainer.config)
     member.version += 1
     log.info("member %s: weights from %s", tag, path)

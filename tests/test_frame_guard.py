@@ -122,3 +122,27 @@ def test_poor_foundation_frames_never_reach_the_datasets(tmp_path, poor_foundati
         assert any(e["label_id"] == entry["label_id"] and e["purpose"] == "label" for e in entries)
     assert log_text.count("back to the frame of step") >= rejected_md  # each MD rejection logged with its reason
     assert all(f"label {e['label_id']} not stored" in log_text for e in rejected_labels)
+
+
+def test_label_book_rejects_a_label_above_the_force_bound(tmp_path):
+    """The check active learning and the initial dataset share: the label is recorded as rejected, never stored."""
+    from fhi_al.data.store import DatasetStore
+    from fhi_al.labeling import LabelResult, labelled_atoms
+    from fhi_al.procedures.label_book import LabelBook, Timings
+
+    ledger = tmp_path / "ledger.jsonl"
+    book = LabelBook(DatasetStore(tmp_path / "data"), None, pending={}, stage="al", template=lambda _: None,
+                     save=lambda: None, timings=Timings(), bounds=md.FrameBounds(), ledger=ledger)
+    water = molecule("H2O")
+    calm = np.full((3, 3), 1.0)
+    wild = calm.copy()
+    wild[0] = [0.0, 0.0, 25.0]
+    ok = LabelResult("al-t0-s5", labelled_atoms(water, energy_eV=-1.0, forces_eV_per_A=calm, reference="xtb",
+                                                label_id="al-t0-s5"))
+    bad = LabelResult("al-t0-s10", labelled_atoms(water, energy_eV=-1.0, forces_eV_per_A=wild, reference="xtb",
+                                                  label_id="al-t0-s10"))
+    assert book.rejection(ok) is None
+    assert "25.0 eV/Å" in book.rejection(bad)
+    entries = [json.loads(line) for line in ledger.read_text().splitlines()]
+    assert [(e["label_id"], e["purpose"], e["calls"]) for e in entries] == [("al-t0-s10", "rejected", 0)]
+    assert book.rejected == 1

@@ -212,10 +212,6 @@ class BlowUpDetector:
             return "non-finite velocities"
         if forces_eV_per_A is not None and not np.isfinite(forces_eV_per_A).all():
             return "non-finite forces"
-        contact = closest_contact_fraction(atoms) if self.min_distance_fraction is not None else float("inf")
-        if self.min_distance_fraction is not None and contact < self.min_distance_fraction:
-            return (f"{TOO_CLOSE}: closest contact {contact:.2f} of the covalent radii sum < min_distance_fraction "
-                    f"{self.min_distance_fraction}")
         isolated = self.isolated_atoms(atoms)
         if isolated:
             return (f"atom(s) {isolated} farther than {self.max_distance_A} Å from all others")
@@ -223,6 +219,10 @@ class BlowUpDetector:
         if temperature_K > self.max_temperature_factor * self.target_temperature_K:
             return (f"{TOO_HOT}: {temperature_K:.0f} K above {self.max_temperature_factor} x "
                     f"target {self.target_temperature_K:.0f} K")
+        contact = closest_contact_fraction(atoms) if self.min_distance_fraction is not None else float("inf")
+        if self.min_distance_fraction is not None and contact < self.min_distance_fraction:
+            return (f"{TOO_CLOSE}: closest contact {contact:.2f} of the covalent radii sum < min_distance_fraction "
+                    f"{self.min_distance_fraction}")
         return None
 
     def isolated_atoms(self, atoms: Atoms) -> list[int]:

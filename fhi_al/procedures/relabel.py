@@ -10,6 +10,7 @@ rewritten (atomically) in the order of its source; frames whose reference failed
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +71,8 @@ def relabelled(frame: SourceFrame, new: Atoms) -> Atoms:
 
 
 def marker_name(output_dir: Path) -> str:
-    return f"relabel_{output_dir.name}"
+    """The completion marker of a relabelling into `output_dir` (a marker name allows [A-Za-z0-9_.-] only)."""
+    return "relabel_" + re.sub(r"[^A-Za-z0-9_.-]", "_", output_dir.name)
 
 
 def run(context: Any) -> None:
@@ -93,7 +95,7 @@ class Relabel:
 
     def run(self) -> None:
         marker = marker_name(self.request.output_dir)
-        if is_done(self.run_dir, marker):
+        if is_done(self.run_dir, marker) and self.request.output_dir.is_dir():
             log.info("The relabelled datasets in %s are complete already; nothing to do (choose another "
                      "--output-dir for another reference).", self.request.output_dir)
             return

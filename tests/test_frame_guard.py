@@ -145,3 +145,30 @@ def test_label_book_rejects_a_label_above_the_force_bound(tmp_path):
     entries = [json.loads(line) for line in ledger.read_text().splitlines()]
     assert [(e["label_id"], e["purpose"], e["calls"]) for e in entries] == [("al-t0-s10", "rejected", 0)]
     assert book.rejected == 1
+
+
+def test_active_learning_keeps_labels_above_the_force_bound_out(tmp_path):
+    """Active learning from given data with a strict max_reference_force (2 eV/Å, below what water at 500 K
+    reaches): labels above it are paid, logged and counted, never stored; the trajectories run on."""
+    from ase.io import write
+
+    from foundation_helpers import xtb_labelled
+
+    train = tmp_path / "train.xyz"
+    write(train, xtb_labelled("H2O", 6, seed=21, displacement_A=0.03), format="extxyz")
+    bound = 2.0
+    folder = make_run_folder(tmp_path / "run", al={
+        "ACTIVE_LEARNING": {"initial_train_dataset": str(train), "max_reference_force": bound, "max_MD_steps": 100,
+                            "threshold_warmup_checks": 2, "c_x": -0.5}, "MD": {"temperature": 500}})
+    result = run_cli("FHI_AL-al", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = [json.loads(line) for line in (folder / "logs" / "reference_ledger.jsonl").read_text().splitlines()]
+    rejected = {e["label_id"] for e in entries if e["purpose"] == "rejected"}
+    assert rejected, "the bound must have rejected labels, else this test shows nothing"
+    stored = [atoms for path in (folder / "data" / "al").rglob("*.xyz") for atoms in read(path, index=":")]
+    assert not rejected & {atoms.info["label_id"] for atoms in stored}
+    for atoms in stored:
+        assert np.linalg.norm(atoms.arrays["REF_forces"], axis=1).max() <= bound
+    log_text = (folder / "logs" / "AL.log").read_text()
+    assert f"{len(rejected)} labels not stored" in log_text
+    assert f"{len(rejected)} labels rejected by the frame guard" in log_text

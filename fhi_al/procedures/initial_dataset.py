@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
+from ..errors import FhiAlError
 from ..data.store import make_label_id
 from ..labeling import LabelResult, RemoteReference, label_from_results
 from ..logs import DETAIL
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
 HESSIAN_RECORD_PATH = Path("restart") / "initial_ds" / "hessian.npz"  # normal-mode sampling
 TRAJECTORY = 0  # the initial dataset samples one trajectory
+# Labels rejected by the frame guard in a row before sampling gives up (the bound, or the sampling, is wrong).
+MAX_REJECTIONS_IN_A_ROW = 20
 
 
 def run(context: Any) -> None:
@@ -61,6 +64,7 @@ class InitialDataset:
         self.timings = Timings()
         self.preparatory_calls = 0
         self.bounds = FrameBounds.from_settings(self.al)
+        self.rejections_in_a_row = 0
         self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of converge_initial, per member
 
     # ------------------------------------------------------------------------------------------ steps
@@ -249,11 +253,16 @@ class InitialDataset:
             self.step_back(reason)
         else:
             stored = int(self.book.store_label(result, label, self.destination) is not None)
+            self.rejections_in_a_row = 0
         self.save_state()
         return stored
 
     def step_back(self, reason: str) -> None:
         """A rejected label: the sampling MD returns to the good frame before the rejected one."""
+        self.rejections_in_a_row += 1
+        if self.rejections_in_a_row >= MAX_REJECTIONS_IN_A_ROW:
+            raise FhiAlError(f"{self.rejections_in_a_row} labels in a row rejected by the frame guard (last: "
+                             f"{reason}); check ACTIVE_LEARNING.max_reference_force and the sampling settings")
         dynamics = getattr(self.sampler, "dynamics", None)  # normal-mode samples are independent: nothing to undo
         if dynamics is not None:
             dynamics.step_back(reason)

@@ -1,4 +1,5 @@
-"""Console scripts FHI_AL, FHI_AL-initial-ds, FHI_AL-al and FHI_AL-atomic-energies: parse, validate, dispatch.
+"""Console scripts FHI_AL, FHI_AL-initial-ds, FHI_AL-al, FHI_AL-atomic-energies and FHI_AL-relabel: parse,
+validate, dispatch.
 
 Every input is validated before anything is written; user errors exit with status 2 and a one-paragraph
 message on stderr (no traceback), a folder locked by another run exits 3, Ctrl-C exits 130. A full disk
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -25,7 +27,7 @@ from .logs import DETAIL, captured_prints, configure_logging, quiet_known_warnin
 from .memory import keep_freed_memory
 from .parallel import configure_threads, is_root, root_only, world
 from .references import Ledger, reference_from_settings
-from .references.ledger import ledger_path
+from .references.ledger import LABEL, RELABEL, ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
 from .settings.machine import check_stress_inputs
@@ -58,6 +60,12 @@ def _atomic_energies() -> Callable[[RunContext], Any]:
     return run
 
 
+def _relabel() -> Callable[[RunContext], Any]:
+    from .procedures.relabel import run
+
+    return run
+
+
 @dataclass(frozen=True)
 class Procedure:
     """One step a console script runs: its log file logs/<log_name>.log and how it meets the ranks."""
@@ -67,12 +75,14 @@ class Procedure:
     load: Callable[[], Callable[[RunContext], Any]]  # -> the procedure's run(context)
     runs_on_all_ranks: bool = False  # True: every rank runs it (its reference calls are collective);
     # False: the ML rank runs it with the labelling service's reference and label queue, the others serve
+    label_purpose: str = LABEL  # the ledger purpose of the labels it computes
 
 
 INITIAL_DATASET = Procedure("initial dataset", log_name="initial_dataset", load=_initial_dataset)
 ACTIVE_LEARNING = Procedure("active learning", log_name="AL", load=_active_learning)  # logs/AL.log, as the original
 ATOMIC_ENERGIES = Procedure("atomic energies", log_name="atomic_energies", load=_atomic_energies,
                             runs_on_all_ranks=True)
+RELABEL_PROCEDURE = Procedure("relabelling", log_name="relabel", load=_relabel, label_purpose=RELABEL)
 
 # console script -> the procedures it runs, in order
 SCRIPTS: dict[str, tuple[Procedure, ...]] = {
@@ -80,6 +90,7 @@ SCRIPTS: dict[str, tuple[Procedure, ...]] = {
     "FHI_AL-initial-ds": (INITIAL_DATASET,),
     "FHI_AL-al": (ACTIVE_LEARNING,),
     "FHI_AL-atomic-energies": (ATOMIC_ENERGIES,),
+    "FHI_AL-relabel": (RELABEL_PROCEDURE,),
 }
 
 
@@ -113,6 +124,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     check_stress_inputs(settings, geometry.pbc, geometry.cell.volume)
     check_foundation(settings, geometry)
     check_md_ensemble(settings, geometry, run_dir / settings.al.misc.path_to_geometry)
+    check_given_datasets(settings, geometry, run_dir)
     control = None
     if settings.calculator == "aims":
         control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
@@ -140,6 +152,22 @@ def check_foundation(settings, geometry) -> None:
     from .training.config import DTYPES
 
     check_run_inputs(settings.mace.architecture, geometry.numbers, dtype=DTYPES[settings.mace.general.default_dtype])
+
+
+def check_given_datasets(settings, geometry, run_dir: Path) -> None:
+    """ACTIVE_LEARNING.initial_train_dataset / initial_valid_dataset (if given) are readable, labelled (REF_energy,
+    REF_forces) and hold only the geometry's elements; a mapping names every member tag."""
+    al = settings.al.active_learning
+    if al.initial_train_dataset is None and al.initial_valid_dataset is None:
+        return
+    from .data.given import read_given
+    from .ensemble import ensemble_seeds  # torch: only when datasets are given
+    from .procedures.common import SHARED_TAG
+    from .training.engine import member_tag
+
+    general = settings.mace.general
+    tags = [member_tag(general.name_exp, seed) for seed in ensemble_seeds(general.seed, al.ensemble_size)]
+    read_given(al, run_dir=run_dir, geometry=geometry, tags=tags, shared_tag=SHARED_TAG)
 
 
 def _start_logging(context: RunContext, procedure: Procedure, printed: Sequence[str] = ()) -> None:
@@ -187,7 +215,7 @@ def run_step(procedure: Procedure, run: Callable[[RunContext], Any], context: Ru
     run_procedure(lambda services: run(context.with_services(services)), make_reference=make_reference,
                   reference_name=context.settings.calculator, parallel=al.parallel,
                   group_size=al.reference_group_size, timeout_s=al.reference_timeout_s,
-                  ledger=Ledger(ledger_path(context.run_dir)))
+                  ledger=Ledger(ledger_path(context.run_dir), label_purpose=procedure.label_purpose))
 
 
 def _report(message: str) -> None:
@@ -199,11 +227,16 @@ def _report(message: str) -> None:
 def run_procedures(prog: str, argv: Sequence[str] | None, description: str) -> int:
     """Run the procedures of console script `prog` (see SCRIPTS) -> its exit status."""
     procedures = SCRIPTS[prog]
-    args = build_parser(prog, description).parse_args(argv)
+    parser = build_parser(prog, description)
+    if prog == "FHI_AL-relabel":
+        add_relabel_arguments(parser)
+    args = parser.parse_args(argv)
     quiet_known_warnings()
     printed: list[str] = []
     try:
         context = prepare_context(args.run_dir or Path.cwd(), log_level=args.log_level)
+        if prog == "FHI_AL-relabel":
+            context = relabel_context(context, args)
         with captured_prints(printed):  # mace prints a note on stdout when it is imported
             runs = [procedure.load() for procedure in procedures]
         with run_lock(context.run_dir):
@@ -251,3 +284,36 @@ def main_active_learning(argv: Sequence[str] | None = None) -> int:
 def main_atomic_energies(argv: Sequence[str] | None = None) -> int:
     """FHI_AL-atomic-energies: isolated-atom energies of every element of geometry.in with the reference."""
     return run_procedures("FHI_AL-atomic-energies", argv, main_atomic_energies.__doc__)
+
+
+def main_relabel(argv: Sequence[str] | None = None) -> int:
+    """FHI_AL-relabel: recompute every frame of the run's datasets with another reference (or other settings)."""
+    return run_procedures("FHI_AL-relabel", argv, main_relabel.__doc__)
+
+
+def add_relabel_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reference-settings", type=Path, required=True,
+                        help="an active_learning_settings-style YAML file whose REFERENCE section (and, for aims, "
+                             "ACTIVE_LEARNING.species_dir/aims_lib_path and MISC.path_to_control) gives the new "
+                             "reference")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="folder of the relabelled datasets, relative to the run folder (default: data_relabel)")
+
+
+def relabel_context(context: RunContext, args: argparse.Namespace) -> RunContext:
+    """The run's context with the reference of --reference-settings and the relabel request; writes nothing."""
+    from .procedures.relabel import DEFAULT_OUTPUT_DIR, RelabelRequest
+    from .settings.relabel import reference_settings
+
+    path = args.reference_settings.expanduser().resolve()
+    settings = reference_settings(context.settings, path)
+    output_dir = context.path(args.output_dir or DEFAULT_OUTPUT_DIR).resolve()
+    if output_dir == context.path(settings.al.active_learning.dataset_dir).resolve():
+        raise InputError("the relabelled datasets cannot replace the run's own; choose another folder",
+                         where="--output-dir")
+    control = context.control
+    if settings.calculator == "aims":
+        control = inputs.load_aims_inputs(path.parent / settings.al.misc.path_to_control,
+                                          settings.al.active_learning.species_dir, context.geometry)
+    return dataclasses.replace(context, settings=settings, control=control,
+                               arguments=RelabelRequest(output_dir=output_dir, reference_settings=path))

@@ -27,6 +27,7 @@ class RunContext:
     comm: Any  # fhi_al.parallel.world(): SerialComm or MPIComm
     log_level: str = "INFO"
     services: Any = None  # fhi_al.labeling.Services: the reference and the label queue, set by the CLI
+    arguments: Any = None  # what a console script asks beyond the run folder (FHI_AL-relabel: a RelabelRequest)
 
     def with_services(self, services: Any) -> "RunContext":
         return dataclasses.replace(self, services=services)

@@ -118,7 +118,7 @@ def healthy_cluster():
 def test_detector_passes_healthy_frames(detector):
     assert detector.check(healthy_cluster()) is None
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)  # atoms at the cell faces have periodic images
-    crystal.positions[0] += [20.0, 0.0, 0.0]  # a full lattice translation: still inside the crystal
+    crystal.positions[0] += [21.6, 0.0, 0.0]  # three cell lengths (7.2 Å): the same crystal, far from the box
     crystal.calc = EMT()
     assert detector.check(crystal) is None
 

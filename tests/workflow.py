@@ -91,19 +91,20 @@ def stored_frames(folder: Path) -> list:
 
 
 def ledger_ids(folder: Path) -> list[str]:
-    """Completed labels in the run's ledger (MD steps, Hessians, analysis and failed calls left out)."""
+    """Completed labels in the run's ledger (MD steps, Hessians, analysis, failed calls and labels the frame guard
+    rejected left out)."""
     path = folder / "logs" / "reference_ledger.jsonl"
     if not path.exists():
         return []
-    ids = []
+    entries = []
     for line in path.read_text().splitlines():
         try:
-            entry = json.loads(line)
+            entries.append(json.loads(line))
         except json.JSONDecodeError:  # torn by a kill
             continue
-        if entry.get("purpose", "label") == "label" and entry.get("ok", True):
-            ids.append(entry["label_id"])
-    return ids
+    rejected = {entry["label_id"] for entry in entries if entry.get("purpose") == "rejected"}  # the frame guard's
+    return [entry["label_id"] for entry in entries
+            if entry.get("purpose", "label") == "label" and entry.get("ok", True) and entry["label_id"] not in rejected]
 
 
 def count_lines(path: Path, text: str) -> int:

@@ -61,7 +61,10 @@ def run_procedure(procedure: Callable[[Services], Any], *, make_reference: Calla
 
 def _told(ledger: Any, *, writes: bool) -> Ledger | None:
     """The ledger of this rank, told whether it writes."""
-    return None if ledger is None else Ledger(as_ledger(ledger).path, writes=writes)
+    if ledger is None:
+        return None
+    ledger = as_ledger(ledger)
+    return Ledger(ledger.path, writes=writes, label_purpose=ledger.label_purpose)
 
 
 def _run_serial_mode(procedure, comm: Comm, make_reference, timeout_s, ledger) -> Any:

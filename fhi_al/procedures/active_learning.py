@@ -20,7 +20,7 @@ from ..data.store import make_label_id
 from ..errors import InputError, ReferenceError
 from ..labeling import LabelResult
 from ..logs import DETAIL
-from ..md import MDParameters
+from ..md import FrameBounds, MDParameters
 from ..references import compute_label, reference_timeout_from_settings
 from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
@@ -51,6 +51,7 @@ class ActiveLearning:
         self.run_dir = Path(context.run_dir)
         self.settings = context.settings
         self.al = context.settings.al.active_learning
+        self.bounds = FrameBounds.from_settings(self.al)
         self.specs = member_specs(name_exp=context.settings.mace.general.name_exp,
                                   seed=context.settings.mace.general.seed, ensemble_size=self.al.ensemble_size)
         self.store = make_store(context.settings, self.run_dir)
@@ -81,6 +82,10 @@ class ActiveLearning:
                    "final_training": [stop.as_record() for stop in self.stops]})
 
     def require_initial_dataset(self) -> None:
+        if not is_done(self.run_dir, INITIAL_STAGE.marker) and self.al.initial_train_dataset is not None:
+            from .given_start import run as start_from_given
+
+            start_from_given(self.context)  # FHI_AL-al alone: the given datasets (and models) are the start
         if not is_done(self.run_dir, INITIAL_STAGE.marker):
             raise InputError("the initial dataset is not complete in this folder: run FHI_AL-initial-ds (or FHI_AL) "
                              "first", where=str(self.run_dir))
@@ -96,7 +101,7 @@ class ActiveLearning:
         count = self.al.num_trajectories
         mds = [MDParameters.from_settings(self.settings.al.md_settings_for(index)) for index in range(count)]
         self.trajectories = make_trajectories([self.context.geometry] * count, self.calc, mds=mds,
-                                              seed=self.settings.al.md.seed)
+                                              seed=self.settings.al.md.seed, bounds=self.bounds)
         self.state = self.state_file.load()
         self.tracker = self.make_tracker(self.state.threshold)
         if self.state.trajectories is not None:
@@ -106,7 +111,7 @@ class ActiveLearning:
                      [t.step for t in self.trajectories])
         self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=AL_STAGE.prefix,
                               template=lambda label: self.trajectories[label.trajectory].atoms, save=self.save_state,
-                              timings=self.timings)
+                              timings=self.timings, bounds=self.bounds, ledger=ledger_path(self.run_dir))
         if not self.state.metrics:
             self.state.metrics = {tag: self.trainer.evaluate(m, m.valid_atoms) for tag, m in self.members.items()}
             log.info("Starting active learning: ensemble validation force MAE %.4f eV/Å.", self.ensemble_mae())
@@ -214,6 +219,11 @@ class ActiveLearning:
         if not result.ok:
             log.warning("trajectory %d: reference failed on %s, frame skipped: %s", trajectory.index,
                         result.label_id, result.error)
+            trajectory.status = RUNNING
+            self.save_state()
+            return
+        if (reason := self.book.rejection(result)) is not None:
+            trajectory.dynamics.step_back(reason)  # the labelled frame was its last good one
             trajectory.status = RUNNING
             self.save_state()
             return
@@ -329,6 +339,11 @@ class ActiveLearning:
         log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
                  "(%s).", self.state.labels, self.ensemble_mae(), wall_s, reporting.timing_table(timings))
         log.info("Whole run so far: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
+        md_rejections: dict[str, int] = {}
+        for trajectory in self.trajectories:
+            for kind, count in trajectory.dynamics.rejections().items():
+                md_rejections[kind] = md_rejections.get(kind, 0) + count
+        reporting.log_rejections(md_rejections, self.book.rejected)
         reporting.log_stops(self.stops)
         reporting.log_outputs([self.trainer.model_path(tag) for tag in self.members], results, self.run_dir)
 

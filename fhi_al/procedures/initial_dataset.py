@@ -16,10 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
+from ..errors import FhiAlError
 from ..data.store import make_label_id
 from ..labeling import LabelResult, RemoteReference, label_from_results
 from ..logs import DETAIL
-from ..md import MDParameters
+from ..md import FrameBounds, MDParameters
 from ..references import compute_label, reference_name, reference_timeout_from_settings
 from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
@@ -36,9 +37,16 @@ log = logging.getLogger(__name__)
 RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
 HESSIAN_RECORD_PATH = Path("restart") / "initial_ds" / "hessian.npz"  # normal-mode sampling
 TRAJECTORY = 0  # the initial dataset samples one trajectory
+# Labels rejected by the frame guard in a row before sampling gives up (the bound, or the sampling, is wrong).
+MAX_REJECTIONS_IN_A_ROW = 20
 
 
 def run(context: Any) -> None:
+    if context.settings.al.active_learning.initial_train_dataset is not None:
+        from .given_start import run as start_from_given
+
+        start_from_given(context)  # the user's datasets (and models) replace the sampling
+        return
     InitialDataset(context).run()
 
 
@@ -55,6 +63,8 @@ class InitialDataset:
                                     enabled=self.settings.al.misc.create_restart)
         self.timings = Timings()
         self.preparatory_calls = 0
+        self.bounds = FrameBounds.from_settings(self.al)
+        self.rejections_in_a_row = 0
         self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of converge_initial, per member
 
     # ------------------------------------------------------------------------------------------ steps
@@ -91,7 +101,8 @@ class InitialDataset:
             log.info("Resuming the initial dataset at round %d (MD step %d, %d labels stored).",
                      self.state.round, self.sampler.step, self.num_labels())
         self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=INITIAL_STAGE.prefix,
-                              template=lambda _: self.context.geometry, save=self.save_state, timings=self.timings)
+                              template=lambda _: self.context.geometry, save=self.save_state, timings=self.timings,
+                              bounds=self.bounds, ledger=ledger_path(self.run_dir))
         if self.book.stored_ids:
             self.attach_members()
         for label in self.book.resubmit():  # stored just before the kill: only the record is behind
@@ -117,7 +128,7 @@ class InitialDataset:
             dtype = self.settings.mace.general.default_dtype
             driver, name = foundation_calculator(self.al.initial_foundational_size, dtype=dtype), "foundation MD"
         return LangevinSampler(self.context.geometry, driver, md=MDParameters.from_settings(md),
-                               interval_steps=self.al.skip_step_initial, rng=rng, name=name)
+                               interval_steps=self.al.skip_step_initial, rng=rng, name=name, bounds=self.bounds)
 
     def preparatory_call(self, atoms, purpose: str):
         """One reference call that prepares sampling (relaxation, Hessian), recorded in the ledger as paid."""
@@ -206,6 +217,8 @@ class InitialDataset:
         reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
         reporting.reference_usage(self.labeler, results, name="initial")
         log.info("Initial dataset: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
+        dynamics = getattr(self.sampler, "dynamics", None)
+        reporting.log_rejections(dynamics.rejections() if dynamics is not None else {}, self.book.rejected)
 
     # ------------------------------------------------------------------------------------------ labels
     def sample_frame(self) -> int:
@@ -236,10 +249,23 @@ class InitialDataset:
         stored = 0
         if not result.ok:
             log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
+        elif (reason := self.book.rejection(result)) is not None:
+            self.step_back(reason)
         else:
             stored = int(self.book.store_label(result, label, self.destination) is not None)
+            self.rejections_in_a_row = 0
         self.save_state()
         return stored
+
+    def step_back(self, reason: str) -> None:
+        """A rejected label: the sampling MD returns to the good frame before the rejected one."""
+        self.rejections_in_a_row += 1
+        if self.rejections_in_a_row >= MAX_REJECTIONS_IN_A_ROW:
+            raise FhiAlError(f"{self.rejections_in_a_row} labels in a row rejected by the frame guard (last: "
+                             f"{reason}); check ACTIVE_LEARNING.max_reference_force and the sampling settings")
+        dynamics = getattr(self.sampler, "dynamics", None)  # normal-mode samples are independent: nothing to undo
+        if dynamics is not None:
+            dynamics.step_back(reason)
 
     def destination(self) -> str:
         """Shared sets, or the member with the fewest frames; the split keeps valid_ratio."""

@@ -17,6 +17,9 @@ from typing import Any, Callable, Iterator
 from ase import Atoms
 
 from ..data.store import DatasetStore, with_provenance
+from ..logs import DETAIL
+from ..md import FrameBounds, reference_force_rejection
+from ..references.ledger import REJECTED, as_ledger
 from .state import PendingLabel
 
 log = logging.getLogger(__name__)
@@ -57,10 +60,13 @@ class LabelBook:
     `save` writes the procedure's restart record; `template` gives the atoms a pending frame's positions
     belong to (the run's geometry or a trajectory's atoms), for the frames sent to the labeler. A label is
     stored as the structure it carries (`LabelResult.atoms`), with the provenance of its pending frame.
+    With `bounds`, a label whose reference forces leave the physical region is rejected (`rejection`): it is
+    recorded in `ledger` as rejected (its call stays paid) and never stored.
     """
 
     def __init__(self, store: DatasetStore, labeler: Any, *, pending: dict[str, PendingLabel], stage: str,
-                 template: Callable[[PendingLabel], Atoms], save: Callable[[], None], timings: Timings):
+                 template: Callable[[PendingLabel], Atoms], save: Callable[[], None], timings: Timings,
+                 bounds: FrameBounds | None = None, ledger: Any = None):
         self.store = store
         self.labeler = labeler
         self.pending = pending
@@ -69,6 +75,24 @@ class LabelBook:
         self.save = save
         self.timings = timings
         self.stored_ids = all_label_ids(store)
+        self.bounds = bounds
+        self.ledger = ledger
+        self.rejected = 0  # labels rejected by the frame guard in this session
+
+    def rejection(self, result: Any) -> str | None:
+        """Why the computed label `result` must stay out of the datasets (logged to the file and recorded in
+        the ledger), or None to store it."""
+        if self.bounds is None or not result.ok:
+            return None
+        reason = reference_force_rejection(result.forces_eV_per_A, self.bounds.max_reference_force_eV_per_A)
+        if reason is None:
+            return None
+        if self.ledger is not None:
+            as_ledger(self.ledger).record(label_id=result.label_id, energy_eV=result.energy_eV, purpose=REJECTED,
+                                          calls=0, reason=reason)
+        self.rejected += 1
+        log.info("label %s not stored: %s", result.label_id, reason, extra=DETAIL)
+        return reason
 
     def is_stored(self, label_id: str) -> bool:
         return label_id in self.stored_ids

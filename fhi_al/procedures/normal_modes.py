@@ -17,12 +17,12 @@ from typing import Callable
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator, all_changes
-from ase.data import covalent_radii
 from ase.optimize import BFGS
 
 from ..durable import atomic_write_bytes
 from ..errors import InputError
 from ..logs import DETAIL
+from ..md import closest_contact_fraction
 from ..references import compute_label
 from ..references.ledger import HESSIAN, RELAXATION
 from ..restart import restore_rng, rng_state
@@ -210,17 +210,6 @@ def normal_modes(atoms: Atoms, hessian: np.ndarray, *, periodic: bool) -> Normal
 
 
 # ---------------------------------------------------------------- sampling
-
-
-def closest_contact_fraction(atoms: Atoms) -> float:
-    """min over atom pairs of d_ij / (r_cov,i + r_cov,j) (minimum image in a periodic cell); inf for one atom."""
-    if len(atoms) < 2:
-        return float("inf")
-    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
-    radii = covalent_radii[atoms.numbers]
-    ratio = distances / (radii[:, None] + radii[None, :])
-    np.fill_diagonal(ratio, np.inf)
-    return float(ratio.min())
 
 
 class NormalModeSampler:

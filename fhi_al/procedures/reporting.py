@@ -100,3 +100,14 @@ def reference_usage(labeler: Any, folder: Path, *, name: str) -> None:
         f"{100 * value:.0f}%" for key, value in fractions.items() if key.startswith("group")) + ")")
     save_figure(fig, folder / f"{name}_reference_timeline.png")
     plt.close(fig)
+
+
+def log_rejections(md_rejections: Mapping[str, int], labels_rejected: int) -> None:
+    """One console line: frames the frame guard kept out of the datasets in this session, per reason."""
+    total = sum(md_rejections.values())
+    if not total and not labels_rejected:
+        return
+    kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(md_rejections.items()))
+    log.info("Frame guard: %d MD frames rejected and their trajectories reset (%s); %d labels not stored "
+             "(reference force above max_reference_force; their calls are counted as cost).", total,
+             kinds or "none", labels_rejected)

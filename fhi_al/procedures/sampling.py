@@ -15,7 +15,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from ..errors import InputError, ReferenceError
-from ..md import GuardedDynamics, MDParameters, initialize_velocities, make_dynamics
+from ..md import FrameBounds, GuardedDynamics, MDParameters, initialize_velocities, make_dynamics
 from ..references import compute_reference_label, gives_stress
 from ..restart import restore_rng, rng_state
 from .state import SamplerState
@@ -44,7 +44,7 @@ class LangevinSampler:
     """
 
     def __init__(self, atoms: Atoms, calc: Calculator, *, md: MDParameters, interval_steps: int,
-                 rng: np.random.Generator, name: str = "sampling MD"):
+                 rng: np.random.Generator, name: str = "sampling MD", bounds: FrameBounds | None = None):
         self.atoms = atoms.copy()
         self.atoms.calc = calc
         self.md = md
@@ -53,7 +53,8 @@ class LangevinSampler:
         self.name = name
         initialize_velocities(self.atoms, md.temperature_K, rng)
         self.dynamics = GuardedDynamics(make_dynamics(self.atoms, md=md, rng=rng), rng=rng,
-                                        temperature_K=md.temperature_K, name=name)
+                                        temperature_K=md.temperature_K, name=name,
+                                        detector=(bounds or FrameBounds()).detector(md.temperature_K))
         self.dynamics.on_good_frame(self._hand_out)
         self._frame: Frame | None = None
 

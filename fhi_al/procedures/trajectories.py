@@ -13,7 +13,8 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from ..md import BlowUpDetector, GuardedDynamics, LastGoodFrame, MDParameters, initialize_velocities, make_dynamics
+from ..md import (BlowUpDetector, FrameBounds, GuardedDynamics, LastGoodFrame, MDParameters, initialize_velocities,
+                  make_dynamics)
 from ..restart import restore_rng, rng_state
 from ..uncertainty import frame_uncertainty
 from .state import TrajectoryState
@@ -121,9 +122,10 @@ class Trajectory:
 
 
 def make_trajectories(starts: Sequence[Atoms], calc: Calculator, *, mds: Sequence[MDParameters],
-                      seed: int) -> list[Trajectory]:
+                      seed: int, bounds: FrameBounds | None = None) -> list[Trajectory]:
     """One trajectory per entry of `starts` (its starting structure) and `mds` (its MD settings), each with
-    its own RNG stream and velocities."""
+    its own RNG stream and velocities, guarded by `bounds` (default FrameBounds())."""
+    bounds = bounds or FrameBounds()
     if len(starts) != len(mds):
         raise ValueError(f"{len(starts)} starting structures for {len(mds)} MD settings")
     streams = np.random.SeedSequence(seed).spawn(len(starts))
@@ -134,6 +136,7 @@ def make_trajectories(starts: Sequence[Atoms], calc: Calculator, *, mds: Sequenc
         atoms.calc = calc
         initialize_velocities(atoms, md.temperature_K, rng)
         dynamics = GuardedDynamics(make_dynamics(atoms, md=md, rng=rng), rng=rng, temperature_K=md.temperature_K,
-                                   name=f"trajectory {index}", failure="model evaluation failed")
+                                   name=f"trajectory {index}", failure="model evaluation failed",
+                                   detector=bounds.detector(md.temperature_K))
         trajectories.append(Trajectory(index=index, dynamics=dynamics, md=md))
     return trajectories

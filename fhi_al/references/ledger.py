@@ -30,8 +30,12 @@ AIMD_STEP = "aimd_step"  # one step of ab initio MD (initial_sampling: aimd)
 HESSIAN = "hessian"  # a displaced structure of a finite-difference Hessian (normal-mode sampling)
 RELAXATION = "relaxation"  # a step of the relaxation that precedes the Hessian
 ATOMIC_ENERGY = "atomic_energy"  # an isolated atom (FHI_AL-atomic-energies)
+RELABEL = "relabel"  # a stored frame recomputed with another reference (FHI_AL-relabel)
 ANALYSIS = "analysis"  # analysis mode's true errors: reported, never part of the cost
-PURPOSES = (LABEL, AIMD_STEP, HESSIAN, RELAXATION, ATOMIC_ENERGY, ANALYSIS)
+PURPOSES = (LABEL, AIMD_STEP, HESSIAN, RELAXATION, ATOMIC_ENERGY, RELABEL, ANALYSIS)
+# Not a calculation (calls=0): a computed label that the frame guard kept out of the datasets (its call was
+# recorded as a label and is paid); it is no longer counted among the stored labels.
+REJECTED = "rejected"
 
 
 def ledger_path(run_dir: str | os.PathLike) -> Path:
@@ -43,9 +47,10 @@ class Ledger:
     """Appends calculation records to `path`. The caller says whether this rank writes (`writes=False` on the
     ranks of a reference communicator other than its root, so that a collective calculation is recorded once)."""
 
-    def __init__(self, path: str | os.PathLike, *, writes: bool = True):
+    def __init__(self, path: str | os.PathLike, *, writes: bool = True, label_purpose: str = LABEL):
         self.path = Path(path)
         self.writes = writes
+        self.label_purpose = label_purpose  # what the labels of this command are for (RELABEL for FHI_AL-relabel)
 
     def record(self, *, label_id: str, energy_eV: float | None, purpose: str = LABEL, calls: int = 1,
                ok: bool = True, **extra: Any) -> None:
@@ -53,6 +58,7 @@ class Ledger:
         step's); a failed calculation has `ok` false and no energy."""
         if not self.writes:
             return
+        purpose = self.label_purpose if purpose == LABEL else purpose
         entry = {"label_id": label_id, "energy_eV": None if energy_eV is None else float(energy_eV),
                  "purpose": purpose, "calls": int(calls), "ok": bool(ok), "time": time.time(), "pid": os.getpid(),
                  **extra}
@@ -76,8 +82,15 @@ def is_stored_label(entry: dict[str, Any]) -> bool:
     return entry.get("purpose", LABEL) == LABEL and entry.get("ok", True)
 
 
+def rejected_ids(entries: list[dict[str, Any]]) -> set[str]:
+    return {entry["label_id"] for entry in entries if entry.get("purpose") == REJECTED}
+
+
 def ledger_label_ids(path: str | os.PathLike) -> list[str]:
-    return [entry["label_id"] for entry in read_ledger(path) if is_stored_label(entry)]
+    """Labels that reached the datasets (computed, not rejected by the frame guard)."""
+    entries = read_ledger(path)
+    rejected = rejected_ids(entries)
+    return [entry["label_id"] for entry in entries if is_stored_label(entry) and entry["label_id"] not in rejected]
 
 
 @dataclass
@@ -87,14 +100,19 @@ class ReferenceCost:
     calls: Counter = field(default_factory=Counter)  # purpose -> calculations (failed ones included)
     failed: int = 0
     labels: int = 0  # completed labels, including those read from ab initio MD steps (no extra call)
+    rejected: int = 0  # computed labels the frame guard kept out of the datasets (their calls are paid)
 
     @classmethod
     def from_entries(cls, entries: list[dict[str, Any]]) -> "ReferenceCost":
         cost = cls()
+        rejected = rejected_ids(entries)
+        cost.rejected = len(rejected)
         for entry in entries:
+            if entry.get("purpose") == REJECTED:
+                continue
             cost.calls[entry.get("purpose", LABEL)] += int(entry.get("calls", 1))
             cost.failed += not entry.get("ok", True)
-            cost.labels += is_stored_label(entry)
+            cost.labels += is_stored_label(entry) and entry["label_id"] not in rejected
         return cost
 
     @classmethod
@@ -109,12 +127,15 @@ class ReferenceCost:
         parts = [f"{self.calls[p]} {p.replace('_', ' ')}" for p in PURPOSES if p != ANALYSIS and self.calls[p]]
         text = f"{self.paid} reference calls paid ({', '.join(parts) or 'none'}; {self.failed} failed)"
         text += f", {self.labels} labels stored"
+        if self.rejected:
+            text += f", {self.rejected} labels rejected by the frame guard"
         if self.calls[ANALYSIS]:
             text += f"; {self.calls[ANALYSIS]} analysis-mode calls (not part of the cost)"
         return text
 
     def as_dict(self) -> dict[str, Any]:
-        return {"paid": self.paid, "by_purpose": dict(self.calls), "failed": self.failed, "labels": self.labels}
+        return {"paid": self.paid, "by_purpose": dict(self.calls), "failed": self.failed, "labels": self.labels,
+                "rejected": self.rejected}
 
 
 class CountingCalculator(Calculator):

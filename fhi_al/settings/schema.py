@@ -309,6 +309,22 @@ class ActiveLearningSettings:
     threshold_warmup_checks: int = option(10, "Uncertainty checks before the threshold is used.", minimum=0)
     reset_optimizer_after: int | None = option(None, "Reset a member's optimiser after this many validation "
                                                      "checks without improvement (null = never).", minimum=1)
+    min_distance_fraction: float | None = option(
+        0.75, "A model-driven MD frame with two atoms closer than this fraction of their covalent radii sum has "
+              "left the physical region: it is not labelled and its trajectory returns to its last good frame "
+              "(null = no check).", minimum=0.0, exclusive_minimum=True)
+    max_reference_force: float | None = option(
+        20.0, "A label whose largest reference force on an atom exceeds this bound is not stored (DP-GEN's upper "
+              "trust level); its reference call still counts as cost (null = no bound).", minimum=0.0,
+        exclusive_minimum=True, unit="eV/Å")
+    max_temperature_factor: float = option(5.0, "An MD frame whose kinetic temperature exceeds this multiple of "
+                                                "MD.temperature is rejected and its trajectory reset.", minimum=1.0,
+                                           exclusive_minimum=True)
+    initial_train_dataset: str | dict[str, str] | None = option(
+        None, "Start from existing data: an extxyz file with REF_energy and REF_forces that every member trains "
+              "on, or a mapping from member tag to its file. Replaces the sampling of the initial dataset.")
+    initial_valid_dataset: str | dict[str, str] | None = option(
+        None, "Validation data that goes with initial_train_dataset (one file, or member tag -> file).")
 
 
 AL_UNUSED = ("initial_valid_ratio", "skip_step", "threshold", "path_to_trajectories", "freeze_threshold_dataset",

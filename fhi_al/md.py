@@ -190,15 +190,20 @@ def restore_md_state(atoms: Atoms, state: MDState, dyn: Any = None) -> int:
     return state.step
 
 
+CONTACT_SEARCH_FRACTION = 1.5  # contacts farther than this fraction of their covalent-radii sum are not looked at
+
+
 def closest_contact_fraction(atoms: Atoms) -> float:
-    """min over atom pairs of d_ij / (r_cov,i + r_cov,j) (minimum image in a periodic cell); inf for one atom."""
+    """min over atom pairs of d_ij / (r_cov,i + r_cov,j) (periodic images included), from a linear-scaling
+    neighbour list; inf for one atom or when no pair is within CONTACT_SEARCH_FRACTION of its radii sum."""
     if len(atoms) < 2:
         return float("inf")
-    distances = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
     radii = covalent_radii[atoms.numbers]
-    ratio = distances / (radii[:, None] + radii[None, :])
-    np.fill_diagonal(ratio, np.inf)
-    return float(ratio.min())
+    first, second, distances = neighbour_list("ijd", atoms, CONTACT_SEARCH_FRACTION * 2.0 * float(radii.max()))
+    if len(distances) == 0:
+        return float("inf")
+    ratio = distances / (radii[first] + radii[second])
+    return float(ratio.min()) if ratio.min() <= CONTACT_SEARCH_FRACTION else float("inf")
 
 
 def reference_force_rejection(forces_eV_per_A: np.ndarray, max_force_eV_per_A: float | None) -> str | None:

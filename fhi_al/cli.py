@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import inputs
 from .context import RunContext
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, FhiAlError, InputError, RunLockedError
 from .labeling import run_procedure
@@ -28,6 +27,7 @@ from .references import Ledger, reference_from_settings
 from .references.ledger import ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
+from .systems import load_systems, with_controls
 
 log = logging.getLogger(__name__)
 
@@ -104,28 +104,29 @@ def check_run_dir(run_dir: Path) -> Path:
 
 
 def prepare_context(run_dir: Path, *, log_level: str | None = None):
-    """Validate settings, geometry and (for aims) control.in + species_dir; write nothing. -> RunContext."""
+    """Validate settings, the systems' geometries and (for aims) control.in + species_dir; write nothing."""
     comm = world()
     run_dir = check_run_dir(run_dir)
     settings = load_run_settings(run_dir)
-    geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
-    check_foundation(settings, geometry)
-    control = None
+    misc = settings.al.misc
+    systems = load_systems(misc.path_to_geometry, run_dir)
+    check_foundation(settings, systems)
     if settings.calculator == "aims":
-        control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
-                                          settings.al.active_learning.species_dir, geometry)
-    return RunContext(run_dir=run_dir, settings=settings, geometry=geometry, control=control, comm=comm,
+        systems = with_controls(systems, misc.path_to_control, run_dir,
+                                species_dir=settings.al.active_learning.species_dir)
+    return RunContext(run_dir=run_dir, settings=settings, systems=tuple(systems), comm=comm,
                       log_level=log_level or settings.mace.misc.log_level)
 
 
-def check_foundation(settings, geometry) -> None:
-    """ARCHITECTURE.foundation_model (if any) loads, is a MACE model and covers the geometry's elements."""
+def check_foundation(settings, systems) -> None:
+    """ARCHITECTURE.foundation_model (if any) loads, is a MACE model and covers the systems' elements."""
     if settings.mace.architecture.foundation_model is None:
         return
     from .architectures.mace.foundation import check_run_inputs  # torch and mace: only when a foundation is used
     from .training.config import DTYPES
 
-    check_run_inputs(settings.mace.architecture, geometry.numbers, dtype=DTYPES[settings.mace.general.default_dtype])
+    numbers = [n for system in systems for n in system.atoms.numbers]
+    check_run_inputs(settings.mace.architecture, numbers, dtype=DTYPES[settings.mace.general.default_dtype])
 
 
 def _start_logging(context: RunContext, procedure: Procedure, printed: Sequence[str] = ()) -> None:
@@ -168,7 +169,8 @@ def run_step(procedure: Procedure, run: Callable[[RunContext], Any], context: Ru
 
     def make_reference(comm, group_index: int):
         work_dir = context.run_dir if group_index == 0 else context.run_dir / f"reference_group_{group_index}"
-        return reference_from_settings(context.settings, work_dir, comm, context.control)
+        return reference_from_settings(context.settings, work_dir, comm, context.control,
+                                       system_controls=context.system_controls())
 
     run_procedure(lambda services: run(context.with_services(services)), make_reference=make_reference,
                   reference_name=context.settings.calculator, parallel=al.parallel,

@@ -26,6 +26,7 @@ from .ledger import LABEL, as_ledger
 log = logging.getLogger(__name__)
 
 LABEL_PROPERTIES = ("energy", "forces")
+SYSTEM_KEY = "system"  # Atoms.info: the name of the run's system a structure belongs to (fhi_al.systems)
 
 
 def reference_name(calc: Calculator) -> str:

@@ -101,6 +101,13 @@ class AimsASICalculator(Calculator):
         """The control.in keywords of the system `atoms` belongs to (info["system"]), else the run's."""
         return self.system_controls.get(atoms_system(atoms), self.control)
 
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus the system: the same atoms of another system use another control.in."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and atoms_system(atoms) != atoms_system(self.atoms) and "system" not in changes:
+            changes.append("system")
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         system = atoms_system(self.atoms)

@@ -27,7 +27,7 @@ from .references import Ledger, reference_from_settings
 from .references.ledger import ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
-from .systems import load_systems, with_controls
+from .systems import check_run_settings, load_systems, with_controls
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     settings = load_run_settings(run_dir)
     misc = settings.al.misc
     systems = load_systems(misc.path_to_geometry, run_dir)
+    check_run_settings(systems, settings.al.active_learning)
     check_foundation(settings, systems)
     if settings.calculator == "aims":
         systems = with_controls(systems, misc.path_to_control, run_dir,

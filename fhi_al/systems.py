@@ -127,6 +127,17 @@ def with_controls(systems: Sequence[System], source: str | Mapping[int, str], ru
     return result
 
 
+def check_run_settings(systems: Sequence[System], active_learning: Any) -> None:
+    """Settings that several systems need: every initial round (n_samples frames per member) samples each."""
+    if len(systems) > 1 and active_learning.n_samples < len(systems):
+        raise InputError(f"{active_learning.n_samples} frames per round cannot cover the {len(systems)} systems of "
+                         f"{GEOMETRY_KEY}; set it to at least {len(systems)}", where="ACTIVE_LEARNING.n_samples")
+    if len(systems) > 1 and active_learning.num_trajectories < len(systems):
+        log.warning("num_trajectories = %d < %d systems: systems %s get no active-learning trajectory "
+                    "(trajectory i runs system i mod %d).", active_learning.num_trajectories, len(systems),
+                    ", ".join(s.name for s in systems[active_learning.num_trajectories:]), len(systems))
+
+
 def system_of(atoms: Atoms, systems: Sequence[System]) -> str:
     """The name of the system `atoms` (a frame or label) belongs to: info["system"], or the only system."""
     name = atoms.info.get(SYSTEM_KEY)

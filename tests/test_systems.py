@@ -147,7 +147,7 @@ def assert_bad_input(folder: Path, *expected: str) -> None:
 
 
 @pytest.mark.parametrize("case", ["empty_folder", "two_lattice_vectors", "control_index_without_geometry",
-                                  "control_species_mismatch"])
+                                  "control_species_mismatch", "fewer_samples_than_systems"])
 def test_bad_systems_exit_2_naming_key_or_file(tmp_path, case):
     folder = tmp_path / "run"
     folder.mkdir()
@@ -168,6 +168,12 @@ def test_bad_systems_exit_2_naming_key_or_file(tmp_path, case):
         settings_files(folder, aims=tmp_path, misc="  path_to_geometry: geometries\n  path_to_control:\n"
                                                    "    0: control.in\n    1: control.in\n    5: control.in\n")
         assert_bad_input(folder, "MISC.path_to_control", "index 5 has no geometry")
+    elif case == "fewer_samples_than_systems":
+        two_geometries(folder)
+        settings_files(folder, misc="  path_to_geometry: geometries\n")
+        path = folder / "active_learning_settings.yaml"
+        path.write_text(path.read_text().replace("ensemble_size: 2\n", "ensemble_size: 2\n  n_samples: 1\n"))
+        assert_bad_input(folder, "ACTIVE_LEARNING.n_samples", "2 systems")
     else:
         two_geometries(folder)
         (folder / "control.in").write_text(CONTROL + "species H\nspecies O\n")
@@ -261,6 +267,7 @@ def system_counts(frames) -> collections.Counter:
     return collections.Counter(atoms.info.get(SYSTEM_KEY) for atoms in frames)
 
 
+@pytest.mark.slow  # ~80 s on 2 busy cores
 def test_two_molecules_end_to_end_with_a_kill(tmp_path):
     """Water and methane with GFN2-xTB: the initial dataset is killed after a few labels and resumed; every
     label is stored once, both systems are in every dataset, trajectories alternate over the systems and

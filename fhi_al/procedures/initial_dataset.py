@@ -196,7 +196,11 @@ class InitialDataset:
         """Each member trains intermediate_epochs with warm start; checkpoint and record after each."""
         self.attach_members()
         for tag in list(self.state.trained):
-            member = self.members[tag]
+            member = self.members.get(tag)
+            if member is None:  # a reference failure left it without a frame of some system: next round
+                log.warning("%s has no training frame of every system yet; it trains after the next round.", tag)
+                self.state.trained.remove(tag)
+                continue
             with self.timings.measure("training_s"):
                 metrics = self.trainer.train(member, self.al.intermediate_epochs,
                                              use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
@@ -249,7 +253,7 @@ class InitialDataset:
         results = self.run_dir / self.trainer.config.results_dir
         reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
         reporting.reference_usage(self.labeler, results, name="initial")
-        self.report_systems(plot=True, round=self.state.round)
+        self.report_systems(plot=True, round=self.state.round, final=True)
         log.info("Initial dataset: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
 
     # ------------------------------------------------------------------------------------------ labels
@@ -286,29 +290,38 @@ class InitialDataset:
         else:
             system = self.systems[label.trajectory].name
             tag = SHARED_TAG if self.shared else self.member_for(system)
-            stored = int(self.book.store_label(result, label, lambda: self.destination(tag)) is not None)
+            name = self.destination(tag, system)
+            stored = int(self.book.store_label(result, label, name) is not None)
             if stored:
-                self.system_counts[(tag, system)] = self.system_counts.get((tag, system), 0) + 1
+                self.system_counts[(name, system)] = self.system_counts.get((name, system), 0) + 1
         self.save_state()
         return stored
 
     def member_for(self, system: str) -> str:
         """The member with the fewest frames of `system`, then the fewest frames (split member data)."""
-        return min(self.specs, key=lambda s: (self.system_counts.get((s.tag, system), 0), self.member_count(s.tag),
+        return min(self.specs, key=lambda s: (self.system_frames(s.tag, system), self.member_count(s.tag),
                                               s.index)).tag
 
+    def system_frames(self, tag: str, system: str, splits: tuple[str, ...] = (TRAIN, VALID)) -> int:
+        return sum(self.system_counts.get((dataset_name(INITIAL_STAGE.prefix, split, tag), system), 0)
+                   for split in splits)
+
     def count_member_systems(self) -> dict[tuple[str, str], int]:
-        """(member tag or SHARED_TAG, system name) -> initial frames stored."""
+        """(initial dataset name, system name) -> frames stored."""
         counts: dict[tuple[str, str], int] = {}
         for tag in [spec.tag for spec in self.specs] + [SHARED_TAG]:
             for split in (TRAIN, VALID):
-                for atoms in self.store.read(dataset_name(INITIAL_STAGE.prefix, split, tag)):
-                    key = (tag, system_of(atoms, self.systems))
+                name = dataset_name(INITIAL_STAGE.prefix, split, tag)
+                for atoms in self.store.read(name):
+                    key = (name, system_of(atoms, self.systems))
                     counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def destination(self, tag: str) -> str:
-        """The training or validation set of `tag` (a member or the shared sets); the split keeps valid_ratio."""
+    def destination(self, tag: str, system: str) -> str:
+        """The training or validation set of `tag` (a member or the shared sets); the split keeps valid_ratio,
+        but a system's first frame of a set goes to training (the model is built for the elements it trains on)."""
+        if self.system_frames(tag, system, (TRAIN,)) == 0:
+            return dataset_name(INITIAL_STAGE.prefix, TRAIN, tag)
         n_train = self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag))
         n_valid = self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, tag))
         to_valid = n_valid_to_add(1, valid_ratio=self.al.valid_ratio, n_train=n_train, n_valid=n_valid)
@@ -345,8 +358,11 @@ class InitialDataset:
             if spec.tag in self.members:
                 self.members[spec.tag].train_atoms = train
                 self.members[spec.tag].valid_atoms = valid
-            elif train:
+            elif self.covers_every_system(train):  # a model is built for the elements of its first data
                 self.members[spec.tag] = load_or_create_member(self.trainer, spec, train, valid)
+
+    def covers_every_system(self, train: list) -> bool:
+        return bool(train) and {system_of(atoms, self.systems) for atoms in train} >= {s.name for s in self.systems}
 
     def save_state(self) -> None:
         self.state.samplers = [sampler.state() for sampler in self.samplers]

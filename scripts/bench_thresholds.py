@@ -1,8 +1,8 @@
 """Benchmark: one uncertainty threshold per system or one shared, for a molecule next to a bulk crystal.
 
 Two FHI_AL runs that differ only in ACTIVE_LEARNING.threshold_per_system, on water and 8-atom bulk Si (both
-GFN1-xTB, which handles molecules and periodic cells), tiny MACE ensembles, one trajectory per system. For each
-run: the labels of each system (initial and active learning), the reference calls paid (ledger), and the force
+GFN1-xTB at 1000 K electronic temperature, which handles molecules and periodic cells), tiny MACE ensembles,
+one trajectory per system. For each run: the labels of each system (initial and active learning), the reference calls paid (ledger), and the force
 MAE of the final ensemble mean on a held-out test set per system (Langevin MD frames with the reference, far
 apart, cached). Writes scripts/results/bench_thresholds.{json,png}.
 
@@ -36,10 +36,12 @@ RESULTS = REPO / "scripts" / "results"
 BIN = Path(sys.executable).parent
 SYSTEMS = {"a_water": lambda: molecule("H2O"), "b_si8": lambda: bulk("Si", "diamond", a=5.43, cubic=True)}
 METHOD = "GFN1-xTB"
+ELECTRONIC_TEMPERATURE_K = 1000.0  # GFN1-xTB's SCF on 8-atom Si at 500 K fails now and then at 300 K
 TEMPERATURE_K = 500
-TEST_FRAMES = 20  # per system
+TEST_FRAMES = 15  # per system
 TEST_SPACING_STEPS = 20
 
+XTB = {"method": METHOD, "electronic_temperature_K": ELECTRONIC_TEMPERATURE_K}
 MACE = {"GENERAL": {"name_exp": "bench", "seed": 1},
         "ARCHITECTURE": {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "num_interactions": 2,
                          "correlation": 2, "radial_MLP": [16], "MLP_irreps": "8x0e"},
@@ -50,14 +52,15 @@ AL = {"ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 4, "vali
                           "max_set_size": 400, "threshold_warmup_checks": 4, "uncert_not_crossed_limit": 1000,
                           "c_x": 0.0, "converge_al": False, "initial_member_data": "shared"},
       "MD": {"temperature": TEMPERATURE_K, "timestep": 0.5, "friction": 0.01, "seed": 3},
-      "REFERENCE": {"calculator": "xtb", "xtb": {"method": METHOD}},
+      "REFERENCE": {"calculator": "xtb", "xtb": {"method": METHOD,
+                                                 "electronic_temperature_K": ELECTRONIC_TEMPERATURE_K}},
       "MISC": {"path_to_geometry": "geometries"}}
 
 
 def reference():
     from fhi_al.references import make_reference
 
-    return make_reference(name="xtb", options={"method": METHOD})
+    return make_reference(name="xtb", options=XTB)
 
 
 def test_set(name: str) -> list:
@@ -65,6 +68,7 @@ def test_set(name: str) -> list:
     path = RESULTS / f"bench_thresholds_test_{name}.xyz"
     if path.exists():
         return read(path, index=":")
+    from ase.calculators.calculator import CalculationFailed
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
@@ -72,11 +76,17 @@ def test_set(name: str) -> list:
     atoms = SYSTEMS[name]()
     atoms.calc = reference()
     rng = np.random.default_rng(11)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=rng)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=rng, force_temp=True)
     dynamics = Langevin(atoms, 0.5 * units.fs, temperature_K=TEMPERATURE_K, friction=0.01, rng=rng, fixcm=False)
-    frames = []
-    for _ in range(TEST_FRAMES):
-        dynamics.run(TEST_SPACING_STEPS)
+    frames, good = [], atoms.copy()
+    while len(frames) < TEST_FRAMES:
+        try:
+            dynamics.run(TEST_SPACING_STEPS)
+        except CalculationFailed:  # an SCF that does not converge: back to the last frame, new velocities
+            atoms.set_positions(good.get_positions())
+            MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=rng, force_temp=True)
+            continue
+        good = atoms.copy()
         frame = atoms.copy()
         frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
                                            forces=atoms.calc.results["forces"].copy())

@@ -18,7 +18,7 @@ from ase import Atoms
 from ase.build import molecule
 from ase.io import read
 
-from asi_build import shared_tmp, standin_lib, write_species_dir  # noqa: F401 - fixtures
+from asi_build import shared_tmp, standin_lib, write_species_dir  # noqa: F401,F811 - fixtures
 from conftest import VENV_BIN
 from fhi_al.data.store import DatasetStore, with_provenance
 from fhi_al.errors import InputError
@@ -303,3 +303,24 @@ def test_two_molecules_end_to_end_with_a_kill(tmp_path):
     assert (folder / "results" / "al_forces_per_system.png").exists()
     log = (folder / "logs" / "initial_dataset.log").read_text()
     assert "Resuming the initial dataset" in log and "validation force MAE per system" in log
+
+
+@pytest.mark.slow  # ~60 s on 2 busy cores
+def test_normal_modes_take_one_hessian_per_system(tmp_path):
+    """Normal-mode sampling of two molecules: each system is relaxed and its Hessian taken once (6 calls per
+    atom), kept in its own file; shared initial sets hold frames of both systems."""
+    folder = make_run_folder(tmp_path / "run", al={"MISC": {"path_to_geometry": "geometries"}, "ACTIVE_LEARNING": {
+        "initial_sampling": "normal-modes", "initial_member_data": "shared", "max_initial_epochs": 2}})
+    (folder / "geometry.in").unlink()
+    two_geometries(folder)
+    result = run_cli("FHI_AL-initial-ds", folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = sorted(p.name for p in (folder / "restart" / "initial_ds").glob("hessian*.npz"))
+    assert records == ["hessian_a_methane.npz", "hessian_b_water.npz"]
+    purposes = collections.Counter(json.loads(line).get("purpose") for line in
+                                   (folder / "logs" / "reference_ledger.jsonl").read_text().splitlines())
+    assert purposes["hessian"] == 6 * (5 + 3)
+    frames = stored_frames(folder)
+    assert set(system_counts(frames)) == {"a_methane", "b_water"}
+    for atoms in frames:
+        assert atoms.get_chemical_formula() == {"a_methane": "CH4", "b_water": "H2O"}[atoms.info[SYSTEM_KEY]]

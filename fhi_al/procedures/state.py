@@ -5,8 +5,8 @@ Layout versions of a procedure record (the `data` of a restart record):
   1  the dict layout before typed state (no `version` key); AL pending frames sit in their trajectory
   2  `kind` and `version` keys; every pending frame is a PendingLabel in the top-level `pending` map
   3  the initial dataset has one sampler per system (`samplers`, and `next_sampler` of the round robin)
-Versions 1 and 2 records still load (their one sampler is system 0's); a newer version, another procedure's record or a damaged one is refused
-with a message that names the file.
+Versions 1 and 2 records still load (their one sampler is system 0's); a newer version, another procedure's
+record or a damaged one is refused with a message that names the file.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ BIN = Path(sys.executable).parent
 SYSTEMS = {"a_water": lambda: molecule("H2O"), "b_si8": lambda: bulk("Si", "diamond", a=5.43, cubic=True)}
 METHOD = "GFN1-xTB"
 ELECTRONIC_TEMPERATURE_K = 1000.0  # GFN1-xTB's SCF on 8-atom Si at 500 K fails now and then at 300 K
-TEMPERATURE_K = 500
+TEMPERATURE_K = 400
 TEST_FRAMES = 15  # per system
 TEST_SPACING_STEPS = 20
 
@@ -46,9 +46,9 @@ MACE = {"GENERAL": {"name_exp": "bench", "seed": 1},
         "ARCHITECTURE": {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "num_interactions": 2,
                          "correlation": 2, "radial_MLP": [16], "MLP_irreps": "8x0e"},
         "TRAINING": {"batch_size": 4, "valid_batch_size": 8, "lr": 0.01}}
-AL = {"ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 4, "valid_ratio": 0.25, "ensemble_size": 2,
-                          "intermediate_epochs": 2, "max_initial_epochs": 4, "skip_step_initial": 5,
-                          "skip_step_mlff": 5, "num_trajectories": 2, "max_MD_steps": 400, "max_epochs_worker": 2,
+AL = {"ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 8, "valid_ratio": 0.25, "ensemble_size": 2,
+                          "intermediate_epochs": 4, "max_initial_epochs": 12, "skip_step_initial": 5,
+                          "skip_step_mlff": 5, "num_trajectories": 2, "max_MD_steps": 300, "max_epochs_worker": 2,
                           "max_set_size": 400, "threshold_warmup_checks": 4, "uncert_not_crossed_limit": 1000,
                           "c_x": 0.0, "converge_al": False, "initial_member_data": "shared"},
       "MD": {"temperature": TEMPERATURE_K, "timestep": 0.5, "friction": 0.01, "seed": 3},

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import inputs
 from .context import RunContext
 from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, FhiAlError, InputError, RunLockedError
 from .labeling import run_procedure
@@ -31,6 +30,7 @@ from .references.ledger import LABEL, RELABEL, ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
 from .settings.machine import check_stress_inputs
+from .systems import check_run_settings, load_systems, with_controls
 
 log = logging.getLogger(__name__)
 
@@ -116,47 +116,54 @@ def check_run_dir(run_dir: Path) -> Path:
 
 
 def prepare_context(run_dir: Path, *, log_level: str | None = None):
-    """Validate settings, geometry and (for aims) control.in + species_dir; write nothing. -> RunContext."""
+    """Validate settings, the systems' geometries and (for aims) control.in + species_dir; write nothing."""
     comm = world()
     run_dir = check_run_dir(run_dir)
     settings = load_run_settings(run_dir)
-    geometry = inputs.read_geometry(run_dir / settings.al.misc.path_to_geometry)
-    check_stress_inputs(settings, geometry.pbc, geometry.cell.volume)
-    check_foundation(settings, geometry)
-    check_md_ensemble(settings, geometry, run_dir / settings.al.misc.path_to_geometry)
-    check_given_datasets(settings, geometry, run_dir)
-    control = None
+    misc = settings.al.misc
+    systems = load_systems(misc.path_to_geometry, run_dir)
+    check_run_settings(systems, settings.al.active_learning)
+    for system in systems:
+        check_stress_inputs(settings, system.atoms.pbc, system.atoms.cell.volume)
+    check_foundation(settings, systems)
+    check_md_ensemble(settings, systems)
+    check_given_datasets(settings, systems, run_dir)
     if settings.calculator == "aims":
-        control = inputs.load_aims_inputs(run_dir / settings.al.misc.path_to_control,
-                                          settings.al.active_learning.species_dir, geometry)
-    return RunContext(run_dir=run_dir, settings=settings, geometry=geometry, control=control, comm=comm,
+        systems = with_controls(systems, misc.path_to_control, run_dir,
+                                species_dir=settings.al.active_learning.species_dir)
+    return RunContext(run_dir=run_dir, settings=settings, systems=tuple(systems), comm=comm,
                       log_level=log_level or settings.mace.misc.log_level)
 
 
-def check_md_ensemble(settings, geometry, geometry_path: Path) -> None:
-    """NPT changes the cell: every MD block (or per-trajectory entry) asking for it needs a periodic structure."""
-    if geometry.pbc.all():
-        return
+def check_md_ensemble(settings, systems) -> None:
+    """NPT changes the cell: every MD block asking for it needs periodic structures. A per-trajectory entry
+    MD.<i> runs on system i mod n; the plain block and MD.0 (also the initial dataset's MD) on every system."""
     for key, md in settings.al.md_entries():
-        if md.stat_ensemble == "NPT":
-            raise InputError(f"NPT needs a structure periodic in all three directions (three lattice_vector lines), "
-                             f"but {geometry_path.name} is not; use NVT for a molecule or a slab",
-                             where=f"{key}.stat_ensemble")
+        if md.stat_ensemble != "NPT":
+            continue
+        index = key.rpartition(".")[2]
+        runs_on = [systems[int(index) % len(systems)]] if index.isdigit() and index != "0" else systems
+        for system in runs_on:
+            if not system.atoms.pbc.all():
+                raise InputError(f"NPT needs a structure periodic in all three directions (three lattice_vector "
+                                 f"lines), but {system.path.name if system.path else system.name} is not; use NVT for a molecule or a slab",
+                                 where=f"{key}.stat_ensemble")
 
 
-def check_foundation(settings, geometry) -> None:
-    """ARCHITECTURE.foundation_model (if any) loads, is a MACE model and covers the geometry's elements."""
+def check_foundation(settings, systems) -> None:
+    """ARCHITECTURE.foundation_model (if any) loads, is a MACE model and covers the systems' elements."""
     if settings.mace.architecture.foundation_model is None:
         return
     from .architectures.mace.foundation import check_run_inputs  # torch and mace: only when a foundation is used
     from .training.config import DTYPES
 
-    check_run_inputs(settings.mace.architecture, geometry.numbers, dtype=DTYPES[settings.mace.general.default_dtype])
+    numbers = [n for system in systems for n in system.atoms.numbers]
+    check_run_inputs(settings.mace.architecture, numbers, dtype=DTYPES[settings.mace.general.default_dtype])
 
 
-def check_given_datasets(settings, geometry, run_dir: Path) -> None:
+def check_given_datasets(settings, systems, run_dir: Path) -> None:
     """ACTIVE_LEARNING.initial_train_dataset / initial_valid_dataset (if given) are readable, labelled (REF_energy,
-    REF_forces) and hold only the geometry's elements; a mapping names every member tag."""
+    REF_forces) and hold only the systems' elements; a mapping names every member tag."""
     al = settings.al.active_learning
     if al.initial_train_dataset is None and al.initial_valid_dataset is None:
         return
@@ -167,7 +174,8 @@ def check_given_datasets(settings, geometry, run_dir: Path) -> None:
 
     general = settings.mace.general
     tags = [member_tag(general.name_exp, seed) for seed in ensemble_seeds(general.seed, al.ensemble_size)]
-    read_given(al, run_dir=run_dir, geometry=geometry, tags=tags, shared_tag=SHARED_TAG)
+    elements = {int(number) for system in systems for number in system.atoms.numbers}
+    read_given(al, run_dir=run_dir, elements=elements, tags=tags, shared_tag=SHARED_TAG)
 
 
 def _start_logging(context: RunContext, procedure: Procedure, printed: Sequence[str] = ()) -> None:
@@ -210,7 +218,8 @@ def run_step(procedure: Procedure, run: Callable[[RunContext], Any], context: Ru
 
     def make_reference(comm, group_index: int):
         work_dir = context.run_dir if group_index == 0 else context.run_dir / f"reference_group_{group_index}"
-        return reference_from_settings(context.settings, work_dir, comm, context.control)
+        return reference_from_settings(context.settings, work_dir, comm, context.control,
+                                       system_controls=context.system_controls())
 
     run_procedure(lambda services: run(context.with_services(services)), make_reference=make_reference,
                   reference_name=context.settings.calculator, parallel=al.parallel,
@@ -311,9 +320,9 @@ def relabel_context(context: RunContext, args: argparse.Namespace) -> RunContext
     if output_dir == context.path(settings.al.active_learning.dataset_dir).resolve():
         raise InputError("the relabelled datasets cannot replace the run's own; choose another folder",
                          where="--output-dir")
-    control = context.control
-    if settings.calculator == "aims":
-        control = inputs.load_aims_inputs(path.parent / settings.al.misc.path_to_control,
-                                          settings.al.active_learning.species_dir, context.geometry)
-    return dataclasses.replace(context, settings=settings, control=control,
+    systems = context.systems
+    if settings.calculator == "aims":  # control.in files next to the reference settings, one per system or shared
+        systems = with_controls(systems, settings.al.misc.path_to_control, path.parent,
+                                species_dir=settings.al.active_learning.species_dir)
+    return dataclasses.replace(context, settings=settings, systems=tuple(systems),
                                arguments=RelabelRequest(output_dir=output_dir, reference_settings=path))

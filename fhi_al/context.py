@@ -1,4 +1,4 @@
-"""What a procedure gets from the command line: the run folder, validated settings, structure and communicator.
+"""What a procedure gets from the command line: the run folder, validated settings, systems and communicator.
 
 Built by `fhi_al.cli` only after every input has been validated; procedures take it as their one argument.
 """
@@ -14,6 +14,7 @@ from typing import Any
 from ase import Atoms
 
 from .settings.schema import RunSettings
+from .systems import System
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +23,27 @@ log = logging.getLogger(__name__)
 class RunContext:
     run_dir: Path  # absolute
     settings: RunSettings
-    geometry: Atoms  # the starting structure from geometry.in (procedures copy it before changing it)
-    control: dict[str, Any] | None  # Aims parameters (fhi_al.inputs.aims_parameters) when the reference is aims
+    systems: tuple[System, ...]  # the starting structures (MISC.path_to_geometry); procedures copy before changing
     comm: Any  # fhi_al.parallel.world(): SerialComm or MPIComm
     log_level: str = "INFO"
     services: Any = None  # fhi_al.labeling.Services: the reference and the label queue, set by the CLI
     arguments: Any = None  # what a console script asks beyond the run folder (FHI_AL-relabel: a RelabelRequest)
+
+    @property
+    def geometry(self) -> Atoms:
+        """The structure of a single-system run (the first system's otherwise)."""
+        return self.systems[0].atoms
+
+    @property
+    def control(self) -> dict[str, Any] | None:
+        """Aims parameters of the first system (None unless the reference is aims); each System has its own."""
+        return self.systems[0].control
+
+    def system_controls(self) -> dict[str, dict[str, Any]] | None:
+        """{system name: Aims parameters} for the aims reference, which picks them by atoms.info["system"]."""
+        if self.systems[0].control is None:
+            return None
+        return {system.name: system.control for system in self.systems}
 
     def with_services(self, services: Any) -> "RunContext":
         return dataclasses.replace(self, services=services)

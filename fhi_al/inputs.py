@@ -84,6 +84,7 @@ class ControlInput:
     parameters: dict[str, Any] = field(default_factory=dict)
     lines: dict[str, int] = field(default_factory=dict)  # keyword -> line number (first occurrence)
     had_species_blocks: bool = False
+    species: list[str] = field(default_factory=list)  # elements of its species blocks, in order
 
 
 # ------------------------------------------------------------------------------------------------ geometry.in
@@ -196,13 +197,15 @@ def read_control(path: Path) -> ControlInput:
         raise InputError(f"cannot read the file: {error}", where=str(path)) from None
     control = ControlInput(path=path)
     known = {k.lower(): k for k in CONTROL_KEYWORDS}
-    for number, line in enumerate(text.splitlines(), start=1):
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         tokens = line.split("#", 1)[0].split()
         if not tokens:
             continue
         keyword = known.get(tokens[0].lower())
         if tokens[0].lower() == "species":
             control.had_species_blocks = True
+            control.species = _species_names(lines[number - 1:])
             log.info("%s: species blocks from line %d on are replaced by the files in species_dir.", path, number)
             break
         if keyword is None:
@@ -212,6 +215,16 @@ def read_control(path: Path) -> ControlInput:
         _store(control, keyword, tokens[1:], number)
     _check_control_values(control)
     return control
+
+
+def _species_names(lines: list[str]) -> list[str]:
+    """The element of every 'species X' line of control.in's species blocks."""
+    names = []
+    for line in lines:
+        tokens = line.split("#", 1)[0].split()
+        if len(tokens) >= 2 and tokens[0].lower() == "species":
+            names.append(tokens[1])
+    return names
 
 
 def _store(control: ControlInput, keyword: str, tokens: list[str], number: int) -> None:

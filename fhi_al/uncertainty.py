@@ -1,5 +1,6 @@
-"""Ensemble force uncertainty and the active-learning threshold, as pure functions and one small state
-object (`ThresholdTracker`) shared by all trajectories and saved in the restart record.
+"""Ensemble force uncertainty and the active-learning threshold, as pure functions and small state objects
+(`ThresholdTracker`, shared by all trajectories; `SystemThresholds`, one tracker per system or one for all)
+saved in the restart record.
 """
 
 from __future__ import annotations
@@ -137,3 +138,51 @@ class ThresholdTracker:
 
 def _key(key: Any) -> Hashable:
     return tuple(key) if isinstance(key, list) else key
+
+
+SHARED = "shared"  # the key of the one tracker when systems share their threshold
+THRESHOLDS_VERSION = 1
+
+
+class SystemThresholds:
+    """The thresholds of a run of several systems: one ThresholdTracker per system (`per_system`), or one
+    shared by all. A molecule and a bulk crystal have uncertainties of different size (the max over more
+    atoms is larger), so a shared moving average would send mostly one system's frames to the reference.
+    Trackers are created on a system's first check, from `make_tracker()`."""
+
+    def __init__(self, make_tracker: Any, *, per_system: bool):
+        self.make_tracker = make_tracker
+        self.per_system = bool(per_system)
+        self.trackers: dict[str, ThresholdTracker] = {}
+
+    def tracker(self, system: str) -> ThresholdTracker:
+        key = str(system) if self.per_system else SHARED
+        if key not in self.trackers:
+            self.trackers[key] = self.make_tracker()
+        return self.trackers[key]
+
+    def check(self, value: float, *, trajectory: Hashable, system: str) -> Decision:
+        return self.tracker(system).check(value, trajectory)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": THRESHOLDS_VERSION, "per_system": self.per_system,
+                "trackers": {key: tracker.state_dict() for key, tracker in self.trackers.items()}}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], make_tracker: Any, *, per_system: bool,
+                        only_system: str | None = None) -> SystemThresholds:
+        """The saved thresholds; a record of one ThresholdTracker (written before several systems existed)
+        becomes the tracker of `only_system` (or the shared one). A record whose `per_system` differs from
+        the setting is refused (ValueError): the moving averages cannot be split or merged afterwards."""
+        thresholds = cls(make_tracker, per_system=per_system)
+        if "trackers" not in state:  # a single ThresholdTracker's state
+            key = only_system if per_system and only_system is not None else SHARED
+            thresholds.trackers[key] = ThresholdTracker.from_state_dict(state)
+            return thresholds
+        if state.get("version") != THRESHOLDS_VERSION:
+            raise ValueError(f"thresholds state version {state.get('version')!r}, expected {THRESHOLDS_VERSION}")
+        if bool(state["per_system"]) != thresholds.per_system:
+            kept = "one threshold per system" if state["per_system"] else "one shared threshold"
+            raise ValueError(f"the restart record keeps {kept} but the settings ask for the other")
+        thresholds.trackers = {key: ThresholdTracker.from_state_dict(saved) for key, saved in state["trackers"].items()}
+        return thresholds

@@ -150,8 +150,9 @@ CASES = [
     Case("missing_al_settings", lambda f: (f / "active_learning_settings.yaml").unlink(),
          ("active_learning_settings.yaml", "not found")),
     Case("missing_geometry", lambda f: (f / "geometry.in").unlink(), ("geometry.in", "not found")),
+    # a folder is read as a folder of geometry files (several systems): this one holds none
     Case("geometry_is_folder", lambda f: ((f / "geometry.in").unlink(), (f / "geometry.in").mkdir()),
-         ("geometry.in", "not a regular file")),
+         ("geometry.in", "no geometry files", "MISC.path_to_geometry")),
     Case("empty_geometry", geometry_file("# nothing here\n"), ("geometry.in", "no atoms")),
     Case("garbled_geometry", geometry_file("atom 0.0 abc 0.0 H\n"), ("geometry.in", "line 1")),
     Case("geometry_unknown_keyword", geometry_file(WATER + "atm 0 0 0 H\n"),

@@ -56,7 +56,7 @@ def test_version_1_initial_record_loads(tmp_path):
     restart.save_record(tmp_path / "state.json", v1_initial_record())
     state = StateFile(tmp_path / "state.json", InitialDatasetState).load()
     assert (state.round, state.epochs, state.trained) == (2, 4, ["water_1"])
-    assert state.sampler.md.step == 120 and state.sampler.failures == 1
+    assert len(state.samplers) == 1 and state.samplers[0].md.step == 120 and state.samplers[0].failures == 1
     label = state.pending["initial-t0-s120"]
     assert label.label_id == "initial-t0-s120" and label.md_step == 120 and label.trajectory == 0
     np.testing.assert_array_equal(label.positions, WATER.get_positions() + 0.1)
@@ -100,10 +100,24 @@ def test_round_trip_is_exact_and_versioned(tmp_path):
     frame = back.pending["al-t0-s20"].atoms(WATER)  # the frame's own cell (NPT), not the template's
     np.testing.assert_array_equal(frame.get_cell().array, np.diag([9.0, 10.0, 11.0]))
     np.testing.assert_array_equal(frame.get_positions(), atoms.get_positions())
-    initial = InitialDatasetState(round=1, sampler=SamplerState(md_state(atoms, step=5), RNG_STATE, 2))
+    samplers = [SamplerState(md_state(atoms, step=5), RNG_STATE, 2), SamplerState(None, RNG_STATE, 0, samples=7)]
+    initial = InitialDatasetState(round=1, samplers=samplers, next_sampler=1)
     StateFile(tmp_path / "ids.json", InitialDatasetState).save(initial)
     loaded = StateFile(tmp_path / "ids.json", InitialDatasetState).load()
-    assert loaded.round == 1 and loaded.sampler.failures == 2 and loaded.sampler.md.step == 5
+    assert loaded.round == 1 and loaded.samplers[0].failures == 2 and loaded.samplers[0].md.step == 5
+    assert loaded.samplers[1].samples == 7 and loaded.next_sampler == 1
+
+
+def test_version_2_initial_record_with_one_sampler_loads(tmp_path):
+    """A record written before several systems (version 2, one `sampler`) resumes as system 0's sampler."""
+    record = {"kind": "initial_dataset", "version": 2, "round": 1, "epochs": 2, "trained": [], "metrics": {},
+              "sampler": SamplerState(md_state(WATER, step=15), RNG_STATE, 1).to_record(), "pending": {}}
+    restart.save_record(tmp_path / "state.json", record)
+    state = StateFile(tmp_path / "state.json", InitialDatasetState).load()
+    assert len(state.samplers) == 1 and state.samplers[0].md.step == 15 and state.next_sampler == 0
+    record["sampler"] = None  # saved before the first frame
+    restart.save_record(tmp_path / "state.json", record)
+    assert StateFile(tmp_path / "state.json", InitialDatasetState).load().samplers == []
 
 
 def test_missing_or_disabled_record_gives_a_fresh_state(tmp_path):

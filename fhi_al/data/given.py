@@ -112,10 +112,10 @@ def split_off_valid(frames: list[Atoms], *, valid_ratio: float, path: Path) -> t
     return train, valid
 
 
-def read_given(al_settings: Any, *, run_dir: Path, geometry: Atoms, tags: Sequence[str],
+def read_given(al_settings: Any, *, run_dir: Path, elements: set[int], tags: Sequence[str],
                shared_tag: str) -> GivenDatasets:
-    """The given datasets of a run, checked (InputError naming the key and file); None-valued settings -> empty."""
-    elements = set(geometry.numbers.tolist())
+    """The given datasets of a run, checked (InputError naming the key and file) against the atomic numbers of
+    the run's systems; None-valued settings -> empty."""
     given = GivenDatasets()
     train_files = dataset_files(al_settings.initial_train_dataset, key=TRAIN_KEY, tags=tags, shared_tag=shared_tag,
                                 run_dir=run_dir)

@@ -19,7 +19,7 @@ from ase import Atoms
 from fhi_al.durable import append_durable, atomic_write_bytes
 from fhi_al.errors import InputError
 from fhi_al.labeling.label import (LABEL_ID_KEY, REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY, REFERENCE_KEY,
-                                  labelled_atoms)
+                                   SYSTEM_KEY, labelled_atoms)
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ EXTXYZ = "extxyz"
 
 # Provenance keys in Atoms.info and the type each is read back as (extxyz guesses types from the text).
 PROVENANCE_TYPES = {"procedure": str, "trajectory": int, "md_step": int, REFERENCE_KEY: str, LABEL_ID_KEY: str,
-                    CONFIG_TYPE_KEY: str}
+                    CONFIG_TYPE_KEY: str, SYSTEM_KEY: str}
 # Per-atom arrays that describe the MD state rather than the label; never written to a dataset.
 DROPPED_ARRAYS = ("momenta",)
 
@@ -54,6 +54,8 @@ def with_provenance(labelled: Atoms, *, procedure: str, trajectory: int, md_step
                    REFERENCE_KEY: str(labelled.info[REFERENCE_KEY]), LABEL_ID_KEY: str(labelled.info[LABEL_ID_KEY])}
     if labelled.info.get(REF_STRESS_KEY) is not None:
         stored.info[REF_STRESS_KEY] = np.array(labelled.info[REF_STRESS_KEY], dtype=float)
+    if labelled.info.get(SYSTEM_KEY) is not None:  # the run's system (fhi_al.systems); absent in old datasets
+        stored.info[SYSTEM_KEY] = str(labelled.info[SYSTEM_KEY])
     return stored
 
 

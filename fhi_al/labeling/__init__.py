@@ -7,12 +7,12 @@ procedure on the ML rank with the reference and the label queue and makes the ot
 """
 
 from .groups import GroupLabeler, RemoteReference, serve_reference_group
-from .label import (LABEL_ID_KEY, REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY, REFERENCE_KEY, LabelResult,
-                    label_from_results, label_structure, labelled_atoms)
+from .label import (LABEL_ID_KEY, REF_ENERGY_KEY, REF_FORCES_KEY, REF_STRESS_KEY, REFERENCE_KEY, SYSTEM_KEY,
+                    LabelResult, label_from_results, label_structure, labelled_atoms)
 from .serial import SerialLabeler, SharedReference, serve_shared_reference
 from .service import Services, run_procedure
 
 __all__ = ["GroupLabeler", "RemoteReference", "serve_reference_group", "LABEL_ID_KEY", "REF_ENERGY_KEY",
-           "REF_FORCES_KEY", "REF_STRESS_KEY", "REFERENCE_KEY", "LabelResult", "label_from_results",
+           "REF_FORCES_KEY", "REF_STRESS_KEY", "REFERENCE_KEY", "SYSTEM_KEY", "LabelResult", "label_from_results",
            "label_structure", "labelled_atoms", "SerialLabeler", "SharedReference", "serve_shared_reference",
            "Services", "run_procedure"]

@@ -18,8 +18,8 @@ import numpy as np
 from ase import Atoms
 
 from ..errors import ReferenceError
-from ..references.base import (STRESS, ReferenceLabel, checked_label, compute_reference_label, is_periodic_cell,
-                               reference_name, structure_description)
+from ..references.base import (STRESS, SYSTEM_KEY, ReferenceLabel, checked_label, compute_reference_label,
+                               is_periodic_cell, reference_name, structure_description)
 from ..references.ledger import as_ledger
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,8 @@ LABEL_ID_KEY = "label_id"  # Atoms.info
 
 def labelled_atoms(atoms: Atoms, *, energy_eV: float, forces_eV_per_A: np.ndarray, reference: str,
                    label_id: str, stress_eV_per_A3: np.ndarray | None = None) -> Atoms:
-    """A calculator-free copy of `atoms` (numbers, positions, cell, pbc only) carrying the reference labels.
+    """A calculator-free copy of `atoms` (numbers, positions, cell, pbc and its system) carrying the reference
+    labels.
 
     Pass the calculator's raw results (never constraint-adjusted forces). Non-finite results raise
     `ReferenceError` and forces or stress of the wrong shape `ValueError`, so no NaN can reach a dataset.
@@ -51,6 +52,8 @@ def labelled_atoms(atoms: Atoms, *, energy_eV: float, forces_eV_per_A: np.ndarra
                      pbc=atoms.get_pbc())
     labelled.info.update({REF_ENERGY_KEY: float(energy_eV), REFERENCE_KEY: str(reference),
                           LABEL_ID_KEY: str(label_id)})
+    if atoms.info.get(SYSTEM_KEY) is not None:
+        labelled.info[SYSTEM_KEY] = str(atoms.info[SYSTEM_KEY])
     labelled.arrays[REF_FORCES_KEY] = forces
     if stress is not None:
         labelled.info[REF_STRESS_KEY] = stress

@@ -2,6 +2,12 @@
 threshold goes to the reference, the label joins the datasets, and the ensemble trains with warm start
 (intermediate_epochs per visit, max_epochs_worker per label) while the other trajectories keep their turn.
 
+Several systems: trajectory i starts from system i mod n_systems (in the order of MISC.path_to_geometry),
+so num_trajectories >= n_systems runs every system; its frames and labels carry the system's name
+(atoms.info["system"]). Each system has its own uncertainty threshold unless threshold_per_system is false.
+The validation force MAE per system is logged at the start and end (results/per_system_metrics.json); the
+stopping criteria use the ensemble's global metric.
+
 Restart: the record (trajectories, threshold, counters, RNG streams) is rewritten after every label,
 training visit and MD visit; labels are appended durably first, so none is lost or stored twice.
 """
@@ -24,8 +30,9 @@ from ..md import FrameBounds, MDParameters
 from ..references import compute_label, reference_timeout_from_settings
 from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
-from ..uncertainty import DEFAULT_WINDOW, ThresholdTracker
-from . import al_reporting, reporting
+from ..systems import describe, system_of
+from ..uncertainty import DEFAULT_WINDOW, SystemThresholds, ThresholdTracker
+from . import al_reporting, reporting, system_metrics
 from .common import (AL_STAGE, INITIAL_STAGE, TRAIN, dataset_name, ensemble_forces_mae, initial_member_sets,
                      load_or_create_member, make_store, make_trainer, member_specs)
 from .label_book import LabelBook, Timings
@@ -98,12 +105,16 @@ class ActiveLearning:
         self.members = {spec.tag: load_or_create_member(self.trainer, spec, *self.member_data(spec.tag))
                         for spec in self.specs}
         self.calc = self.make_calculator()
+        self.systems = list(self.context.systems)
         count = self.al.num_trajectories
         mds = [MDParameters.from_settings(self.settings.al.md_settings_for(index)) for index in range(count)]
-        self.trajectories = make_trajectories([self.context.geometry] * count, self.calc, mds=mds,
+        self.trajectories = make_trajectories(trajectory_starts(self.systems, count), self.calc, mds=mds,
                                               seed=self.settings.al.md.seed, bounds=self.bounds)
+        if len(self.systems) > 1:
+            log.info("%d systems (%s); trajectory i starts from system i mod %d.", len(self.systems),
+                     describe(self.systems), len(self.systems))
         self.state = self.state_file.load()
-        self.tracker = self.make_tracker(self.state.threshold)
+        self.thresholds = self.make_thresholds(self.state.threshold)
         if self.state.trajectories is not None:
             for trajectory, saved_state in zip(self.trajectories, self.state.trajectories):
                 trajectory.restore(saved_state)
@@ -115,6 +126,7 @@ class ActiveLearning:
         if not self.state.metrics:
             self.state.metrics = {tag: self.trainer.evaluate(m, m.valid_atoms) for tag, m in self.members.items()}
             log.info("Starting active learning: ensemble validation force MAE %.4f eV/Å.", self.ensemble_mae())
+            self.report_systems(plot=False, labels=self.state.labels)
         self.resubmit_pending()
 
     def should_stop(self) -> bool:
@@ -172,7 +184,8 @@ class ActiveLearning:
             self.analysis_point(trajectory, check, predicted)
 
     def decide(self, trajectory: Trajectory, check: Any) -> None:
-        decision = self.tracker.check(check.uncertainty_eV_per_A, trajectory.index)
+        decision = self.thresholds.check(check.uncertainty_eV_per_A, trajectory=trajectory.index,
+                                         system=system_of(trajectory.atoms, self.systems))
         al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
         if decision.discard:
             trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
@@ -277,7 +290,8 @@ class ActiveLearning:
         if trajectory.epochs_left <= 0:
             trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
         self.bar.set_postfix(labels=self.state.labels, mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
-                             threshold=_fmt(self.tracker.threshold))
+                             threshold=_fmt(self.thresholds.tracker(system_of(trajectory.atoms,
+                                                                              self.systems)).threshold))
 
     def track_progress(self, tag: str, metrics: dict[str, float]) -> None:
         """Latest metrics per member; a member stuck for reset_optimizer_after checks gets a fresh optimizer."""
@@ -339,11 +353,8 @@ class ActiveLearning:
         log.info("Active learning finished: %d labels, ensemble validation force MAE %.4f eV/Å, wall time %.0f s "
                  "(%s).", self.state.labels, self.ensemble_mae(), wall_s, reporting.timing_table(timings))
         log.info("Whole run so far: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
-        md_rejections: dict[str, int] = {}
-        for trajectory in self.trajectories:
-            for kind, count in trajectory.dynamics.rejections().items():
-                md_rejections[kind] = md_rejections.get(kind, 0) + count
-        reporting.log_rejections(md_rejections, self.book.rejected)
+        reporting.log_rejections(reporting.md_rejections([t.dynamics for t in self.trajectories]), self.book.rejected)
+        self.report_systems(plot=True, labels=self.state.labels)
         reporting.log_stops(self.stops)
         reporting.log_outputs([self.trainer.model_path(tag) for tag in self.members], results, self.run_dir)
 
@@ -357,9 +368,26 @@ class ActiveLearning:
 
         return EnsembleCalculator(list(self.members.values()))
 
-    def make_tracker(self, saved: dict | None) -> ThresholdTracker:
-        if saved is not None:
-            return ThresholdTracker.from_state_dict(saved)
+    def report_systems(self, *, plot: bool, **context: Any) -> None:
+        """Several systems: validation force MAE of each (log, results/per_system_metrics.json, parity plot)."""
+        member = next(iter(self.members.values()))
+        system_metrics.report(self.trainer, list(self.members.values()), member.valid_atoms, self.systems,
+                              results_dir=self.run_dir / self.trainer.config.results_dir, stage="al", plot=plot,
+                              **context)
+
+    def make_thresholds(self, saved: dict | None) -> SystemThresholds:
+        """One tracker per system (threshold_per_system, several systems) or one for all; the saved ones."""
+        per_system = self.al.threshold_per_system and len(self.systems) > 1
+        if saved is None:
+            return SystemThresholds(self.make_tracker, per_system=per_system)
+        try:
+            return SystemThresholds.from_state_dict(saved, self.make_tracker, per_system=per_system,
+                                                    only_system=self.systems[0].name)
+        except ValueError as error:
+            raise InputError(f"{error}; set it back or delete {RECORD_PATH} to restart active learning",
+                             where="ACTIVE_LEARNING.threshold_per_system") from None
+
+    def make_tracker(self) -> ThresholdTracker:
         window = self.al.threshold_window or DEFAULT_WINDOW
         return ThresholdTracker(self.al.c_x, warmup_checks=max(self.al.threshold_warmup_checks, 1), window=window,
                                 not_crossed_limit=self.al.uncert_not_crossed_limit,
@@ -376,9 +404,14 @@ class ActiveLearning:
     def save_state(self) -> None:
         if not self.state_file.enabled:
             return
-        self.state.threshold = self.tracker.state_dict()
+        self.state.threshold = self.thresholds.state_dict()
         self.state.trajectories = [t.state() for t in self.trajectories]
         self.state_file.save(self.state)
+
+
+def trajectory_starts(systems: list, count: int) -> list:
+    """The starting structure of each of `count` trajectories: trajectory i starts from system i mod n."""
+    return [systems[index % len(systems)].atoms for index in range(count)]
 
 
 def _fmt(value: float | None) -> str:

@@ -1,4 +1,5 @@
-"""Isolated-atom energies (E0s) of every element in geometry.in with the configured reference, spin-polarised.
+"""Isolated-atom energies (E0s) of every element of the run's systems with the configured reference,
+spin-polarised.
 
 Writes logs/atomic_energies.log and atomic_energies.yaml (paste under ARCHITECTURE in mace_settings.yaml).
 """
@@ -22,6 +23,7 @@ from ..references import (compute_label, make_reference, options_dict, reference
 from ..references.ledger import ATOMIC_ENERGY, Ledger, ledger_path
 from ..references.pyscf_ref import DEFAULT_BASIS, DEFAULT_XC
 from ..references.xtb import DEFAULT_METHOD
+from ..systems import elements as system_elements
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +142,15 @@ def _logging_to(path: Path) -> bool:
 
 
 def run(context: Any) -> dict[str, float]:
-    """FHI_AL-atomic-energies: E0 of every element of context.geometry with the configured reference.
+    """FHI_AL-atomic-energies: E0 of every element of every system of the run with the configured reference.
 
-    `context` provides run_dir, settings (RunSettings), geometry (Atoms), control (parsed control.in or None)
+    `context` provides run_dir, settings (RunSettings), systems (or geometry), control (Aims parameters or None)
     and comm (the reference communicator; all its ranks take part in every reference call).
     """
     run_dir = Path(context.run_dir)
     kwargs = reference_kwargs(context.settings)
     reference = _describe(kwargs)
-    elements = context.geometry.get_chemical_symbols()
+    elements = run_elements(context)
     log.info("computing isolated-atom energies of %s with %s", ", ".join(sorted(set(elements))), reference)
     factory = reference_factory(**kwargs, comm=getattr(context, "comm", None), run_dir=run_dir,
                                 control=getattr(context, "control", None))
@@ -157,6 +159,14 @@ def run(context: Any) -> dict[str, float]:
                                       timeout_s=reference_timeout_from_settings(context.settings))
     write_outputs(run_dir, energies, reference=reference)
     return energies
+
+
+def run_elements(context: Any) -> list[str]:
+    """Every element of every system of the run (a context without systems: those of its geometry)."""
+    systems = getattr(context, "systems", None)
+    if systems is None:
+        return list(dict.fromkeys(context.geometry.get_chemical_symbols()))
+    return system_elements(systems)
 
 
 def _describe(kwargs: dict[str, Any]) -> str:

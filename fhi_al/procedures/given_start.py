@@ -27,7 +27,8 @@ def run(context: Any) -> None:
 
 def given_datasets(context: Any, specs: list[MemberSpec]) -> GivenDatasets:
     """The run's given datasets, checked (InputError naming the key and file)."""
-    return read_given(context.settings.al.active_learning, run_dir=Path(context.run_dir), geometry=context.geometry,
+    elements = {int(number) for system in context.systems for number in system.atoms.numbers}
+    return read_given(context.settings.al.active_learning, run_dir=Path(context.run_dir), elements=elements,
                       tags=[spec.tag for spec in specs], shared_tag=SHARED_TAG)
 
 

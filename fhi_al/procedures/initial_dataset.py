@@ -2,6 +2,11 @@
 give every ensemble member its own training and validation frames, and train with warm start until the
 ensemble's validation force MAE is below lambda x desired_acc or max_initial_epochs is reached.
 
+Several systems: one sampler per system (MISC.path_to_geometry), asked for frames in turn (round robin), so
+every round samples every system when it has at least as many labels as there are systems; the pending
+frame's `trajectory` is its system's position. With split member data each label goes to the member that has
+the fewest frames of its system.
+
 Restart: labels are appended durably before the restart record moves on, so a rerun never loses or
 duplicates one; members continue from their checkpoints.
 """
@@ -16,18 +21,20 @@ import numpy as np
 from tqdm import tqdm
 
 from ..data.splits import n_valid_to_add
-from ..errors import FhiAlError
 from ..data.store import make_label_id
+from ..errors import FhiAlError, InputError
 from ..labeling import LabelResult, RemoteReference, label_from_results
 from ..logs import DETAIL
 from ..md import FrameBounds, MDParameters
 from ..references import compute_label, reference_name, reference_timeout_from_settings
 from ..references.ledger import AIMD_STEP, CountingCalculator, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
+from ..systems import GEOMETRY_KEY, describe, system_of
 from . import reporting
 from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, dataset_name, ensemble_forces_mae, initial_member_sets,
                      load_or_create_member, make_store, make_trainer, member_specs)
 from .label_book import LabelBook, Timings
+from . import system_metrics
 from .normal_modes import make_normal_mode_sampler
 from .sampling import GuardedReference, LangevinSampler, foundation_calculator
 from .state import InitialDatasetState, PendingLabel, StateFile
@@ -35,10 +42,16 @@ from .state import InitialDatasetState, PendingLabel, StateFile
 log = logging.getLogger(__name__)
 
 RECORD_PATH = Path("restart") / "initial_ds" / "state.json"
-HESSIAN_RECORD_PATH = Path("restart") / "initial_ds" / "hessian.npz"  # normal-mode sampling
-TRAJECTORY = 0  # the initial dataset samples one trajectory
+HESSIAN_RECORD_PATH = Path("restart") / "initial_ds" / "hessian.npz"  # normal-mode sampling, one system
 # Labels rejected by the frame guard in a row before sampling gives up (the bound, or the sampling, is wrong).
 MAX_REJECTIONS_IN_A_ROW = 20
+
+
+def hessian_record_path(system: Any, n_systems: int) -> Path:
+    """Where the Hessian of `system` is kept: hessian.npz in a single-system run, hessian_<name>.npz else."""
+    if n_systems == 1:
+        return HESSIAN_RECORD_PATH
+    return HESSIAN_RECORD_PATH.with_name(f"hessian_{system.name}.npz")
 
 
 def run(context: Any) -> None:
@@ -65,6 +78,7 @@ class InitialDataset:
         self.preparatory_calls = 0
         self.bounds = FrameBounds.from_settings(self.al)
         self.rejections_in_a_row = 0
+        self.foundation = None  # foundation-model sampling: one calculator for every system
         self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of converge_initial, per member
 
     # ------------------------------------------------------------------------------------------ steps
@@ -92,25 +106,36 @@ class InitialDataset:
         self.reference = self.context.services.reference
         self.labeler = self.context.services.labeler
         self.timeout_s = reference_timeout_from_settings(self.settings)
-        self.sampler = self.make_sampler()
+        self.systems = list(self.context.systems)
+        if len(self.systems) > 1:
+            log.info("%d systems: %s.", len(self.systems), describe(self.systems))
+        self.samplers = [self.make_sampler(index, system) for index, system in enumerate(self.systems)]
         self.trainer = make_trainer(self.settings, self.run_dir)
         self.members: dict[str, Any] = {}
         self.state = self.state_file.load()
-        if self.state.sampler is not None:
-            self.sampler.restore(self.state.sampler)
-            log.info("Resuming the initial dataset at round %d (MD step %d, %d labels stored).",
-                     self.state.round, self.sampler.step, self.num_labels())
+        if self.state.samplers:
+            if len(self.state.samplers) != len(self.samplers):
+                raise InputError(f"the restart record holds {len(self.state.samplers)} sampler(s) but "
+                                 f"{GEOMETRY_KEY} gives {len(self.samplers)} system(s); use the systems the run "
+                                 f"started with, or delete the record to start over", where=str(self.state_file.path))
+            for sampler, saved in zip(self.samplers, self.state.samplers):
+                sampler.restore(saved)
+            log.info("Resuming the initial dataset at round %d (MD steps %s, %d labels stored).",
+                     self.state.round, [sampler.step for sampler in self.samplers], self.num_labels())
         self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=INITIAL_STAGE.prefix,
-                              template=lambda _: self.context.geometry, save=self.save_state, timings=self.timings,
-                              bounds=self.bounds, ledger=ledger_path(self.run_dir))
+                              template=lambda label: self.systems[label.trajectory].atoms, save=self.save_state,
+                              timings=self.timings, bounds=self.bounds, ledger=ledger_path(self.run_dir))
+        self.system_counts = self.count_member_systems()
         if self.book.stored_ids:
             self.attach_members()
         for label in self.book.resubmit():  # stored just before the kill: only the record is behind
             self.book.pending.pop(label.label_id)
 
-    def make_sampler(self):
+    def make_sampler(self, index: int, system: Any):
+        """The sampler of the run's `index`-th system (its own RNG stream; system 0 keeps the single-system one)."""
         md = self.settings.al.md_settings_for(0)  # the sampling MD is trajectory 0's
-        rng = np.random.default_rng(md.seed)
+        rng = np.random.default_rng(md.seed if index == 0 else [md.seed, index])
+        suffix = f" of {system.name}" if len(self.systems) > 1 else ""
         if self.al.initial_sampling == "aimd":
             # A local reference gets the label guards (timeout, NaN) for the MD steps too; the results of the
             # step that made a frame are that frame's label (see sample_frame).
@@ -118,17 +143,20 @@ class InitialDataset:
             driver = GuardedReference(self.reference, timeout_s=self.timeout_s) if local else self.reference
             # every MD step is a reference call the user pays: one ledger line each
             driver = CountingCalculator(driver, ledger=ledger_path(self.run_dir), purpose=AIMD_STEP,
-                                        id_prefix="aimd")
+                                        id_prefix="aimd" + suffix.replace(" of ", "-"))
             name = "ab initio MD"
         elif self.al.initial_sampling == "normal-modes":
-            return make_normal_mode_sampler(self.context.geometry, label_call=self.preparatory_call,
-                                            record_path=self.run_dir / HESSIAN_RECORD_PATH,
+            return make_normal_mode_sampler(system.atoms, label_call=self.preparatory_call,
+                                            record_path=self.run_dir / hessian_record_path(system, len(self.systems)),
                                             temperature_K=md.temperature, rng=rng)
         else:
             dtype = self.settings.mace.general.default_dtype
-            driver, name = foundation_calculator(self.al.initial_foundational_size, dtype=dtype), "foundation MD"
-        return LangevinSampler(self.context.geometry, driver, md=MDParameters.from_settings(md),
-                               interval_steps=self.al.skip_step_initial, rng=rng, name=name, bounds=self.bounds)
+            if self.foundation is None:
+                self.foundation = foundation_calculator(self.al.initial_foundational_size, dtype=dtype)
+            driver, name = self.foundation, "foundation MD"
+        return LangevinSampler(system.atoms, driver, md=MDParameters.from_settings(md),
+                               interval_steps=self.al.skip_step_initial, rng=rng, name=name + suffix,
+                               bounds=self.bounds)
 
     def preparatory_call(self, atoms, purpose: str):
         """One reference call that prepares sampling (relaxation, Hessian), recorded in the ledger as paid."""
@@ -178,7 +206,11 @@ class InitialDataset:
         """Each member trains intermediate_epochs with warm start; checkpoint and record after each."""
         self.attach_members()
         for tag in list(self.state.trained):
-            member = self.members[tag]
+            member = self.members.get(tag)
+            if member is None:  # a reference failure left it without a frame of some system: next round
+                log.warning("%s has no training frame of every system yet; it trains after the next round.", tag)
+                self.state.trained.remove(tag)
+                continue
             with self.timings.measure("training_s"):
                 metrics = self.trainer.train(member, self.al.intermediate_epochs,
                                              use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
@@ -193,6 +225,21 @@ class InitialDataset:
         log.info("Round %d: %d labels, %d epochs per member, ensemble validation force MAE %.4f eV/Å, "
                  "energy MAE %.2f meV/atom.", self.state.round, self.num_labels(), self.state.epochs, mae,
                  1e3 * float(np.mean([m["energy_mae_per_atom"] for m in self.state.metrics.values()])))
+        self.report_systems(plot=False, round=self.state.round)
+
+    def report_systems(self, *, plot: bool, **context: Any) -> None:
+        """Several systems: the validation force MAE of each (log, results/per_system_metrics.json, plot)."""
+        if len(self.systems) < 2:
+            return
+        self.attach_members()
+        valid = next(iter(self.members.values())).valid_atoms if self.shared else self.all_valid_frames()
+        system_metrics.report(self.trainer, list(self.members.values()), valid, self.systems,
+                              results_dir=self.run_dir / self.trainer.config.results_dir, stage="initial",
+                              plot=plot, **context)
+
+    def all_valid_frames(self) -> list:
+        """Every member's validation frames (split data: each member validates on its own)."""
+        return [atoms for member in self.members.values() for atoms in member.valid_atoms]
 
     def converge_if_asked(self) -> None:
         if not self.al.converge_initial:
@@ -216,17 +263,20 @@ class InitialDataset:
         results = self.run_dir / self.trainer.config.results_dir
         reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
         reporting.reference_usage(self.labeler, results, name="initial")
+        self.report_systems(plot=True, round=self.state.round, final=True)
         log.info("Initial dataset: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
-        dynamics = getattr(self.sampler, "dynamics", None)
-        reporting.log_rejections(dynamics.rejections() if dynamics is not None else {}, self.book.rejected)
+        dynamics = [sampler.dynamics for sampler in self.samplers if hasattr(sampler, "dynamics")]
+        reporting.log_rejections(reporting.md_rejections(dynamics), self.book.rejected)
 
     # ------------------------------------------------------------------------------------------ labels
     def sample_frame(self) -> int:
         """Sample one frame; label it at once (ab initio MD: the driver's results) or queue it. -> labels stored"""
+        index = self.state.next_sampler % len(self.samplers)
         with self.timings.measure("md_s"):
-            frame = self.sampler.next_frame()
-        label_id = make_label_id(INITIAL_STAGE.prefix, TRAJECTORY, frame.md_step)
-        label = PendingLabel(label_id, frame.md_step, frame.atoms.get_positions(), trajectory=TRAJECTORY,
+            frame = self.samplers[index].next_frame()
+        self.state.next_sampler = (index + 1) % len(self.samplers)
+        label_id = make_label_id(INITIAL_STAGE.prefix, index, frame.md_step)
+        label = PendingLabel(label_id, frame.md_step, frame.atoms.get_positions(), trajectory=index,
                              cell=frame.atoms.get_cell().array.copy())
         if self.book.is_stored(label.label_id):  # stored before a kill, whose record was not yet saved
             self.save_state()
@@ -250,29 +300,54 @@ class InitialDataset:
         if not result.ok:
             log.warning("Reference failed on %s; frame skipped: %s", result.label_id, result.error)
         elif (reason := self.book.rejection(result)) is not None:
-            self.step_back(reason)
+            self.step_back(reason, label.trajectory)
         else:
-            stored = int(self.book.store_label(result, label, self.destination) is not None)
+            system = self.systems[label.trajectory].name
+            tag = SHARED_TAG if self.shared else self.member_for(system)
+            name = self.destination(tag, system)
+            stored = int(self.book.store_label(result, label, name) is not None)
+            if stored:
+                self.system_counts[(name, system)] = self.system_counts.get((name, system), 0) + 1
             self.rejections_in_a_row = 0
         self.save_state()
         return stored
 
-    def step_back(self, reason: str) -> None:
-        """A rejected label: the sampling MD returns to the good frame before the rejected one."""
+    def step_back(self, reason: str, sampler_index: int) -> None:
+        """A rejected label: the sampling MD of its system returns to the good frame before the rejected one."""
         self.rejections_in_a_row += 1
         if self.rejections_in_a_row >= MAX_REJECTIONS_IN_A_ROW:
             raise FhiAlError(f"{self.rejections_in_a_row} labels in a row rejected by the frame guard (last: "
                              f"{reason}); check ACTIVE_LEARNING.max_reference_force and the sampling settings")
-        dynamics = getattr(self.sampler, "dynamics", None)  # normal-mode samples are independent: nothing to undo
+        # normal-mode samples are independent: nothing to undo
+        dynamics = getattr(self.samplers[sampler_index], "dynamics", None)
         if dynamics is not None:
             dynamics.step_back(reason)
 
-    def destination(self) -> str:
-        """Shared sets, or the member with the fewest frames; the split keeps valid_ratio."""
-        if self.shared:
-            tag = SHARED_TAG
-        else:
-            tag = min(self.specs, key=lambda s: (self.member_count(s.tag), s.index)).tag
+    def member_for(self, system: str) -> str:
+        """The member with the fewest frames of `system`, then the fewest frames (split member data)."""
+        return min(self.specs, key=lambda s: (self.system_frames(s.tag, system), self.member_count(s.tag),
+                                              s.index)).tag
+
+    def system_frames(self, tag: str, system: str, splits: tuple[str, ...] = (TRAIN, VALID)) -> int:
+        return sum(self.system_counts.get((dataset_name(INITIAL_STAGE.prefix, split, tag), system), 0)
+                   for split in splits)
+
+    def count_member_systems(self) -> dict[tuple[str, str], int]:
+        """(initial dataset name, system name) -> frames stored."""
+        counts: dict[tuple[str, str], int] = {}
+        for tag in [spec.tag for spec in self.specs] + [SHARED_TAG]:
+            for split in (TRAIN, VALID):
+                name = dataset_name(INITIAL_STAGE.prefix, split, tag)
+                for atoms in self.store.read(name):
+                    key = (name, system_of(atoms, self.systems))
+                    counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def destination(self, tag: str, system: str) -> str:
+        """The training or validation set of `tag` (a member or the shared sets); the split keeps valid_ratio,
+        but a system's first frame of a set goes to training (the model is built for the elements it trains on)."""
+        if self.system_frames(tag, system, (TRAIN,)) == 0:
+            return dataset_name(INITIAL_STAGE.prefix, TRAIN, tag)
         n_train = self.store.count(dataset_name(INITIAL_STAGE.prefix, TRAIN, tag))
         n_valid = self.store.count(dataset_name(INITIAL_STAGE.prefix, VALID, tag))
         to_valid = n_valid_to_add(1, valid_ratio=self.al.valid_ratio, n_train=n_train, n_valid=n_valid)
@@ -309,9 +384,12 @@ class InitialDataset:
             if spec.tag in self.members:
                 self.members[spec.tag].train_atoms = train
                 self.members[spec.tag].valid_atoms = valid
-            elif train:
+            elif self.covers_every_system(train):  # a model is built for the elements of its first data
                 self.members[spec.tag] = load_or_create_member(self.trainer, spec, train, valid)
 
+    def covers_every_system(self, train: list) -> bool:
+        return bool(train) and {system_of(atoms, self.systems) for atoms in train} >= {s.name for s in self.systems}
+
     def save_state(self) -> None:
-        self.state.sampler = self.sampler.state()
+        self.state.samplers = [sampler.state() for sampler in self.samplers]
         self.state_file.save(self.state)

@@ -102,6 +102,15 @@ def reference_usage(labeler: Any, folder: Path, *, name: str) -> None:
     plt.close(fig)
 
 
+def md_rejections(dynamics: Sequence[Any]) -> dict[str, int]:
+    """Frames the guards of these GuardedDynamics rejected, per kind, summed."""
+    counts: dict[str, int] = {}
+    for guarded in dynamics:
+        for kind, count in guarded.rejections().items():
+            counts[kind] = counts.get(kind, 0) + count
+    return counts
+
+
 def log_rejections(md_rejections: Mapping[str, int], labels_rejected: int) -> None:
     """One console line: frames the frame guard kept out of the datasets in this session, per reason."""
     total = sum(md_rejections.values())

@@ -4,8 +4,9 @@ a frame waiting for its label, and the versioned conversion to and from the JSON
 Layout versions of a procedure record (the `data` of a restart record):
   1  the dict layout before typed state (no `version` key); AL pending frames sit in their trajectory
   2  `kind` and `version` keys; every pending frame is a PendingLabel in the top-level `pending` map
-Version 1 records still load; a newer version, another procedure's record or a damaged one is refused
-with a message that names the file.
+  3  the initial dataset has one sampler per system (`samplers`, and `next_sampler` of the round robin)
+Versions 1 and 2 records still load (their one sampler is system 0's); a newer version, another procedure's
+record or a damaged one is refused with a message that names the file.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..restart import RestartRecordError, load_record, save_record
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 LEGACY_VERSION = 1  # records without a version key
 INITIAL_KIND = "initial_dataset"
 AL_KIND = "active_learning"
@@ -103,13 +104,15 @@ class SamplerState:
 @dataclass
 class InitialDatasetState:
     """The initial dataset's progress: rounds done, epochs per member, members still owing a round's
-    training, their latest validation metrics, the sampler and the frames waiting for a label."""
+    training, their latest validation metrics, the samplers (one per system, in the order of the run's
+    systems), the next one of the round robin and the frames waiting for a label."""
 
     round: int = 0
     epochs: int = 0
     trained: list[str] = field(default_factory=list)  # tags whose training of the current round is owed
     metrics: dict[str, dict[str, float] | None] = field(default_factory=dict)
-    sampler: SamplerState | None = None
+    samplers: list[SamplerState] = field(default_factory=list)  # empty before the first frame
+    next_sampler: int = 0  # position in `samplers` of the system that gives the next frame
     pending: dict[str, PendingLabel] = field(default_factory=dict)
 
     kind = INITIAL_KIND
@@ -117,16 +120,18 @@ class InitialDatasetState:
     def to_record(self) -> dict[str, Any]:
         return {"kind": self.kind, "version": STATE_VERSION, "round": self.round, "epochs": self.epochs,
                 "trained": list(self.trained), "metrics": self.metrics,
-                "sampler": None if self.sampler is None else self.sampler.to_record(),
-                "pending": pending_to_record(self.pending)}
+                "samplers": [sampler.to_record() for sampler in self.samplers],
+                "next_sampler": int(self.next_sampler), "pending": pending_to_record(self.pending)}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> InitialDatasetState:
-        sampler = record["sampler"]
+        if "samplers" in record:
+            samplers = [SamplerState.from_record(sampler) for sampler in record["samplers"]]
+        else:  # versions 1 and 2: the one sampler of a single-system run (None before the first frame)
+            samplers = [] if record["sampler"] is None else [SamplerState.from_record(record["sampler"])]
         return cls(round=int(record["round"]), epochs=int(record["epochs"]), trained=list(record["trained"]),
-                   metrics=dict(record["metrics"]),
-                   sampler=None if sampler is None else SamplerState.from_record(sampler),
-                   pending=pending_from_record(record["pending"]))
+                   metrics=dict(record["metrics"]), samplers=samplers,
+                   next_sampler=int(record.get("next_sampler", 0)), pending=pending_from_record(record["pending"]))
 
 
 @dataclass

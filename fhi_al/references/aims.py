@@ -16,7 +16,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.data import atomic_numbers
 
 from ..errors import InputError, ReferenceError
-from .base import LABEL_PROPERTIES, STRESS, evaluate, is_periodic_cell
+from .base import LABEL_PROPERTIES, STRESS, SYSTEM_KEY, evaluate, is_periodic_cell
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ def control_parameters(control: Any) -> dict[str, Any]:
     raise TypeError(f"cannot read control.in parameters from {type(control).__name__}")
 
 
+def atoms_system(atoms: Atoms) -> str | None:
+    value = atoms.info.get(SYSTEM_KEY)
+    return None if value is None else str(value)
+
+
 def species_file(species_dir: Path, symbol: str) -> Path:
     return Path(species_dir) / f"{atomic_numbers[symbol]:02d}_{symbol}_default"
 
@@ -74,8 +79,10 @@ class AimsASICalculator(Calculator):
     """ASE calculator that drives an ASI library (FHI-aims) via asi4py's ASI_ASE_calculator.
 
     `control`: control.in keywords (species blocks are added from `species_dir`); extra keyword arguments
-    override control.in keywords (e.g. spin="collinear" for isolated atoms). A change of the atoms (not only
-    their positions) restarts the library. Stress (periodic cells only) when the library exports ASI_stress;
+    override control.in keywords (e.g. spin="collinear" for isolated atoms). `system_controls` maps system
+    names to their own control.in keywords (several systems in one run, e.g. a k_grid each): a structure with
+    `atoms.info["system"]` among them is computed with those. A change of the atoms (not only their positions)
+    or of the system restarts the library. Stress (periodic cells only) when the library exports ASI_stress;
     control.in then asks for the analytical stress.
     """
 
@@ -83,7 +90,8 @@ class AimsASICalculator(Calculator):
     collective = True  # every rank of the communicator takes part in each calculation
 
     def __init__(self, *, lib_path: str | Path | None, control: Any = None, species_dir: str | Path | None = None,
-                 comm: Any = None, work_dir: str | Path = "aims", **control_overrides: Any):
+                 comm: Any = None, work_dir: str | Path = "aims", system_controls: Mapping[str, Any] | None = None,
+                 **control_overrides: Any):
         super().__init__()
         if not lib_path or not Path(lib_path).is_file():
             raise InputError(f"FHI-aims ASI library {lib_path!r} does not exist", where=LIB_PATH_KEY)
@@ -94,6 +102,9 @@ class AimsASICalculator(Calculator):
             raise InputError("the aims reference needs a species_dir", where=SPECIES_DIR_KEY)
         self.species_dir = Path(species_dir)
         self.control["species_dir"] = str(self.species_dir)
+        self.system_controls = {str(name): {**self.control, **control_parameters(parameters), **control_overrides,
+                                            "species_dir": str(self.species_dir)}
+                                for name, parameters in (system_controls or {}).items()}
         self.comm = library_comm(comm)
         self.work_dir = Path(work_dir).resolve()
         self._asi_calc = None
@@ -101,10 +112,23 @@ class AimsASICalculator(Calculator):
         self.implemented_properties = ["energy", "free_energy", "forces"]
         if exports_symbol(self.lib_path, STRESS_SYMBOL):
             self.implemented_properties.append(STRESS)
+        self._system: str | None = None
+
+    def control_for(self, atoms: Atoms) -> dict[str, Any]:
+        """The control.in keywords of the system `atoms` belongs to (info["system"]), else the run's."""
+        return self.system_controls.get(atoms_system(atoms), self.control)
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus the system: the same atoms of another system use another control.in."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and atoms_system(atoms) != atoms_system(self.atoms) and "system" not in changes:
+            changes.append("system")
+        return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        if self._asi_calc is None or self._numbers != tuple(self.atoms.numbers):
+        system = atoms_system(self.atoms)
+        if self._asi_calc is None or self._numbers != tuple(self.atoms.numbers) or self._system != system:
             self._start(self.atoms)
         wants_stress = self._stress_wanted(self.atoms)
         results = evaluate(self._asi_calc, self.atoms, (*LABEL_PROPERTIES, STRESS) if wants_stress else
@@ -131,7 +155,9 @@ class AimsASICalculator(Calculator):
         self.close()
         self._check_species(atoms)
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        control = {**self.control, STRESS_KEYWORD: True} if self._stress_wanted(atoms) else self.control
+        control = self.control_for(atoms)
+        if self._stress_wanted(atoms):
+            control = {**control, STRESS_KEYWORD: True}
         writer = _InputWriter(control)
         asi = ASIlib(str(self.lib_path), writer, self.comm, atoms, str(self.work_dir), LOG_FILE)
         started = asi.init()  # asi4py prints and swallows its own errors; None means it failed
@@ -141,6 +167,7 @@ class AimsASICalculator(Calculator):
                                  f"{failure or 'ASI initialisation failed (see stdout)'}", calculator=self.name)
         self._asi_calc = ASI_ASE_calculator(asi)
         self._numbers = tuple(atoms.numbers)
+        self._system = atoms_system(atoms)
         log.debug("ASI library %s started in %s on %d rank(s)", self.lib_path, self.work_dir, self.comm.Get_size())
 
     def _check_species(self, atoms: Atoms) -> None:
@@ -154,6 +181,7 @@ class AimsASICalculator(Calculator):
             self._asi_calc.close()
         self._asi_calc = None
         self._numbers = None
+        self._system = None
 
     def __del__(self):
         try:

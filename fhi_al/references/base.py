@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 LABEL_PROPERTIES = ("energy", "forces")
 STRESS = "stress"  # ASE's property: Voigt order xx yy zz yz xz xy, eV/Å³, (1/V) dE/dstrain
 PERIODIC_LABEL_PROPERTIES = (*LABEL_PROPERTIES, STRESS)
+SYSTEM_KEY = "system"  # Atoms.info: the name of the run's system a structure belongs to (fhi_al.systems)
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,15 @@ def options_dict(options: Any) -> dict[str, Any]:
 def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir: str | Path | None = None,
                    control: Any = None, species_dir: str | Path | None = None,
                    aims_lib_path: str | Path | None = None, faults: Any = None,
-                   simulated_cost_s: float | None = None) -> Calculator:
+                   simulated_cost_s: float | None = None,
+                   system_controls: Mapping[str, Any] | None = None) -> Calculator:
     """The reference calculator `name` (aims | xtb | pyscf | emt) built from plain option values.
 
     `options`: the calculator's own options (REFERENCE.xtb / REFERENCE.pyscf section or dict). aims takes
     `control` (parsed control.in or a dict of control.in keywords), `species_dir`, `aims_lib_path` and `comm`
-    (the ranks that compute together: an mpi4py or fhi_al.parallel communicator, given by the caller).
+    (the ranks that compute together: an mpi4py or fhi_al.parallel communicator, given by the caller) and
+    `system_controls` ({system name: control.in keywords}: a run of several systems, chosen per structure by
+    `atoms.info["system"]`; `control` serves structures without one).
     `faults` (a FaultSpec, a spec string, or None to read FHI_AL_FAULTS) wraps the result in fault injection,
     for tests only. `simulated_cost_s` (benchmarks only) makes every calculation sleep that long first.
     """
@@ -57,20 +60,20 @@ def make_reference(*, name: str, options: Any = None, comm: Any = None, run_dir:
         calc = make_emt()
     elif name == "aims":
         calc = AimsASICalculator(lib_path=aims_lib_path, control=control, species_dir=species_dir, comm=comm,
-                                 work_dir=Path(run_dir or ".") / "aims", **options)
+                                 work_dir=Path(run_dir or ".") / "aims", system_controls=system_controls, **options)
     else:
         raise InputError(f"unknown reference calculator {name!r}; allowed: {', '.join(REFERENCE_NAMES)}",
                          where=f"{SETTINGS_SECTION}.calculator")
     return wrap_with_faults(wrap_with_simulated_cost(calc, simulated_cost_s), faults)
 
 
-def reference_from_settings(settings: Any, run_dir: str | Path, comm: Any = None, control: Any = None,
-                            **overrides: Any) -> Calculator:
+def reference_from_settings(settings: Any, run_dir: str | Path, comm: Any = None, control: Any = None, *,
+                            system_controls: Mapping[str, Any] | None = None, **overrides: Any) -> Calculator:
     """`make_reference` with the values of RunSettings (al.reference, al.active_learning); `overrides`
     replace entries of the calculator's option dict (e.g. multiplicity for isolated atoms)."""
     kwargs = reference_kwargs(settings)
     kwargs["options"] = {**kwargs["options"], **overrides}
-    return make_reference(**kwargs, comm=comm, run_dir=run_dir, control=control)
+    return make_reference(**kwargs, comm=comm, run_dir=run_dir, control=control, system_controls=system_controls)
 
 
 def reference_kwargs(settings: Any) -> dict[str, Any]:

@@ -307,6 +307,8 @@ class ActiveLearningSettings:
     threshold_window: int | None = option(None, "Checks (all trajectories together) in the moving average of "
                                                 "the threshold (null = the last 400).", minimum=1)
     threshold_warmup_checks: int = option(10, "Uncertainty checks before the threshold is used.", minimum=0)
+    threshold_per_system: bool = option(True, "Several systems: each keeps its own uncertainty threshold (moving "
+                                              "average of its own checks); false = one threshold shared by all.")
     reset_optimizer_after: int | None = option(None, "Reset a member's optimiser after this many validation "
                                                      "checks without improvement (null = never).", minimum=1)
     min_distance_fraction: float | None = option(
@@ -337,8 +339,13 @@ AL_UNUSED = ("initial_valid_ratio", "skip_step", "threshold", "path_to_trajector
 @dataclass(frozen=True)
 class AlMiscSettings:
     create_restart: bool = option(True, "Write restart records so that an interrupted run resumes.")
-    path_to_geometry: str = option("geometry.in", "Starting structure (FHI-aims geometry.in format).")
-    path_to_control: str = option("control.in", "FHI-aims control.in (read only when the reference is aims).")
+    path_to_geometry: str | dict[int, str] = option(
+        "geometry.in", "Starting structure(s) in FHI-aims geometry.in format: a file, a folder (every *.in file in "
+                       "it, sorted by name: systems 0, 1, ...) or a mapping {index: file}; each file is one system, "
+                       "named after its file stem.")
+    path_to_control: str | dict[int, str] = option(
+        "control.in", "FHI-aims control.in (read only when the reference is aims): one file for every system or "
+                      "a mapping {index: file} with the indices of path_to_geometry (e.g. a k_grid per system).")
 
 
 AL_MISC_UNUSED = ("output_dir", "dataset_dir", "log_dir", "analysis", "energy_key", "forces_key", "stress_key",

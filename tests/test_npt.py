@@ -15,7 +15,7 @@ from fhi_al import restart
 from fhi_al.errors import SettingsError
 from fhi_al.md import (MAX_VOLUME_RATIO, MIN_VOLUME_RATIO, BlowUpDetector, GuardedDynamics, MDParameters, MDState,
                        cell_problem, initialize_velocities, kinetic_temperature_K, make_dynamics)
-from fhi_al.npt import IntegratorState, integrator_state
+from fhi_al.md.npt import IntegratorState, integrator_state
 from fhi_al.settings.loader import check_md_trajectories, load_al_settings
 
 BAROSTATS = ("berendsen", "mtk", "isomtk")

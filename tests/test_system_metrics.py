@@ -68,6 +68,8 @@ def synthetic_metrics(path):
                 "labels_stored": 6},
                {"stage": "initial", "round": 2, "forces_mae": {"w": 0.1, "m": None}, "reference_calls": 66,
                 "labels_stored": 12},
+               {"stage": "initial", "round": 2, "final": True, "forces_mae": {"w": 0.1, "m": None},
+                "reference_calls": 66, "labels_stored": 12},  # the end of the initial dataset repeats its last round
                {"stage": "al", "labels": 0, "forces_mae": {"w": 0.09, "m": 0.2}},  # written before calls were
                {"stage": "al", "labels": 1, "forces_mae": {"w": 0.05, "m": 0.1}, "reference_calls": 67,
                 "labels_stored": 13}]

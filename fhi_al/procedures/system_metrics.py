@@ -111,16 +111,17 @@ def parity_plot(table: Mapping[str, Mapping[str, Any]], path: Path, *, title: st
 
 def read_curve(path: Path) -> dict[str, list[tuple[str, int, int | None, float]]]:
     """{system: [(stage, reference calls, labels stored, force MAE eV/Å)]} from per_system_metrics.json, in
-    file order; entries without reference calls (written before they were recorded) or without an MAE are left
-    out."""
+    file order; entries without reference calls (written before they were recorded), without an MAE or
+    repeating the previous point are left out."""
     curves: dict[str, list[tuple[str, int, int | None, float]]] = {}
     for entry in json.loads(Path(path).read_text()) if Path(path).is_file() else []:
         if entry.get("reference_calls") is None:
             continue
         for name, mae in entry["forces_mae"].items():
-            if mae is not None:
-                curves.setdefault(name, []).append((entry["stage"], int(entry["reference_calls"]),
-                                                    entry.get("labels_stored"), float(mae)))
+            point = (entry["stage"], int(entry["reference_calls"]), entry.get("labels_stored"), mae)
+            points = curves.setdefault(name, [])
+            if mae is not None and (not points or points[-1] != point):  # the final round is reported twice
+                points.append((*point[:3], float(mae)))
     return curves
 
 

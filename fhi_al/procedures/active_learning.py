@@ -289,7 +289,7 @@ class ActiveLearning:
         trajectory.epochs_left -= epochs
         if trajectory.epochs_left <= 0:
             trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
-            self.report_systems(plot=False, labels=self.state.labels)  # the learning curve per system
+            self.report_systems(plot=False, console=False, labels=self.state.labels)  # learning curve per system
         self.bar.set_postfix(labels=self.state.labels, mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
                              threshold=_fmt(self.thresholds.tracker(system_of(trajectory.atoms,
                                                                               self.systems)).threshold))
@@ -370,12 +370,12 @@ class ActiveLearning:
 
         return EnsembleCalculator(list(self.members.values()))
 
-    def report_systems(self, *, plot: bool, **context: Any) -> None:
-        """Several systems: validation force MAE of each (log, results/per_system_metrics.json, parity plot)."""
+    def report_systems(self, *, plot: bool, console: bool = True, **context: Any) -> None:
+        """Validation force MAE of each system (results/per_system_metrics.json; several: log, parity plot)."""
         member = next(iter(self.members.values()))
         system_metrics.report(self.trainer, list(self.members.values()), member.valid_atoms, self.systems,
                               results_dir=self.run_dir / self.trainer.config.results_dir, stage="al", plot=plot,
-                              ledger=ledger_path(self.run_dir), **context)
+                              ledger=ledger_path(self.run_dir), console=console, **context)
 
     def make_thresholds(self, saved: dict | None) -> SystemThresholds:
         """One tracker per system (threshold_per_system, several systems) or one for all; the saved ones."""

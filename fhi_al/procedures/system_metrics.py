@@ -67,14 +67,15 @@ def _fmt(value: float | None) -> str:
 
 
 def report(trainer: Any, members: Sequence[Any], frames: Sequence[Atoms], systems: Sequence[System], *,
-           results_dir: Path, stage: str, plot: bool = True, ledger: Path | None = None,
+           results_dir: Path, stage: str, plot: bool = True, ledger: Path | None = None, console: bool = True,
            **context: Any) -> dict[str, float | None]:
     """Append the per-system validation force MAE to results/per_system_metrics.json (with `context`, e.g.
-    round or labels, and the reference calls paid and labels stored so far from `ledger`); several systems: log
-    it and, with `plot`, draw the parity plot. -> {system: MAE}."""
+    round or labels, and the reference calls paid and labels stored so far from `ledger`) and log it (on the
+    console only for several systems and `console`); several systems and `plot`: the parity plot. -> {system: MAE}."""
     table = forces_mae_by_system(trainer, members, frames, systems)
     several = len(systems) > 1
-    log.info("%s: validation force MAE per system: %s.", stage, summary(table), extra=None if several else DETAIL)
+    log.info("%s: validation force MAE per system: %s.", stage, summary(table),
+             extra=None if several and console else DETAIL)
     maes = {name: row["forces_mae"] for name, row in table.items()}
     entry = {"stage": stage, **context, "forces_mae": maes, "frames": {n: r["frames"] for n, r in table.items()}}
     if ledger is not None:

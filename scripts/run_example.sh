@@ -1,15 +1,28 @@
 #!/usr/bin/env bash
-# Run the quick example (ethanol, GFN2-xTB, an ensemble of 2 small MACE models) in example_run/:
-# isolated-atom energies, then the whole active-learning workflow. Rerunning resumes where it stopped.
+# Run a worked example: isolated-atom energies, then the whole active-learning workflow.
+#   bash scripts/run_example.sh                 quick example (ethanol, GFN2-xTB) in example_run/
+#   bash scripts/run_example.sh cu_npt          settings/examples/cu_npt/ in example_run_cu_npt/
+#   bash scripts/run_example.sh two_molecules   settings/examples/two_molecules/ in example_run_two_molecules/
+# Rerunning resumes where it stopped.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
+name=${1:-quick_example}
+if [ "$name" = quick_example ]; then
+  source_dir=settings/quick_example run_dir=example_run
+else
+  source_dir=settings/examples/$name run_dir=example_run_$name
+fi
+if [ ! -d "$source_dir" ]; then
+  echo "error: no example '$name' (allowed: quick_example $(ls settings/examples | tr '\n' ' '))" >&2
+  exit 2
+fi
 export OMP_NUM_THREADS=1 MPLBACKEND=Agg
-mkdir -p example_run
-for f in geometry.in mace_settings.yaml active_learning_settings.yaml; do
-  [ -f "example_run/$f" ] || cp "settings/quick_example/$f" "example_run/$f"
+mkdir -p "$run_dir"
+for f in "$source_dir"/*; do  # settings, geometry file or geometry folder: copied once, then the run's own
+  [ -e "$run_dir/$(basename "$f")" ] || cp -r "$f" "$run_dir/"
 done
-cd example_run
+cd "$run_dir"
 "$repo/.venv/bin/FHI_AL-atomic-energies"
 # Paste the isolated-atom energies under ARCHITECTURE (once), as the header of atomic_energies.yaml asks.
 "$repo/.venv/bin/python" - <<'PY'
@@ -23,4 +36,4 @@ if "atomic_energies:" not in text:
     settings.write_text(text.replace("ARCHITECTURE:\n", "ARCHITECTURE:\n" + pasted, 1))
 PY
 "$repo/.venv/bin/FHI_AL"
-echo "Done: models in example_run/model/, datasets in example_run/data/, plots in example_run/results/."
+echo "Done: models in $run_dir/model/, datasets in $run_dir/data/, plots in $run_dir/results/."

@@ -138,3 +138,24 @@ def test_every_label_is_paid_and_analysis_is_counted_apart(finished_run):
     assert cost.calls[ANALYSIS] == sum(e["calls"] for e in analysis)
     assert cost.paid == sum(e["calls"] for e in entries if e["purpose"] != ANALYSIS)
     assert "analysis-mode calls (not part of the cost)" in (finished_run / "logs" / "AL.log").read_text()
+
+
+def test_the_learning_curve_per_system_is_recorded_along_active_learning(finished_run):
+    """A single-system run records its system's validation force MAE after every label's training, with the
+    reference calls paid so far, and draws the learning curve per system."""
+    from fhi_al.procedures.system_metrics import CURVE_FILE, METRICS_FILE
+    from fhi_al.references.ledger import ReferenceCost
+
+    entries = json.loads((finished_run / "results" / METRICS_FILE).read_text())
+    initial = [e for e in entries if e["stage"] == "initial"]
+    al = [e for e in entries if e["stage"] == "al"]
+    assert initial and all(set(e["forces_mae"]) == {"geometry"} for e in entries)
+    al_labels = len(read(finished_run / "data/al/train.xyz", index=":")) + len(
+        read(finished_run / "data/al/valid.xyz", index=":"))
+    assert len(al) >= 2 + min(al_labels, 1)  # start, after a label's training, end
+    calls = [e["reference_calls"] for e in entries]
+    assert calls == sorted(calls) and calls[-1] == ReferenceCost.from_ledger(
+        finished_run / "logs" / "reference_ledger.jsonl").paid
+    assert al[-1]["labels"] == al_labels and al[-1]["labels_stored"] == initial[-1]["labels_stored"] + al_labels
+    assert all(0 < e["forces_mae"]["geometry"] < 5 for e in entries)
+    assert (finished_run / "results" / CURVE_FILE).stat().st_size > 1000

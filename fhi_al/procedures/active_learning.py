@@ -5,8 +5,8 @@ threshold goes to the reference, the label joins the datasets, and the ensemble 
 Several systems: trajectory i starts from system i mod n_systems (in the order of MISC.path_to_geometry),
 so num_trajectories >= n_systems runs every system; its frames and labels carry the system's name
 (atoms.info["system"]). Each system has its own uncertainty threshold unless threshold_per_system is false.
-The validation force MAE per system is logged at the start and end (results/per_system_metrics.json); the
-stopping criteria use the ensemble's global metric.
+The validation force MAE per system is recorded at the start, after each label's training and at the end
+(results/per_system_metrics.json, learning_curve_per_system.png); the stopping criteria use the global metric.
 
 Restart: the record (trajectories, threshold, counters, RNG streams) is rewritten after every label,
 training visit and MD visit; labels are appended durably first, so none is lost or stored twice.
@@ -289,6 +289,7 @@ class ActiveLearning:
         trajectory.epochs_left -= epochs
         if trajectory.epochs_left <= 0:
             trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
+            self.report_systems(plot=False, console=False, labels=self.state.labels)  # learning curve per system
         self.bar.set_postfix(labels=self.state.labels, mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
                              threshold=_fmt(self.thresholds.tracker(system_of(trajectory.atoms,
                                                                               self.systems)).threshold))
@@ -355,6 +356,7 @@ class ActiveLearning:
         log.info("Whole run so far: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
         reporting.log_rejections(reporting.md_rejections([t.dynamics for t in self.trajectories]), self.book.rejected)
         self.report_systems(plot=True, labels=self.state.labels)
+        system_metrics.learning_curve_plot(results / system_metrics.METRICS_FILE, results / system_metrics.CURVE_FILE)
         reporting.log_stops(self.stops)
         reporting.log_outputs([self.trainer.model_path(tag) for tag in self.members], results, self.run_dir)
 
@@ -368,12 +370,12 @@ class ActiveLearning:
 
         return EnsembleCalculator(list(self.members.values()))
 
-    def report_systems(self, *, plot: bool, **context: Any) -> None:
-        """Several systems: validation force MAE of each (log, results/per_system_metrics.json, parity plot)."""
+    def report_systems(self, *, plot: bool, console: bool = True, **context: Any) -> None:
+        """Validation force MAE of each system (results/per_system_metrics.json; several: log, parity plot)."""
         member = next(iter(self.members.values()))
         system_metrics.report(self.trainer, list(self.members.values()), member.valid_atoms, self.systems,
                               results_dir=self.run_dir / self.trainer.config.results_dir, stage="al", plot=plot,
-                              **context)
+                              ledger=ledger_path(self.run_dir), console=console, **context)
 
     def make_thresholds(self, saved: dict | None) -> SystemThresholds:
         """One tracker per system (threshold_per_system, several systems) or one for all; the saved ones."""

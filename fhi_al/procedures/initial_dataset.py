@@ -228,14 +228,12 @@ class InitialDataset:
         self.report_systems(plot=False, round=self.state.round)
 
     def report_systems(self, *, plot: bool, **context: Any) -> None:
-        """Several systems: the validation force MAE of each (log, results/per_system_metrics.json, plot)."""
-        if len(self.systems) < 2:
-            return
+        """The validation force MAE of each system (results/per_system_metrics.json; several: log, plot)."""
         self.attach_members()
         valid = next(iter(self.members.values())).valid_atoms if self.shared else self.all_valid_frames()
         system_metrics.report(self.trainer, list(self.members.values()), valid, self.systems,
                               results_dir=self.run_dir / self.trainer.config.results_dir, stage="initial",
-                              plot=plot, **context)
+                              plot=plot, ledger=ledger_path(self.run_dir), **context)
 
     def all_valid_frames(self) -> list:
         """Every member's validation frames (split data: each member validates on its own)."""
@@ -264,6 +262,7 @@ class InitialDataset:
         reporting.learning_curve(histories, results / "initial_learning_curve.png", title="Initial dataset")
         reporting.reference_usage(self.labeler, results, name="initial")
         self.report_systems(plot=True, round=self.state.round, final=True)
+        system_metrics.learning_curve_plot(results / system_metrics.METRICS_FILE, results / system_metrics.CURVE_FILE)
         log.info("Initial dataset: %s.", ReferenceCost.from_ledger(ledger_path(self.run_dir)).summary())
         dynamics = [sampler.dynamics for sampler in self.samplers if hasattr(sampler, "dynamics")]
         reporting.log_rejections(reporting.md_rejections(dynamics), self.book.rejected)

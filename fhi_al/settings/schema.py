@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .md_schema import BAROSTATS, MD_UNUSED, MdSettings  # noqa: F401 - part of the schema
+from .reference_schema import (REFERENCE_CALCULATORS, REFERENCE_SUBSECTIONS, AimsSettings,  # noqa: F401
+                               PyscfSettings, ReferenceSettings, XtbSettings)
 from .typed import option
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,6 @@ MACE_SETTINGS_FILE = "mace_settings.yaml"
 AL_SETTINGS_FILE = "active_learning_settings.yaml"
 FOUNDATION_SIZES = ("small", "medium", "large")
 FINETUNING_CHOICES = ("naive", "multihead")
-REFERENCE_CALCULATORS = ("aims", "xtb", "pyscf", "emt")
 
 
 # ----------------------------------------------------------------------------------------- mace_settings.yaml
@@ -351,48 +352,6 @@ class AlMiscSettings:
 AL_MISC_UNUSED = ("output_dir", "dataset_dir", "log_dir", "analysis", "energy_key", "forces_key", "stress_key",
                   "dipole_key", "polarizability_key", "head_key", "charges_key", "total_charge_key",
                   "total_spin_key", "mol_idxs")
-
-
-@dataclass(frozen=True)
-class XtbSettings:
-    method: str = option("GFN2-xTB", "Tight-binding Hamiltonian of tblite.", choices=["GFN2-xTB", "GFN1-xTB"])
-    electronic_temperature_K: float = option(300.0, "Electronic (Fermi smearing) temperature.", minimum=0.0,
-                                             exclusive_minimum=True, unit="K")
-    accuracy: float = option(1.0, "tblite accuracy factor (smaller is tighter).", minimum=0.0,
-                             exclusive_minimum=True)
-    max_iterations: int = option(250, "Most SCC iterations before the call fails.", minimum=1)
-
-
-@dataclass(frozen=True)
-class PyscfSettings:
-    xc: str = option("pbe", "Exchange-correlation functional (PySCF name); 'hf' for Hartree-Fock.")
-    basis: str = option("def2-svp", "Gaussian basis set (PySCF name).")
-    charge: int = option(0, "Total charge of the molecule.", unit="e")
-    spin: int = option(0, "Number of unpaired electrons (2S, PySCF's convention).", minimum=0)
-    max_cycle: int = option(50, "Most SCF iterations before the call fails.", minimum=1)
-    conv_tol: float = option(1e-9, "SCF energy convergence tolerance.", minimum=0.0, exclusive_minimum=True,
-                             unit="Hartree")
-
-
-@dataclass(frozen=True)
-class AimsSettings:
-    """FHI-aims options come from control.in and ACTIVE_LEARNING.species_dir; nothing to set here."""
-
-
-@dataclass(frozen=True)
-class ReferenceSettings:
-    calculator: str | None = option(None, "Reference method (null = aims when ACTIVE_LEARNING.aims_lib_path "
-                                          "is set, else xtb); emt is for tests only.",
-                                    choices=list(REFERENCE_CALCULATORS))
-    simulated_cost_s: float | None = option(None, "For benchmarks only: every reference calculation first sleeps "
-                                                  "this long (no CPU used), then returns the reference's result; "
-                                                  "null = off.", minimum=0.0, unit="s")
-    xtb: XtbSettings = field(default_factory=XtbSettings, metadata={"doc": "Options of the xtb reference."})
-    pyscf: PyscfSettings = field(default_factory=PyscfSettings, metadata={"doc": "Options of the pyscf reference."})
-    aims: AimsSettings = field(default_factory=AimsSettings, metadata={"doc": "Options of the aims reference."})
-
-
-REFERENCE_SUBSECTIONS = {"xtb": XtbSettings, "pyscf": PyscfSettings, "aims": AimsSettings}
 
 
 # ------------------------------------------------------------------------------------------------ whole files

@@ -324,3 +324,28 @@ def test_normal_modes_take_one_hessian_per_system(tmp_path):
     assert set(system_counts(frames)) == {"a_methane", "b_water"}
     for atoms in frames:
         assert atoms.get_chemical_formula() == {"a_methane": "CH4", "b_water": "H2O"}[atoms.info[SYSTEM_KEY]]
+
+
+def test_npt_entries_are_checked_against_the_systems_their_trajectories_start_from():
+    """Trajectory i starts from system i mod n: an NPT entry needs that system periodic; the plain block and
+    entry 0 (also the initial dataset's MD) need every system periodic."""
+    from types import SimpleNamespace
+
+    from ase.build import bulk, molecule
+
+    from fhi_al.cli import check_md_ensemble
+    from fhi_al.systems import System
+
+    systems = [System(0, "cu", bulk("Cu", "fcc", a=3.61, cubic=True)), System(1, "water", molecule("H2O"))]
+
+    def settings(entries):
+        md = {key: SimpleNamespace(stat_ensemble=ensemble) for key, ensemble in entries.items()}
+        return SimpleNamespace(al=SimpleNamespace(md_entries=lambda: list(md.items())))
+
+    check_md_ensemble(settings({"MD.0": "NVT", "MD.1": "NVT", "MD.2": "NPT"}), systems)  # trajectory 2: Cu
+    for entries, where in [({"MD.0": "NVT", "MD.1": "NPT"}, "MD.1.stat_ensemble"),
+                           ({"MD.0": "NPT", "MD.1": "NVT"}, "MD.0.stat_ensemble"),
+                           ({"MD": "NPT"}, "MD.stat_ensemble")]:
+        with pytest.raises(InputError, match="water") as error:
+            check_md_ensemble(settings(entries), systems)
+        assert error.value.where == where

@@ -46,17 +46,28 @@ FORCE_ABOVE = "reference force above bound"
 CONTACT_SEARCH_FRACTION = 1.5  # contacts farther than this fraction of their covalent-radii sum are not looked at
 
 
+def contact_cutoff_A(numbers: np.ndarray) -> float:
+    """Neighbour-list cutoff that holds every pair closer than CONTACT_SEARCH_FRACTION of its radii sum."""
+    return CONTACT_SEARCH_FRACTION * 2.0 * float(covalent_radii[numbers].max())
+
+
 def closest_contact_fraction(atoms: Atoms) -> float:
     """min over atom pairs of d_ij / (r_cov,i + r_cov,j) (periodic images included), from a linear-scaling
     neighbour list; inf for one atom or when no pair is within CONTACT_SEARCH_FRACTION of its radii sum."""
     if len(atoms) < 2:
         return float("inf")
-    radii = covalent_radii[atoms.numbers]
-    first, second, distances = neighbour_list("ijd", atoms, CONTACT_SEARCH_FRACTION * 2.0 * float(radii.max()))
+    first, second, distances = neighbour_list("ijd", atoms, contact_cutoff_A(atoms.numbers))
+    return contact_fraction_of_pairs(atoms.numbers, first, second, distances)
+
+
+def contact_fraction_of_pairs(numbers: np.ndarray, first: np.ndarray, second: np.ndarray,
+                              distances: np.ndarray) -> float:
+    """closest_contact_fraction from a neighbour list already at hand (any cutoff >= contact_cutoff_A)."""
     if len(distances) == 0:
         return float("inf")
-    ratio = distances / (radii[first] + radii[second])
-    return float(ratio.min()) if ratio.min() <= CONTACT_SEARCH_FRACTION else float("inf")
+    radii = covalent_radii[numbers]
+    smallest = float((distances / (radii[first] + radii[second])).min())
+    return smallest if smallest <= CONTACT_SEARCH_FRACTION else float("inf")
 
 
 def reference_force_rejection(forces_eV_per_A: np.ndarray, max_force_eV_per_A: float | None) -> str | None:
@@ -127,24 +138,36 @@ class BlowUpDetector:
             return "non-finite velocities"
         if forces_eV_per_A is not None and not np.isfinite(forces_eV_per_A).all():
             return "non-finite forces"
-        isolated = self.isolated_atoms(atoms)
+        pairs = self.pairs(atoms)
+        isolated = self.isolated_atoms(atoms, pairs)
         if isolated:
             return (f"atom(s) {isolated} farther than {self.max_distance_A} Å from all others")
         temperature_K = kinetic_temperature_K(atoms)
         if temperature_K > self.max_temperature_factor * self.target_temperature_K:
             return (f"{TOO_HOT}: {temperature_K:.0f} K above {self.max_temperature_factor} x "
                     f"target {self.target_temperature_K:.0f} K")
-        contact = closest_contact_fraction(atoms) if self.min_distance_fraction is not None else float("inf")
-        if self.min_distance_fraction is not None and contact < self.min_distance_fraction:
-            return (f"{TOO_CLOSE}: closest contact {contact:.2f} of the covalent radii sum < min_distance_fraction "
-                    f"{self.min_distance_fraction}")
+        if self.min_distance_fraction is not None:
+            contact = contact_fraction_of_pairs(atoms.numbers, *pairs)
+            if contact < self.min_distance_fraction:
+                return (f"{TOO_CLOSE}: closest contact {contact:.2f} of the covalent radii sum < "
+                        f"min_distance_fraction {self.min_distance_fraction}")
         return None
 
-    def isolated_atoms(self, atoms: Atoms) -> list[int]:
+    def pairs(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(first, second, distance) of one neighbour list that serves both the flying-atom and the contact
+        check; empty for a single atom."""
+        if len(atoms) < 2:
+            return np.empty(0, dtype=int), np.empty(0, dtype=int), np.empty(0)
+        cutoff_A = max(self.max_distance_A, contact_cutoff_A(atoms.numbers))
+        return neighbour_list("ijd", atoms, cutoff_A)
+
+    def isolated_atoms(self, atoms: Atoms, pairs: tuple[np.ndarray, ...] | None = None) -> list[int]:
+        """Atoms with no other atom within max_distance_A (`pairs`: from `self.pairs(atoms)`, if at hand)."""
         if len(atoms) < 2:
             return []
-        has_neighbour = np.unique(neighbour_list("i", atoms, self.max_distance_A))
-        return sorted(set(range(len(atoms))) - set(has_neighbour.tolist()))
+        first, _, distances = self.pairs(atoms) if pairs is None else pairs
+        with_neighbour = np.unique(first[distances <= self.max_distance_A])
+        return sorted(set(range(len(atoms))) - set(with_neighbour.tolist()))
 
 
 def cell_problem(atoms: Atoms, reference_volume_A3: float | None) -> str | None:

@@ -30,7 +30,7 @@ from .references.ledger import LABEL, RELABEL, ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
 from .settings.machine import check_stress_inputs
-from .systems import check_run_settings, load_systems, with_controls
+from .systems import atomic_numbers, check_run_settings, load_systems, with_controls
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def check_foundation(settings, systems) -> None:
     from .architectures.mace.foundation import check_run_inputs  # torch and mace: only when a foundation is used
     from .training.config import DTYPES
 
-    numbers = [n for system in systems for n in system.atoms.numbers]
+    numbers = sorted(atomic_numbers(systems))
     check_run_inputs(settings.mace.architecture, numbers, dtype=DTYPES[settings.mace.general.default_dtype])
 
 
@@ -174,8 +174,7 @@ def check_given_datasets(settings, systems, run_dir: Path) -> None:
 
     general = settings.mace.general
     tags = [member_tag(general.name_exp, seed) for seed in ensemble_seeds(general.seed, al.ensemble_size)]
-    elements = {int(number) for system in systems for number in system.atoms.numbers}
-    read_given(al, run_dir=run_dir, elements=elements, tags=tags, shared_tag=SHARED_TAG)
+    read_given(al, run_dir=run_dir, elements=atomic_numbers(systems), tags=tags, shared_tag=SHARED_TAG)
 
 
 def _start_logging(context: RunContext, procedure: Procedure, printed: Sequence[str] = ()) -> None:

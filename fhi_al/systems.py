@@ -153,6 +153,11 @@ def elements(systems: Sequence[System]) -> list[str]:
     return list(dict.fromkeys(s for system in systems for s in system.atoms.get_chemical_symbols()))
 
 
+def atomic_numbers(systems: Sequence[System]) -> set[int]:
+    """The atomic numbers of every system."""
+    return {int(number) for system in systems for number in system.atoms.numbers}
+
+
 def describe(systems: Sequence[System]) -> str:
     return ", ".join(f"{s.index}: {s.name} ({s.atoms.get_chemical_formula()}, {len(s.atoms)} atoms"
                      f"{', periodic' if s.atoms.pbc.any() else ''})" for s in systems)

@@ -15,6 +15,7 @@ from typing import Any
 from ..data.given import GivenDatasets, read_given
 from ..errors import InputError
 from ..restart import is_done, mark_done
+from ..systems import atomic_numbers
 from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, MemberSpec, dataset_name, initial_member_sets,
                      load_or_create_member, make_store, make_trainer, member_specs)
 
@@ -27,8 +28,8 @@ def run(context: Any) -> None:
 
 def given_datasets(context: Any, specs: list[MemberSpec]) -> GivenDatasets:
     """The run's given datasets, checked (InputError naming the key and file)."""
-    elements = {int(number) for system in context.systems for number in system.atoms.numbers}
-    return read_given(context.settings.al.active_learning, run_dir=Path(context.run_dir), elements=elements,
+    return read_given(context.settings.al.active_learning, run_dir=Path(context.run_dir),
+                      elements=atomic_numbers(context.systems),
                       tags=[spec.tag for spec in specs], shared_tag=SHARED_TAG)
 
 

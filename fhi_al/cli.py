@@ -24,7 +24,7 @@ from .errors import EXIT_BAD_INPUT, EXIT_FAILURE, EXIT_LOCKED, EXIT_OK, FhiAlErr
 from .labeling import run_procedure
 from .logs import DETAIL, captured_prints, configure_logging, quiet_known_warnings
 from .memory import keep_freed_memory
-from .parallel import configure_threads, is_root, root_only, world
+from .parallel import check_ranks, configure_threads, is_root, root_only, world
 from .references import Ledger, reference_from_settings
 from .references.ledger import LABEL, RELABEL, ledger_path
 from .restart import RunLock
@@ -54,6 +54,12 @@ def _active_learning() -> Callable[[RunContext], Any]:
     return run
 
 
+def _member_training() -> Callable[[RunContext, Any], Any]:
+    from .procedures.member_ranks import serve_members
+
+    return serve_members
+
+
 def _atomic_energies() -> Callable[[RunContext], Any]:
     from .procedures.atomic_energies import run
 
@@ -76,10 +82,12 @@ class Procedure:
     runs_on_all_ranks: bool = False  # True: every rank runs it (its reference calls are collective);
     # False: the ML rank runs it with the labelling service's reference and label queue, the others serve
     label_purpose: str = LABEL  # the ledger purpose of the labels it computes
+    load_training: Callable[[], Callable[[RunContext, Any], Any]] | None = None  # -> serve(context, comm) of the
+    # training ranks (ACTIVE_LEARNING.ml_ranks > 1); None: they wait for the end
 
 
 INITIAL_DATASET = Procedure("initial dataset", log_name="initial_dataset", load=_initial_dataset)
-ACTIVE_LEARNING = Procedure("active learning", log_name="AL", load=_active_learning)  # logs/AL.log, as the original
+ACTIVE_LEARNING = Procedure("active learning", log_name="AL", load=_active_learning, load_training=_member_training)  # logs/AL.log, as the original
 ATOMIC_ENERGIES = Procedure("atomic energies", log_name="atomic_energies", load=_atomic_energies,
                             runs_on_all_ranks=True)
 RELABEL_PROCEDURE = Procedure("relabelling", log_name="relabel", load=_relabel, label_purpose=RELABEL)
@@ -122,7 +130,10 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
     settings = load_run_settings(run_dir)
     misc = settings.al.misc
     systems = load_systems(misc.path_to_geometry, run_dir)
-    check_run_settings(systems, settings.al.active_learning)
+    al = settings.al.active_learning
+    check_run_settings(systems, al)
+    check_ranks(size=comm.size, parallel=al.parallel, group_size=al.reference_group_size, ml_ranks=al.ml_ranks,
+                ensemble_size=al.ensemble_size)
     for system in systems:
         check_stress_inputs(settings, system.atoms.pbc, system.atoms.cell.volume)
     check_foundation(settings, systems)
@@ -220,9 +231,12 @@ def run_step(procedure: Procedure, run: Callable[[RunContext], Any], context: Ru
         return reference_from_settings(context.settings, work_dir, comm, context.control,
                                        system_controls=context.system_controls())
 
+    serve = procedure.load_training() if procedure.load_training is not None else None
     run_procedure(lambda services: run(context.with_services(services)), make_reference=make_reference,
                   reference_name=context.settings.calculator, parallel=al.parallel,
-                  group_size=al.reference_group_size, timeout_s=al.reference_timeout_s,
+                  group_size=al.reference_group_size, ml_ranks=al.ml_ranks,
+                  serve_training=None if serve is None else lambda comm: serve(context, comm),
+                  timeout_s=al.reference_timeout_s,
                   ledger=Ledger(ledger_path(context.run_dir), label_purpose=procedure.label_purpose))
 
 

@@ -199,40 +199,86 @@ class RootOnlyFilter(logging.Filter):
         return record.levelno >= logging.CRITICAL or world().rank == ROOT
 
 
+ML_RANKS_KEY = "ACTIVE_LEARNING.ml_ranks"
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Who does what in a job.
+    """Who does what in a job of N ranks.
 
-    serial mode (`parallel: false`): every rank is in `reference_comm`, rank 0 also does the ML.
-    parallel mode: rank 0 does the ML; the other ranks form reference groups of `group_size` ranks.
+    Ranks 0 .. ml_ranks-1 are the ML ranks: rank 0 runs the procedure (MD, uncertainty, labels) and trains
+    its own ensemble members; ranks 1 .. ml_ranks-1 (training ranks) train the other members.
+    serial mode (`parallel: false`): rank 0 and the ranks from ml_ranks on share the reference (`reference_comm`).
+    parallel mode: the ranks from ml_ranks on form reference groups of `group_size` ranks.
     """
 
     parallel: bool
-    is_ml_rank: bool
-    group_index: int  # -1 on the ML rank in parallel mode
+    is_ml_rank: bool  # rank 0: runs the procedure
+    group_index: int  # -1 on the ML ranks in parallel mode and on training ranks
     num_groups: int
-    reference_comm: Any  # the communicator this rank's reference calculator uses (None on the ML rank in parallel mode)
+    reference_comm: Any  # the communicator this rank's reference calculator uses (None where it uses none)
+    ml_ranks: int = 1
+    group_size: int = 1
+
+    @property
+    def training_ranks(self) -> list[int]:
+        return list(range(1, self.ml_ranks))
+
+    @property
+    def leaders(self) -> list[int]:
+        """Parallel mode: the first rank of each reference group."""
+        return [self.ml_ranks + group * self.group_size for group in range(self.num_groups)]
 
 
-def make_layout(*, parallel: bool, group_size: int = 1, comm: Comm | None = None) -> Layout:
-    comm = comm or world()
-    if not parallel:
-        return Layout(parallel=False, is_ml_rank=comm.rank == ROOT, group_index=0, num_groups=1, reference_comm=comm)
-    workers = comm.size - 1
-    if workers < 1 or workers % group_size:
+def check_ranks(*, size: int, parallel: bool, group_size: int = 1, ml_ranks: int = 1,
+                ensemble_size: int | None = None) -> None:
+    """InputError unless `size` ranks can be split into `ml_ranks` ML ranks and (parallel mode) reference
+    groups of `group_size` ranks. One process runs parallel mode as serial mode."""
+    if ensemble_size is not None and ml_ranks > ensemble_size + 1:
+        raise InputError(f"got {ml_ranks} ML ranks for {ensemble_size} ensemble members: at most ensemble_size + 1 "
+                         f"= {ensemble_size + 1} (rank 0 runs the MD, every other ML rank trains at least one "
+                         f"member)", where=ML_RANKS_KEY)
+    if ml_ranks > size:
+        raise InputError(f"got {ml_ranks} ML ranks but the job has {size} rank(s): start it with mpirun -n N, "
+                         f"N >= {ml_ranks}{' + the reference groups' if parallel else ''}", where=ML_RANKS_KEY)
+    workers = size - ml_ranks
+    if parallel and size > 1 and (workers < 1 or workers % group_size):  # one process runs everything itself
         raise InputError(
-            f"parallel mode needs 1 ML rank plus reference groups of {group_size} rank(s): "
-            f"{comm.size} rank(s) cannot be split that way (use N = 1 + k*{group_size})",
+            f"parallel mode needs {ml_ranks} ML rank(s) plus reference groups of {group_size} rank(s): "
+            f"{size} rank(s) cannot be split that way (use N = {ml_ranks} + k*{group_size})",
             where="ACTIVE_LEARNING.parallel",
         )
-    if comm.rank == ROOT:
-        comm.split(0, 0)  # Split is collective: the ML rank takes part and keeps no group
-        return Layout(parallel=True, is_ml_rank=True, group_index=-1, num_groups=workers // group_size,
-                      reference_comm=None)
-    group = (comm.rank - 1) // group_size
+
+
+def make_layout(*, parallel: bool, group_size: int = 1, ml_ranks: int = 1, comm: Comm | None = None) -> Layout:
+    """This rank's role (collective: every rank of `comm` calls it with the same arguments)."""
+    comm = comm or world()
+    check_ranks(size=comm.size, parallel=parallel, group_size=group_size, ml_ranks=ml_ranks)
+    training = 0 < comm.rank < ml_ranks
+    if not parallel:
+        if ml_ranks == 1:
+            return Layout(parallel=False, is_ml_rank=comm.rank == ROOT, group_index=0, num_groups=1,
+                          reference_comm=comm)
+        shared = comm.split(1 if training else 0, comm.rank)  # rank 0 and the ranks from ml_ranks on
+        return Layout(parallel=False, is_ml_rank=comm.rank == ROOT, group_index=-1 if training else 0,
+                      num_groups=1, reference_comm=None if training else shared, ml_ranks=ml_ranks)
+    num_groups = (comm.size - ml_ranks) // group_size
+    if comm.rank < ml_ranks:
+        comm.split(0, comm.rank)  # Split is collective: the ML ranks take part and keep no group
+        return Layout(parallel=True, is_ml_rank=comm.rank == ROOT, group_index=-1, num_groups=num_groups,
+                      reference_comm=None, ml_ranks=ml_ranks, group_size=group_size)
+    group = (comm.rank - ml_ranks) // group_size
     sub = comm.split(1 + group, comm.rank)
-    return Layout(parallel=True, is_ml_rank=False, group_index=group, num_groups=workers // group_size,
-                  reference_comm=sub)
+    return Layout(parallel=True, is_ml_rank=False, group_index=group, num_groups=num_groups, reference_comm=sub,
+                  ml_ranks=ml_ranks, group_size=group_size)
+
+
+def local_rank() -> int:
+    """This process's index among the job's processes on its node (from the launcher; 0 without one)."""
+    for name in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "SLURM_LOCALID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
 
 
 def configure_threads() -> None:

@@ -10,8 +10,10 @@ Invariants checked after every cycle (the run is dead, nothing is repaired befor
 A run that ends before its kill is checked as final: exit 0 and every ledger label stored. Then a fresh
 folder (the next "episode") starts. After the last cycle an uninterrupted rerun must finish with exit 0.
 
-Usage: python scripts/chaos.py --mode serial --cycles 20 [--seed 0] [--expected-s 60]
-Writes scripts/results/chaos_{mode}.json and chaos_{mode}.png.
+Usage: python scripts/chaos.py --mode serial --cycles 20 [--seed 0] [--expected-s 60] [--ml-ranks 2]
+With --ml-ranks N > 1 the members train on N ML ranks (serial mode: `mpiexec -n N`; parallel mode: N ML ranks
+and one reference group).
+Writes scripts/results/chaos_{mode}.json and chaos_{mode}.png (chaos_{mode}_ml{N}.* with --ml-ranks N > 1).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from workflow import make_run_folder  # noqa: E402
 CHAOS_AL = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
                                 "max_MD_steps": 100, "max_epochs_worker": 2}}
 MPI_RANKS = 3
+ML_RANKS = 1  # set by --ml-ranks
 MIN_DELAY_S = 1.0
 RUN_TIMEOUT_S = 900.0
 DATA_STAGES = ("initial", "al")  # data/final is rewritten whole at the end, from the members' sets
@@ -47,10 +50,16 @@ LEDGER = Path("logs") / "reference_ledger.jsonl"
 
 
 # ------------------------------------------------------------------------------------------ running
+def mpi_ranks(mode: str) -> int:
+    if mode == "parallel":
+        return MPI_RANKS if ML_RANKS == 1 else ML_RANKS + 1
+    return ML_RANKS
+
+
 def command(mode: str, folder: Path) -> list[str]:
     fhi_al = [str(BIN / "FHI_AL"), "--run-dir", str(folder)]
-    if mode == "parallel":
-        return [str(BIN / "mpiexec"), "-n", str(MPI_RANKS), *fhi_al]
+    if mpi_ranks(mode) > 1:
+        return [str(BIN / "mpiexec"), "-n", str(mpi_ranks(mode)), *fhi_al]
     return fhi_al
 
 
@@ -206,7 +215,8 @@ def chaos(*, mode: str, cycles: int, seed: int, expected_s: float, workdir: Path
 
     def new_folder() -> Path:
         path = make_run_folder(workdir / f"episode_{episode}",
-                               al={"ACTIVE_LEARNING": {**CHAOS_AL["ACTIVE_LEARNING"], "parallel": mode == "parallel"}})
+                               al={"ACTIVE_LEARNING": {**CHAOS_AL["ACTIVE_LEARNING"], "parallel": mode == "parallel",
+                                                       "ml_ranks": ML_RANKS}})
         return path
 
     folder = new_folder()
@@ -255,7 +265,7 @@ def final_run(mode: str, folder: Path, log_path: Path) -> dict:
 def summarise(*, mode, seed, expected_s, rows, final, wall_s) -> dict:
     all_rows = rows + [final]
     return {
-        "mode": mode, "mpi_ranks": MPI_RANKS if mode == "parallel" else 1, "seed": seed, "cycles": len(rows),
+        "mode": mode, "mpi_ranks": mpi_ranks(mode), "ml_ranks": ML_RANKS, "seed": seed, "cycles": len(rows),
         "kills": sum(r["killed"] for r in rows), "completed_before_kill": sum(not r["killed"] for r in rows),
         "episodes": 1 + sum(not r["killed"] for r in rows), "expected_run_s": expected_s,
         "kill_times_s": [r["kill_after_s"] for r in rows if r["killed"]],
@@ -314,13 +324,17 @@ def main(argv=None) -> int:
                              f"[{MIN_DELAY_S}, expected] (default: 40 serial, 50 parallel)")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default scripts/results/chaos_MODE.json)")
+    parser.add_argument("--ml-ranks", type=int, default=1, help="ACTIVE_LEARNING.ml_ranks of the runs")
     args = parser.parse_args(argv)
+    global ML_RANKS
+    ML_RANKS = args.ml_ranks
     expected_s = args.expected_s or (40.0 if args.mode == "serial" else 50.0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos_{args.mode}_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"chaos {args.mode}: {args.cycles} cycles in {workdir}\n{HEADER}", flush=True)
     summary = chaos(mode=args.mode, cycles=args.cycles, seed=args.seed, expected_s=expected_s, workdir=workdir)
-    out = args.out or RESULTS / f"chaos_{args.mode}.json"
+    suffix = f"_ml{args.ml_ranks}" if args.ml_ranks > 1 else ""
+    out = args.out or RESULTS / f"chaos_{args.mode}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")
     plot(summary, out.with_suffix(".png"))

@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 TAG_TASK = 101  # ML rank (or group leader) -> reference rank: a structure to compute, or None to stop
 TAG_RESULT = 102  # group leader -> ML rank: a LabelResult with the group's busy interval
+TAG_TRAIN = 103  # rank 0 -> training rank: work for its members, or None to stop
+TAG_TRAINED = 104  # training rank -> rank 0: a member's weights and metrics after a visit
 
 
 def atoms_message(atoms: Atoms) -> dict:

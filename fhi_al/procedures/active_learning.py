@@ -1,6 +1,7 @@
 """Active learning: MLFF trajectories on the ensemble mean; a frame whose force uncertainty crosses the
 threshold goes to the reference, the label joins the datasets, and the ensemble trains with warm start
 (intermediate_epochs per visit, max_epochs_worker per label) while the other trajectories keep their turn.
+With ACTIVE_LEARNING.ml_ranks > 1 the members train concurrently on their own ranks (al_training, member_ranks).
 
 Several systems: trajectory i starts from system i mod n_systems (in the order of MISC.path_to_geometry),
 so num_trajectories >= n_systems runs every system; its frames and labels carry the system's name
@@ -27,14 +28,17 @@ from ..errors import InputError, ReferenceError
 from ..labeling import LabelResult
 from ..logs import DETAIL
 from ..md import FrameBounds, MDParameters
+from ..parallel import wait_until
 from ..references import compute_label, reference_timeout_from_settings
 from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
 from ..systems import describe, system_of
 from ..uncertainty import DEFAULT_WINDOW, SystemThresholds, ThresholdTracker
 from . import al_reporting, reporting, system_metrics
-from .common import (AL_STAGE, INITIAL_STAGE, TRAIN, dataset_name, ensemble_forces_mae, initial_member_sets,
-                     load_or_create_member, make_store, make_trainer, member_specs)
+from .al_training import EnsembleTraining
+from .common import (AL_STAGE, AL_TRAIN, AL_VALID, INITIAL_STAGE, TRAIN, al_member_data, dataset_name,
+                     ensemble_forces_mae, load_or_create_member, make_store, make_trainer, member_specs)
+from .member_ranks import ml_rank_device
 from .label_book import LabelBook, Timings
 from .state import ActiveLearningState, PendingLabel, StateFile
 from .trajectories import FINISHED, RUNNING, TRAINING, WAITING, Trajectory, make_trajectories
@@ -45,7 +49,6 @@ log = logging.getLogger(__name__)
 # labelled, so the ensemble learns the region instead of the trajectory looping until max_MD_steps.
 RESETS_BEFORE_LABEL = 3
 RECORD_PATH = Path("restart") / "al" / "state.json"
-AL_TRAIN, AL_VALID = f"{AL_STAGE.prefix}/train", f"{AL_STAGE.prefix}/valid"
 
 
 def run(context: Any) -> None:
@@ -80,7 +83,7 @@ class ActiveLearning:
             while not self.should_stop():
                 self.visit_trajectories()
         self.book.drain(self.receive_label, on_cancel=self.cancelled)
-        self.converge_if_asked()
+        self.stops = self.training.finish()
         self.export_models()
         self.write_final_datasets()
         self.report()
@@ -101,8 +104,8 @@ class ActiveLearning:
         self.reference = self.context.services.reference
         self.labeler = self.context.services.labeler
         self.timeout_s = reference_timeout_from_settings(self.settings)
-        self.trainer = make_trainer(self.settings, self.run_dir)
-        self.members = {spec.tag: load_or_create_member(self.trainer, spec, *self.member_data(spec.tag))
+        self.trainer = make_trainer(self.settings, self.run_dir, device=ml_rank_device(self.settings))
+        self.members = {spec.tag: load_or_create_member(self.trainer, spec, *al_member_data(self.store, spec.tag))
                         for spec in self.specs}
         self.calc = self.make_calculator()
         self.systems = list(self.context.systems)
@@ -114,6 +117,8 @@ class ActiveLearning:
             log.info("%d systems (%s); trajectory i starts from system i mod %d.", len(self.systems),
                      describe(self.systems), len(self.systems))
         self.state = self.state_file.load()
+        self.training = EnsembleTraining(self.trainer, self.members, self.state, self.al,
+                                         comm=self.context.services.comm, timings=self.timings)
         self.thresholds = self.make_thresholds(self.state.threshold)
         if self.state.trajectories is not None:
             for trajectory, saved_state in zip(self.trajectories, self.state.trajectories):
@@ -147,15 +152,32 @@ class ActiveLearning:
         """One turn for every trajectory, so that one trajectory's training never stalls the others."""
         for result in self.labeler.collect():
             self.receive_label(result)
+        self.training.collect()
         for trajectory in self.trajectories:
             if trajectory.status == RUNNING:
                 self.propagate(trajectory)
             elif trajectory.status == TRAINING:
                 self.train_visit(trajectory)
             self.save_state()
-        idle = all(t.status in (WAITING, FINISHED) for t in self.trajectories)
-        for result in self.labeler.wait() if idle else self.labeler.collect():
+        for result in self.wait_for_news() if self.idle() else self.labeler.collect():
             self.receive_label(result)
+
+    def idle(self) -> bool:
+        """Nothing for rank 0 to do: every trajectory waits for a label, for other ranks' training, or is done."""
+        return all(t.status in (WAITING, FINISHED) or (t.status == TRAINING and t.epochs_left <= 0)
+                   for t in self.trajectories)
+
+    def wait_for_news(self) -> list[LabelResult]:
+        """Wait (without spinning) for a label or for weights from a training rank -> the labels."""
+        results: list[LabelResult] = []
+
+        def news() -> bool:
+            results.extend(self.labeler.collect())
+            trained = self.training.collect()
+            return bool(results or trained or not (self.labeler.in_flight or self.training.outstanding))
+
+        wait_until(news)
+        return results
 
     # ------------------------------------------------------------------------------------------ MD
     def propagate(self, trajectory: Trajectory) -> None:
@@ -240,9 +262,9 @@ class ActiveLearning:
             trajectory.status = RUNNING
             self.save_state()
             return
-        self.store_label(result, label)
+        labelled, valid = self.store_label(result, label)
         trajectory.status = TRAINING
-        trajectory.epochs_left = self.al.max_epochs_worker
+        trajectory.epochs_left, trajectory.remote_until = self.training.add_label(labelled, valid=valid)
         trajectory.labels += 1
         self.state.labels += 1
         self.save_state()
@@ -251,24 +273,28 @@ class ActiveLearning:
         """A frame dropped at the end before it reached the reference: its trajectory stops waiting."""
         self.trajectories[label.trajectory].status = RUNNING
 
-    def store_label(self, result: LabelResult, label: PendingLabel) -> None:
+    def store_label(self, result: LabelResult, label: PendingLabel) -> tuple[Any, bool]:
+        """Append the label to the AL train or valid set and to every member's -> (frame, to validation);
+        the frame is None when it was stored before a kill."""
         n_train, n_valid = self.store.count(AL_TRAIN), self.store.count(AL_VALID)
         destination = al_destination(n_train_al=n_train, n_valid_al=n_valid, valid_ratio=self.al.valid_ratio)
         labelled = self.book.store_label(result, label, AL_VALID if destination == VALID else AL_TRAIN)
         if labelled is None:  # stored before a kill
-            return
+            return None, destination == VALID
         for member in self.members.values():
             (member.valid_atoms if destination == VALID else member.train_atoms).append(labelled)
         log.info("label %s%s stored in %s (%d AL labels: %d train, %d valid).", result.label_id,
                  f" ({label.kind})" if label.kind else "", destination, n_train + n_valid + 1,
                  n_train + (destination != VALID), n_valid + (destination == VALID))
+        return labelled, destination == VALID
 
     def resubmit_pending(self) -> None:
         """Frames that were waiting for the reference when the run stopped: stored already, or asked again."""
         for label in self.book.resubmit():  # stored just before the kill: its trajectory trains next
             self.book.pending.pop(label.label_id)
             trajectory = self.trajectories[label.trajectory]
-            trajectory.status, trajectory.epochs_left = TRAINING, self.al.max_epochs_worker
+            trajectory.status = TRAINING
+            trajectory.epochs_left, trajectory.remote_until = self.training.add_label(None, valid=False)
         waiting = {label.trajectory for label in self.book.pending.values()}
         for trajectory in self.trajectories:
             if trajectory.status == WAITING and trajectory.index not in waiting:
@@ -278,55 +304,18 @@ class ActiveLearning:
 
     # ------------------------------------------------------------------------------------------ training
     def train_visit(self, trajectory: Trajectory) -> None:
+        """Rank 0's members train one visit of the trajectory's label; it resumes once every member is done."""
         epochs = min(self.al.intermediate_epochs, trajectory.epochs_left)
-        started = time.perf_counter()
-        for tag, member in self.members.items():
-            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip, report=False)
-            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
-            self.trainer.save_checkpoint(member)
-            self.track_progress(tag, metrics)
-        self.timings.training_s += time.perf_counter() - started
-        trajectory.epochs_left -= epochs
-        if trajectory.epochs_left <= 0:
-            trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
-            self.report_systems(plot=False, console=False, labels=self.state.labels)  # learning curve per system
+        if epochs > 0:
+            self.training.visit(epochs)
+            trajectory.epochs_left -= epochs
+        if not self.training.trained(trajectory.epochs_left, trajectory.remote_until):
+            return
+        trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
+        self.report_systems(plot=False, console=False, labels=self.state.labels)  # learning curve per system
         self.bar.set_postfix(labels=self.state.labels, mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
                              threshold=_fmt(self.thresholds.tracker(system_of(trajectory.atoms,
                                                                               self.systems)).threshold))
-
-    def track_progress(self, tag: str, metrics: dict[str, float]) -> None:
-        """Latest metrics per member; a member stuck for reset_optimizer_after checks gets a fresh optimizer."""
-        self.state.metrics[tag] = metrics
-        best = self.state.best_loss.get(tag, float("inf"))
-        if metrics["loss"] < best:
-            self.state.best_loss[tag], self.state.stale[tag] = metrics["loss"], 0
-            return
-        self.state.stale[tag] = self.state.stale.get(tag, 0) + 1
-        limit = self.al.reset_optimizer_after
-        if limit is not None and self.state.stale[tag] >= limit:
-            log.info("%s: no improvement in %d checks; resetting its optimizer.", tag, limit, extra=DETAIL)
-            self.trainer.reset_optimizer(self.members[tag])
-            self.state.stale[tag] = 0
-
-    def converge_if_asked(self) -> None:
-        if not self.al.converge_al:
-            return
-        tags = [self.best_member()] if self.al.converge_best else list(self.members)
-        log.info("Final training of %s (at most %d epochs each, patience %d).", ", ".join(tags),
-                 self.al.max_final_epochs, self.al.patience)
-        started = time.perf_counter()
-        for tag in tags:
-            log.info("Converging %s on the final data (at most %d epochs).", tag, self.al.max_final_epochs,
-                     extra=DETAIL)
-            stop = self.trainer.converge(self.members[tag], self.al.max_final_epochs, self.al.patience,
-                                         self.al.margin)
-            self.stops.append(stop)
-            if stop.metrics is not None:
-                self.state.metrics[tag] = stop.metrics
-        self.timings.training_s += time.perf_counter() - started
-
-    def best_member(self) -> str:
-        return min(self.members, key=lambda tag: self.state.metrics.get(tag, {}).get("loss", float("inf")))
 
     # ------------------------------------------------------------------------------------------ outputs
     def export_models(self) -> None:
@@ -361,10 +350,6 @@ class ActiveLearning:
         reporting.log_outputs([self.trainer.model_path(tag) for tag in self.members], results, self.run_dir)
 
     # ------------------------------------------------------------------------------------------ helpers
-    def member_data(self, tag: str) -> tuple[list, list]:
-        train, valid = initial_member_sets(self.store, tag, stage=INITIAL_STAGE.prefix)
-        return train + self.store.read(AL_TRAIN), valid + self.store.read(AL_VALID)
-
     def make_calculator(self):
         from ..ensemble import EnsembleCalculator
 

@@ -4,6 +4,7 @@ reference, and the trainer, built from the validated settings of a run folder.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,21 @@ def initial_member_sets(store: DatasetStore, tag: str, *, stage: str = INITIAL_S
     return train, valid
 
 
-def make_trainer(settings: Any, run_dir: Path) -> Trainer:
-    valid_skip = settings.al.active_learning.valid_skip
-    return Trainer(TrainingConfig.from_settings(settings, valid_skip=valid_skip), run_dir)
+def make_trainer(settings: Any, run_dir: Path, *, device: str | None = None) -> Trainer:
+    """The trainer of the run's settings (on `device` instead of MISC.device when given)."""
+    config = TrainingConfig.from_settings(settings, valid_skip=settings.al.active_learning.valid_skip)
+    if device is not None:
+        config = dataclasses.replace(config, device=device)
+    return Trainer(config, run_dir)
+
+
+AL_TRAIN, AL_VALID = f"{AL_STAGE.prefix}/train", f"{AL_STAGE.prefix}/valid"
+
+
+def al_member_data(store: DatasetStore, tag: str) -> tuple[list, list]:
+    """A member's training and validation frames during active learning: its initial sets and every AL label."""
+    train, valid = initial_member_sets(store, tag, stage=INITIAL_STAGE.prefix)
+    return train + store.read(AL_TRAIN), valid + store.read(AL_VALID)
 
 
 def make_store(settings: Any, run_dir: Path) -> DatasetStore:

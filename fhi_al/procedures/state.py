@@ -148,12 +148,13 @@ class TrajectoryState:
     resets: int = 0
     resets_in_a_row: int = 0
     last_label_step: int | None = None  # MD step of the trajectory's last frame sent to the reference
+    remote_until: dict[str, int] = field(default_factory=dict)  # epochs each remote member must reach first
 
     def to_record(self) -> dict[str, Any]:
         return {"index": self.index, "status": self.status, "md": self.md.to_record(),
                 "last_good": self.last_good.to_record(), "rng": self.rng, "epochs_left": self.epochs_left,
                 "labels": self.labels, "resets": self.resets, "resets_in_a_row": self.resets_in_a_row,
-                "last_label_step": self.last_label_step}
+                "last_label_step": self.last_label_step, "remote_until": self.remote_until}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TrajectoryState:
@@ -161,7 +162,8 @@ class TrajectoryState:
                    last_good=MDState.from_record(record["last_good"]), rng=record["rng"],
                    epochs_left=int(record["epochs_left"]), labels=int(record["labels"]), resets=int(record["resets"]),
                    resets_in_a_row=int(record.get("resets_in_a_row", 0)),
-                   last_label_step=record.get("last_label_step"))
+                   last_label_step=record.get("last_label_step"),
+                   remote_until={str(k): int(v) for k, v in record.get("remote_until", {}).items()})
 
 
 @dataclass
@@ -176,6 +178,9 @@ class ActiveLearningState:
     threshold: dict[str, Any] | None = None  # fhi_al.uncertainty.ThresholdTracker.state_dict()
     trajectories: list[TrajectoryState] | None = None
     pending: dict[str, PendingLabel] = field(default_factory=dict)
+    # members trained on other ML ranks (ml_ranks > 1): epochs assigned to each and finished by each
+    remote_assigned: dict[str, int] = field(default_factory=dict)
+    remote_done: dict[str, int] = field(default_factory=dict)
 
     kind = AL_KIND
 
@@ -183,7 +188,8 @@ class ActiveLearningState:
         trajectories = None if self.trajectories is None else [t.to_record() for t in self.trajectories]
         return {"kind": self.kind, "version": STATE_VERSION, "labels": self.labels, "metrics": self.metrics,
                 "stale": self.stale, "best_loss": self.best_loss, "threshold": self.threshold,
-                "trajectories": trajectories, "pending": pending_to_record(self.pending)}
+                "trajectories": trajectories, "pending": pending_to_record(self.pending),
+                "remote_assigned": self.remote_assigned, "remote_done": self.remote_done}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ActiveLearningState:
@@ -196,7 +202,12 @@ class ActiveLearningState:
         return cls(labels=int(record["labels"]), metrics=dict(record["metrics"]), stale=dict(record["stale"]),
                    best_loss=dict(record["best_loss"]), threshold=record["threshold"],
                    trajectories=None if saved is None else [TrajectoryState.from_record(t) for t in saved],
-                   pending=pending)
+                   pending=pending, remote_assigned=_counts(record.get("remote_assigned")),
+                   remote_done=_counts(record.get("remote_done")))
+
+
+def _counts(record: dict[str, Any] | None) -> dict[str, int]:
+    return {str(tag): int(count) for tag, count in (record or {}).items()}
 
 
 def state_from_record(cls: type[S], record: Any, *, where: str) -> S:

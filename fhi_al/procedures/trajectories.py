@@ -6,7 +6,7 @@ state it needs to resume after a kill.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 RUNNING = "running"
 WAITING = "waiting"  # for the reference label of its pending frame (held by the LabelBook)
-TRAINING = "training"  # epochs_left epochs of training owed before MD resumes
+TRAINING = "training"  # its label's training is owed (epochs_left on rank 0, remote_until elsewhere) before MD resumes
 FINISHED = "finished"  # reached max_MD_steps
 
 
@@ -48,6 +48,7 @@ class Trajectory:
     epochs_left: int = 0
     labels: int = 0
     last_label_step: int | None = None  # MD step of this trajectory's last frame sent to the reference
+    remote_until: dict[str, int] = field(default_factory=dict)  # epoch counts remote members must reach first
 
     @property
     def atoms(self) -> Atoms:
@@ -111,7 +112,7 @@ class Trajectory:
         return TrajectoryState(index=self.index, status=self.status, md=self.dynamics.state(),
                                last_good=self.last_good.state, rng=rng_state(self.rng), epochs_left=self.epochs_left,
                                labels=self.labels, resets=self.resets, resets_in_a_row=self.resets_in_a_row,
-                               last_label_step=self.last_label_step)
+                               last_label_step=self.last_label_step, remote_until=dict(self.remote_until))
 
     def restore(self, state: TrajectoryState) -> None:
         self.dynamics.restore(state.md, last_good=state.last_good)
@@ -119,6 +120,7 @@ class Trajectory:
         self.status, self.epochs_left, self.labels = state.status, state.epochs_left, state.labels
         self.dynamics.resets, self.resets_in_a_row = state.resets, state.resets_in_a_row
         self.last_label_step = state.last_label_step
+        self.remote_until = dict(state.remote_until)
 
 
 def make_trajectories(starts: Sequence[Atoms], calc: Calculator, *, mds: Sequence[MDParameters],

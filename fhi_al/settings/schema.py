@@ -298,6 +298,11 @@ class ActiveLearningSettings:
                                                   "threshold; after that its next frame goes to the reference "
                                                   "anyway.", minimum=1)
     reference_group_size: int = option(1, "Parallel mode: MPI ranks per reference group.", minimum=1)
+    ml_ranks: int = option(1, "MPI ranks that run the ML side during active learning: rank 0 runs the MD and "
+                              "trains its members, each further ML rank trains its own members concurrently and "
+                              "hands rank 0 their new weights after every training visit. They come out of the "
+                              "N ranks of mpirun -n N; at most ensemble_size + 1 (then rank 0 only runs MD).",
+                           minimum=1)
     reference_timeout_s: float | None = option(None, "A reference call running longer fails (null = no limit).",
                                                minimum=0.0, exclusive_minimum=True, unit="s")
     uncertainty_upper_bound: float | None = option(

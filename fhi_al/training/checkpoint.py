@@ -62,6 +62,39 @@ def restore_training_state(member: Any, state: dict[str, Any]) -> None:
     member.best_valid_epoch = state.get("best_valid_epoch")
 
 
+WEIGHT_KEYS = ("tag", "epoch", "best_valid_loss", "best_valid_epoch", "statistics", "model", "ema")
+
+
+def weights_state(member: Any) -> dict[str, Any]:
+    """What another process needs to predict with `member` (weights, EMA, statistics), without the optimizer."""
+    state = member_state(member)
+    return {key: _detached(state[key]) for key in WEIGHT_KEYS}
+
+
+def _detached(value: Any) -> Any:
+    """`value` with every tensor replaced by a detached copy (a message must not share or track the live weights)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _detached(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(item) for item in value)
+    return value
+
+
+def adopt_weights(member: Any, state: dict[str, Any]) -> None:
+    """Load `weights_state` of the same member trained elsewhere into this copy (its predictions change)."""
+    member.stats = statistics_from_state(state)
+    member.model.load_state_dict(state["model"])
+    if member.ema is not None and state.get("ema") is not None:
+        member.ema.load_state_dict(state["ema"])
+    member.architecture.update_statistics(member.model, member.stats)
+    member.epoch = int(state["epoch"])
+    member.best_valid_loss = float(state["best_valid_loss"])
+    member.best_valid_epoch = state.get("best_valid_epoch")
+    member.version += 1
+
+
 def statistics_from_state(state: dict[str, Any]) -> DatasetStatistics:
     raw = dict(state["statistics"])
     raw["atomic_energies_eV"] = {int(z): float(e) for z, e in raw["atomic_energies_eV"].items()}

@@ -1,0 +1,250 @@
+"""Ensemble members trained on their own ranks (ACTIVE_LEARNING.ml_ranks > 1), while rank 0 keeps running MD.
+
+Member i trains on ML rank (i + 1) mod ml_ranks, so the training ranks take members first and rank 0, which
+also runs the MD, gets the fewest. Each training rank keeps its members' optimiser, EMA and checkpoints and
+trains whenever it owes epochs: rank 0 sends every new label with its epoch budget (max_epochs_worker), the
+training rank trains in visits of intermediate_epochs and sends the members' new weights and validation metrics
+back after each visit. Rank 0 loads them into its copies, which the ensemble calculator of the MD uses, so the
+trajectories pick up new weights when a visit ends.
+
+Restart: the datasets on disk are the truth. A training rank reads its members' data from the store and their
+latest checkpoints when rank 0 says start; a label it also receives as a message is recognised by its label_id.
+Rank 0's record holds the epochs assigned to and finished by each remote member; the difference is owed again
+after a restart (at most one visit that ended just before the kill is trained twice).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ase import Atoms
+
+from ..labeling.messages import TAG_TRAIN, TAG_TRAINED
+from ..parallel import ROOT, local_rank, wait_until
+from ..training.checkpoint import adopt_weights, weights_state
+from .common import al_member_data, load_or_create_member, make_store, make_trainer, member_specs
+
+log = logging.getLogger(__name__)
+
+
+def member_owners(tags: Sequence[str], ml_ranks: int) -> dict[str, int]:
+    """The ML rank that trains each member: member i on rank (i + 1) mod ml_ranks (one ML rank: all on 0)."""
+    return {tag: (index + 1) % ml_ranks for index, tag in enumerate(tags)}
+
+
+def rank_device(device: str, *, ml_ranks: int, rank_on_node: int, gpus: int) -> str:
+    """The torch device of an ML rank: with several ML ranks, `cuda` (no index) becomes this rank's own GPU,
+    cuda:(local rank mod GPUs); any other device is used as given."""
+    if ml_ranks > 1 and device == "cuda" and gpus > 0:
+        return f"cuda:{rank_on_node % gpus}"
+    return device
+
+
+def ml_rank_device(settings: Any) -> str | None:
+    """This rank's device when it differs from MISC.device (several ML ranks on GPUs), else None."""
+    device = settings.mace.misc.device
+    if device != "cuda":
+        return None
+    import torch
+
+    chosen = rank_device(device, ml_ranks=settings.al.active_learning.ml_ranks, rank_on_node=local_rank(),
+                         gpus=torch.cuda.device_count())
+    return None if chosen == device else chosen
+
+
+# ------------------------------------------------------------------------------------------ messages
+@dataclass
+class Start:
+    epochs: int  # owed from before a restart
+
+
+@dataclass
+class NewLabels:
+    labels: list[tuple[Atoms, bool]]  # (labelled frame, goes to validation)
+    epochs: int  # added to the budget of every member of the rank
+
+
+@dataclass
+class ResetOptimizer:
+    tag: str
+
+
+@dataclass
+class Converge:
+    tags: list[str]
+    max_epochs: int
+    patience: int
+    margin: float
+
+
+@dataclass
+class Settled:
+    """A training rank's answer to Converge: it owes nothing and trains only when told again."""
+
+    rank: int
+
+
+@dataclass
+class Trained:
+    """After a visit (epochs > 0) or a convergence (stop set): a member's weights and validation metrics."""
+
+    tag: str
+    weights: dict[str, Any]
+    metrics: dict[str, float] | None
+    epochs: int = 0
+    stop: Any = None  # fhi_al.training.stopping.TrainingStop of a convergence
+
+
+# ------------------------------------------------------------------------------------------ rank 0
+@dataclass
+class RemoteMembers:
+    """Rank 0's side: sends labels and budgets to the training ranks, loads the weights they send back into
+    `members` (rank 0's copies) and counts epochs assigned and finished per remote member."""
+
+    comm: Any
+    owners: dict[str, int]  # remote tag -> training rank
+    members: dict[str, Any]
+    assigned: dict[str, int] = field(default_factory=dict)
+    done: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(set(self.owners.values()))
+
+    def start(self) -> None:
+        """Tell each training rank to load its members and what it owes from before a restart."""
+        for rank in self.ranks:
+            owed = max((self.assigned.get(tag, 0) - self.done.get(tag, 0) for tag in self.tags_of(rank)), default=0)
+            self.comm.send(Start(max(owed, 0)), dest=rank, tag=TAG_TRAIN)
+
+    def tags_of(self, rank: int) -> list[str]:
+        return [tag for tag, owner in self.owners.items() if owner == rank]
+
+    def add_label(self, labelled: Atoms | None, *, valid: bool, epochs: int) -> dict[str, int]:
+        """Send a stored label (None: stored before a restart, on disk already) with `epochs` to train ->
+        the epoch counts each remote member must reach for it."""
+        labels = [] if labelled is None else [(labelled, valid)]
+        for rank in self.ranks:
+            self.comm.send(NewLabels(labels, epochs), dest=rank, tag=TAG_TRAIN)
+        for tag in self.owners:
+            self.assigned[tag] = self.assigned.get(tag, 0) + epochs
+        return {tag: self.assigned[tag] for tag in self.owners}
+
+    def reached(self, targets: dict[str, int]) -> bool:
+        return all(self.done.get(tag, 0) >= epochs for tag, epochs in targets.items())
+
+    def reset_optimizer(self, tag: str) -> None:
+        self.comm.send(ResetOptimizer(tag), dest=self.owners[tag], tag=TAG_TRAIN)
+
+    def collect(self) -> list[Trained]:
+        """Weights that arrived (never waits), loaded into rank 0's copies (not called after `finish`)."""
+        arrived = []
+        for rank in self.ranks:
+            while self.comm.has_message(source=rank, tag=TAG_TRAINED):
+                arrived.append(self._adopt(self.comm.receive(source=rank, tag=TAG_TRAINED)))
+        return arrived
+
+    def _adopt(self, message: Trained) -> Trained:
+        adopt_weights(self.members[message.tag], message.weights)
+        self.done[message.tag] = self.done.get(message.tag, 0) + message.epochs
+        return message
+
+    @property
+    def outstanding(self) -> bool:
+        """Some remote member still owes epochs."""
+        return any(self.done.get(tag, 0) < epochs for tag, epochs in self.assigned.items())
+
+    def finish(self, tags: Sequence[str], *, max_epochs: int, patience: int, margin: float) -> None:
+        """The end of active learning: every training rank drops the epochs it still owes and converges its
+        members among `tags` (none: it only stops training); see `settled` for the answers."""
+        for rank in self.ranks:
+            mine = [tag for tag in tags if self.owners.get(tag) == rank]
+            self.comm.send(Converge(mine, max_epochs, patience, margin), dest=rank, tag=TAG_TRAIN)
+
+    def settled(self) -> list[Trained]:
+        """Wait (without spinning) until every training rank has answered `finish` -> the convergence results
+        (visits still arriving are loaded too)."""
+        results, settled = [], set()
+
+        def arrived() -> bool:
+            for rank in self.ranks:
+                while self.comm.has_message(source=rank, tag=TAG_TRAINED):
+                    message = self.comm.receive(source=rank, tag=TAG_TRAINED)
+                    if isinstance(message, Settled):
+                        settled.add(message.rank)
+                        continue
+                    self._adopt(message)
+                    if message.stop is not None:
+                        results.append(message)
+            return len(settled) == len(self.ranks)
+
+        if self.ranks:
+            wait_until(arrived)
+        return results
+
+
+# ------------------------------------------------------------------------------------------ training ranks
+def serve_members(context: Any, comm: Any) -> None:
+    """A training rank: train its members whenever it owes epochs, until rank 0 says stop."""
+    settings, run_dir = context.settings, Path(context.run_dir)
+    al = settings.al.active_learning
+    specs = member_specs(name_exp=settings.mace.general.name_exp, seed=settings.mace.general.seed,
+                         ensemble_size=al.ensemble_size)
+    owners = member_owners([spec.tag for spec in specs], al.ml_ranks)
+    mine = [spec for spec in specs if owners[spec.tag] == comm.rank]
+    first = comm.receive(source=ROOT, tag=TAG_TRAIN)
+    if first is None:  # stopped before active learning started (e.g. it was complete already)
+        return
+    trainer = make_trainer(settings, run_dir, device=ml_rank_device(settings))
+    store = make_store(settings, run_dir)
+    members = {spec.tag: load_or_create_member(trainer, spec, *al_member_data(store, spec.tag)) for spec in mine}
+    known = {atoms.info.get("label_id") for member in members.values()
+             for atoms in member.train_atoms + member.valid_atoms}
+    owed = first.epochs
+    log.info("rank %d trains %s (owes %d epochs).", comm.rank, ", ".join(members) or "no member", owed)
+    while True:
+        messages = _messages(comm, wait=owed <= 0)
+        for message in messages:
+            if message is None:
+                return
+            if isinstance(message, NewLabels):
+                owed += message.epochs
+                for labelled, valid in message.labels:
+                    if labelled.info.get("label_id") in known:
+                        continue
+                    known.add(labelled.info.get("label_id"))
+                    for member in members.values():
+                        (member.valid_atoms if valid else member.train_atoms).append(labelled)
+            elif isinstance(message, ResetOptimizer):
+                trainer.reset_optimizer(members[message.tag])
+            elif isinstance(message, Converge):  # the end of active learning: epochs still owed are dropped,
+                owed = 0  # as rank 0 drops its own
+                for tag in message.tags:
+                    stop = trainer.converge(members[tag], message.max_epochs, message.patience, message.margin)
+                    trainer.save_checkpoint(members[tag])
+                    comm.send(Trained(tag, weights_state(members[tag]), stop.metrics, stop=stop), dest=ROOT,
+                              tag=TAG_TRAINED)
+                comm.send(Settled(comm.rank), dest=ROOT, tag=TAG_TRAINED)
+        if owed > 0:
+            epochs = min(al.intermediate_epochs, owed)
+            for tag, member in members.items():
+                metrics = trainer.train(member, epochs, valid_skip=al.valid_skip, report=False)
+                metrics = metrics or trainer.evaluate(member, member.valid_atoms)
+                trainer.save_checkpoint(member)
+                comm.send(Trained(tag, weights_state(member), metrics, epochs), dest=ROOT, tag=TAG_TRAINED)
+            owed -= epochs
+
+
+def _messages(comm: Any, *, wait: bool) -> list[Any]:
+    """Rank 0's messages that arrived (at least one when `wait`, waited for without spinning)."""
+    if wait:
+        wait_until(lambda: comm.has_message(source=ROOT, tag=TAG_TRAIN))
+    messages = []
+    while comm.has_message(source=ROOT, tag=TAG_TRAIN):
+        messages.append(comm.receive(source=ROOT, tag=TAG_TRAIN))
+        if messages[-1] is None:
+            break
+    return messages

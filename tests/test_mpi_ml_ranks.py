@@ -1,0 +1,82 @@
+"""ACTIVE_LEARNING.ml_ranks = 2 under mpiexec: members train concurrently on their own ranks, in serial mode
+(`-n 2`: rank 0 runs MD, the reference and one member; rank 1 trains the other) and in parallel mode (`-n 3`: two
+ML ranks and one xTB group). Run with `mpiexec -n 2|3 python -m pytest --with-mpi`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from asi_build import shared_tmp  # noqa: F401
+from fhi_al import cli
+from fhi_al.procedures.common import make_trainer
+from fhi_al.settings.loader import load_run_settings
+from workflow import make_run_folder, stored_frames
+
+pytestmark = pytest.mark.mpi(min_size=2)
+
+TWO_ML_RANKS = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
+                                    "max_MD_steps": 40, "max_epochs_worker": 2, "ml_ranks": 2, "converge_al": True,
+                                    "converge_best": False, "max_final_epochs": 4, "patience": 2}}
+
+
+def world():
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def run_everywhere(main, folder) -> int:
+    status = main(["--run-dir", str(folder)])
+    statuses = world().allgather(status)
+    assert len(set(statuses)) == 1, statuses
+    return status
+
+
+def check_run(folder, *, log_line: str) -> None:
+    """Labels stored once; rank 1 trained its member through AL and the final convergence; the model rank 0
+    exported for it holds the weights rank 1 saved last."""
+    ids = [atoms.info["label_id"] for atoms in stored_frames(folder)]
+    assert len(ids) == len(set(ids)) and any(i.startswith("al-") for i in ids)
+    log_text = (folder / "logs" / "AL.log").read_text()
+    assert log_line in log_text
+    state = json.loads((folder / "restart" / "al" / "state.json").read_text())["data"]
+    (remote,) = state["remote_done"]
+    assert state["remote_done"][remote] > 0 and f"rank 1 trains {remote}" in log_text
+    assert "converged after" in log_text or "not converged" in log_text
+    trainer = make_trainer(load_run_settings(folder), folder)
+    saved = trainer.load_member(remote).averaged_model().state_dict()  # rank 1's last checkpoint, EMA weights
+    exported = torch.load(folder / "model" / f"{remote}.model", weights_only=False).state_dict()
+    assert set(exported) == set(saved)
+    for name, value in exported.items():
+        np.testing.assert_allclose(value.detach().numpy(), saved[name].detach().numpy(), rtol=1e-12, err_msg=name)
+
+
+def test_two_ml_ranks_in_serial_mode(shared_tmp):
+    if world().Get_size() != 2:
+        pytest.skip("two ML ranks and no other rank")
+    folder = shared_tmp / "ml_ranks_serial"
+    if world().rank == 0:
+        make_run_folder(folder, al=TWO_ML_RANKS)
+    world().Barrier()
+    assert run_everywhere(cli.main_full, folder) == 0
+    if world().rank == 0:
+        check_run(folder, log_line="2 ML ranks: rank 0 runs the MD and trains")
+    world().Barrier()
+
+
+@pytest.mark.mpi(min_size=3)
+def test_two_ml_ranks_in_parallel_mode(shared_tmp):
+    if world().Get_size() != 3:
+        pytest.skip("two ML ranks and one reference group")
+    folder = shared_tmp / "ml_ranks_parallel"
+    if world().rank == 0:
+        make_run_folder(folder, al={"ACTIVE_LEARNING": {**TWO_ML_RANKS["ACTIVE_LEARNING"], "parallel": True}})
+    world().Barrier()
+    assert run_everywhere(cli.main_full, folder) == 0
+    if world().rank == 0:
+        check_run(folder, log_line="Parallel mode: 2 ML ranks and 1 reference group(s)")
+    world().Barrier()

@@ -14,26 +14,13 @@ from asi_build import shared_tmp  # noqa: F401
 from fhi_al import cli
 from fhi_al.procedures.common import make_trainer
 from fhi_al.settings.loader import load_run_settings
-from workflow import make_run_folder, stored_frames
+from workflow import make_run_folder, run_everywhere, stored_frames, world
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 TWO_ML_RANKS = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
                                     "max_MD_steps": 40, "max_epochs_worker": 2, "ml_ranks": 2, "converge_al": True,
                                     "converge_best": False, "max_final_epochs": 4, "patience": 2}}
-
-
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
-
-
-def run_everywhere(main, folder) -> int:
-    status = main(["--run-dir", str(folder)])
-    statuses = world().allgather(status)
-    assert len(set(statuses)) == 1, statuses
-    return status
 
 
 def check_run(folder, *, log_line: str) -> None:

@@ -14,26 +14,12 @@ from ase.io import read
 
 from asi_build import lj_energy_forces, shared_tmp, standin_lib, write_species_dir  # noqa: F401
 from fhi_al import cli
-from workflow import BIN, make_run_folder, stored_frames
+from workflow import BIN, make_run_folder, run_everywhere, stored_frames, world
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
 SHORT_AL = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
                                 "max_MD_steps": 30, "max_epochs_worker": 2}}
-
-
-def world():
-    from mpi4py import MPI
-
-    return MPI.COMM_WORLD
-
-
-def run_everywhere(main, folder) -> int:
-    """Run a console script's main in-process on every rank; every rank must agree on the exit status."""
-    status = main(["--run-dir", str(folder)])
-    statuses = world().allgather(status)
-    assert len(set(statuses)) == 1, statuses
-    return status
 
 
 def one_process_env() -> dict:

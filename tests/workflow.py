@@ -109,3 +109,18 @@ def ledger_ids(folder: Path) -> list[str]:
 
 def count_lines(path: Path, text: str) -> int:
     return sum(text in line for line in path.read_text().splitlines()) if path.exists() else 0
+
+
+def world():
+    """MPI_COMM_WORLD of an MPI test (mpiexec -n N python -m pytest --with-mpi)."""
+    from mpi4py import MPI
+
+    return MPI.COMM_WORLD
+
+
+def run_everywhere(main, folder) -> int:
+    """Run a console script's main in-process on every rank; every rank must agree on the exit status."""
+    status = main(["--run-dir", str(folder)])
+    statuses = world().allgather(status)
+    assert len(set(statuses)) == 1, statuses
+    return status

@@ -29,6 +29,7 @@ class SerialLabeler:
         self.ledger = ledger
         self._done: list[LabelResult] = []
         self.busy_s = 0.0
+        self.waited_s = 0.0  # rank 0 waiting for other ranks (training ranks); labels here never make it wait
 
     def submit(self, label_id: str, atoms: Atoms) -> None:
         result = label_structure(self.calc, label_id, atoms, timeout_s=self.timeout_s, ledger=self.ledger)

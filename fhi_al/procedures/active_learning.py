@@ -168,7 +168,8 @@ class ActiveLearning:
                    for t in self.trajectories)
 
     def wait_for_news(self) -> list[LabelResult]:
-        """Wait (without spinning) for a label or for weights from a training rank -> the labels."""
+        """Wait (without spinning) for a label or for weights from a training rank -> the labels (the labeler's
+        own wait, which also counts the waiting time, knows nothing of the training ranks)."""
         results: list[LabelResult] = []
 
         def news() -> bool:
@@ -176,7 +177,9 @@ class ActiveLearning:
             trained = self.training.collect()
             return bool(results or trained or not (self.labeler.in_flight or self.training.outstanding))
 
+        started = time.perf_counter()
         wait_until(news)
+        self.labeler.waited_s += time.perf_counter() - started  # the ML rank's idle time (busy fraction)
         return results
 
     # ------------------------------------------------------------------------------------------ MD

@@ -143,6 +143,23 @@ def test_torn_final_frame_repaired_at_random_offsets(tmp_path, frames, rng, capl
         assert [a.info["label_id"] for a in fresh.read("d")] == ids[:5]
 
 
+def test_a_reader_on_another_rank_never_cuts_a_frame_being_appended(tmp_path, frames):
+    """A training rank reads while rank 0 appends: the half-written frame is skipped and left alone, so the
+    writer's append completes in the same file (a repair there would swap the file under the writer)."""
+    writer = DatasetStore(tmp_path)
+    writer.append("d", frames[:3])
+    intact = writer.path("d").read_bytes()
+    writer.append("d", frames[3])
+    full = writer.path("d").read_bytes()
+    ids = [f.info["label_id"] for f in frames]
+    writer.path("d").write_bytes(full[: (len(intact) + len(full)) // 2])  # mid-append
+    reader = DatasetStore(tmp_path, reader=True)
+    assert [a.info["label_id"] for a in reader.read("d")] == ids[:3] and reader.count("d") == 3
+    assert writer.path("d").read_bytes() == full[: (len(intact) + len(full)) // 2]  # untouched
+    writer.path("d").write_bytes(full)  # the append completes
+    assert [a.info["label_id"] for a in reader.read("d")] == ids[:4]
+
+
 def test_append_after_torn_frame_without_read(tmp_path, frames):
     store = DatasetStore(tmp_path)
     store.append("d", frames[:2])

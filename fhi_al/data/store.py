@@ -107,10 +107,13 @@ class DatasetStore:
 
     One writer per file (the root rank). Appends are on disk before `append` returns; a frame torn by a
     kill during an append is cut off (atomically, with a warning) the next time the file is touched.
+    A reader on another rank (`reader=True`) leaves the files alone: a frame the writer is appending right now
+    looks torn to it, so it reads the complete frames only and writes nothing.
     """
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, *, reader: bool = False):
         self.root = Path(root)
+        self.reader = reader
         self._verified_size: dict[str, int] = {}
 
     def path(self, name: str) -> Path:
@@ -182,6 +185,8 @@ class DatasetStore:
             end, n_frames = complete_prefix(data)
         except ValueError as exc:
             raise CorruptDatasetError(f"not an extxyz file written by fhi_al ({exc})", where=str(path)) from exc
+        if end < len(data) and self.reader:
+            return data[:end]  # being appended (or torn, and the writer cuts it off): not verified
         if end < len(data):
             log.warning("%s: removing a torn final frame (%d bytes) left by an interrupted write; "
                         "%d complete frames kept", path, len(data) - end, n_frames)

@@ -85,8 +85,9 @@ def al_member_data(store: DatasetStore, tag: str) -> tuple[list, list]:
     return train + store.read(AL_TRAIN), valid + store.read(AL_VALID)
 
 
-def make_store(settings: Any, run_dir: Path) -> DatasetStore:
-    return DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
+def make_store(settings: Any, run_dir: Path, *, reader: bool = False) -> DatasetStore:
+    """The run's datasets; `reader`: on a rank that only reads them while rank 0 writes (a training rank)."""
+    return DatasetStore(run_dir / settings.al.active_learning.dataset_dir, reader=reader)
 
 
 def load_or_create_member(trainer: Trainer, spec: MemberSpec, train: Sequence[Atoms],

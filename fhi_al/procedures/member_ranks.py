@@ -199,7 +199,7 @@ def serve_members(context: Any, comm: Any) -> None:
     if first is None:  # stopped before active learning started (e.g. it was complete already)
         return
     trainer = make_trainer(settings, run_dir, device=ml_rank_device(settings))
-    store = make_store(settings, run_dir)
+    store = make_store(settings, run_dir, reader=True)  # rank 0 appends to these files meanwhile
     members = {spec.tag: load_or_create_member(trainer, spec, *al_member_data(store, spec.tag)) for spec in mine}
     known = {atoms.info.get("label_id") for member in members.values()
              for atoms in member.train_atoms + member.valid_atoms}

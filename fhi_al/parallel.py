@@ -114,6 +114,12 @@ class MPIComm:
         large one waits (without spinning) until `dest` receives it."""
         wait_until(self.mpi.isend(obj, dest=dest, tag=tag).Test)
 
+    def post(self, obj: Any, *, dest: int, tag: int) -> Any:
+        """Start sending `obj` and return at once -> the request (`.Test()` true once sent). For two ranks that
+        may send to each other at the same moment: a blocking send of a large message on both sides waits for a
+        receive that neither makes."""
+        return self.mpi.isend(obj, dest=dest, tag=tag)
+
     def has_message(self, *, source: int, tag: int) -> bool:
         """True when a message from `source` with `tag` can be received now (never waits)."""
         return bool(self.mpi.Iprobe(source=source, tag=tag))

@@ -7,6 +7,9 @@ training rank trains in visits of intermediate_epochs and sends the members' new
 back after each visit. Rank 0 loads them into its copies, which the ensemble calculator of the MD uses, so the
 trajectories pick up new weights when a visit ends.
 
+Rank 0 and a training rank may send to each other at the same moment (a label one way, weights the other), so
+both post their messages (`Outbox`) and keep receiving while one is under way.
+
 Restart: the datasets on disk are the truth. A training rank reads its members' data from the store and their
 latest checkpoints when rank 0 says start; a label it also receives as a message is recognised by its label_id.
 Rank 0's record holds the epochs assigned to and finished by each remote member; the difference is owed again
@@ -98,6 +101,22 @@ class Trained:
     stop: Any = None  # fhi_al.training.stopping.TrainingStop of a convergence
 
 
+class Outbox:
+    """Messages posted and not yet known to be sent: MPI keeps their buffers until `Test` says so."""
+
+    def __init__(self, comm: Any):
+        self.comm, self.requests = comm, []
+
+    def post(self, message: Any, *, dest: int, tag: int) -> None:
+        self.requests.append(self.comm.post(message, dest=dest, tag=tag))
+        self.flush()
+
+    def flush(self) -> bool:
+        """Forget the messages that are sent -> True when none is left."""
+        self.requests = [request for request in self.requests if not request.Test()]
+        return not self.requests
+
+
 # ------------------------------------------------------------------------------------------ rank 0
 @dataclass
 class RemoteMembers:
@@ -110,6 +129,9 @@ class RemoteMembers:
     assigned: dict[str, int] = field(default_factory=dict)
     done: dict[str, int] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.comm)
+
     @property
     def ranks(self) -> list[int]:
         return sorted(set(self.owners.values()))
@@ -118,7 +140,7 @@ class RemoteMembers:
         """Tell each training rank to load its members and what it owes from before a restart."""
         for rank in self.ranks:
             owed = max((self.assigned.get(tag, 0) - self.done.get(tag, 0) for tag in self.tags_of(rank)), default=0)
-            self.comm.send(Start(max(owed, 0)), dest=rank, tag=TAG_TRAIN)
+            self.outbox.post(Start(max(owed, 0)), dest=rank, tag=TAG_TRAIN)
 
     def tags_of(self, rank: int) -> list[str]:
         return [tag for tag, owner in self.owners.items() if owner == rank]
@@ -128,7 +150,7 @@ class RemoteMembers:
         the epoch counts each remote member must reach for it."""
         labels = [] if labelled is None else [(labelled, valid)]
         for rank in self.ranks:
-            self.comm.send(NewLabels(labels, epochs), dest=rank, tag=TAG_TRAIN)
+            self.outbox.post(NewLabels(labels, epochs), dest=rank, tag=TAG_TRAIN)
         for tag in self.owners:
             self.assigned[tag] = self.assigned.get(tag, 0) + epochs
         return {tag: self.assigned[tag] for tag in self.owners}
@@ -137,10 +159,11 @@ class RemoteMembers:
         return all(self.done.get(tag, 0) >= epochs for tag, epochs in targets.items())
 
     def reset_optimizer(self, tag: str) -> None:
-        self.comm.send(ResetOptimizer(tag), dest=self.owners[tag], tag=TAG_TRAIN)
+        self.outbox.post(ResetOptimizer(tag), dest=self.owners[tag], tag=TAG_TRAIN)
 
     def collect(self) -> list[Trained]:
         """Weights that arrived (never waits), loaded into rank 0's copies (not called after `finish`)."""
+        self.outbox.flush()
         arrived = []
         for rank in self.ranks:
             while self.comm.has_message(source=rank, tag=TAG_TRAINED):
@@ -162,7 +185,7 @@ class RemoteMembers:
         members among `tags` (none: it only stops training); see `settled` for the answers."""
         for rank in self.ranks:
             mine = [tag for tag in tags if self.owners.get(tag) == rank]
-            self.comm.send(Converge(mine, max_epochs, patience, margin), dest=rank, tag=TAG_TRAIN)
+            self.outbox.post(Converge(mine, max_epochs, patience, margin), dest=rank, tag=TAG_TRAIN)
 
     def settled(self) -> list[Trained]:
         """Wait (without spinning) until every training rank has answered `finish` -> the convergence results
@@ -170,6 +193,7 @@ class RemoteMembers:
         results, settled = [], set()
 
         def arrived() -> bool:
+            self.outbox.flush()
             for rank in self.ranks:
                 while self.comm.has_message(source=rank, tag=TAG_TRAINED):
                     message = self.comm.receive(source=rank, tag=TAG_TRAINED)
@@ -179,7 +203,7 @@ class RemoteMembers:
                     self._adopt(message)
                     if message.stop is not None:
                         results.append(message)
-            return len(settled) == len(self.ranks)
+            return len(settled) == len(self.ranks) and self.outbox.flush()
 
         if self.ranks:
             wait_until(arrived)
@@ -189,62 +213,78 @@ class RemoteMembers:
 # ------------------------------------------------------------------------------------------ training ranks
 def serve_members(context: Any, comm: Any) -> None:
     """A training rank: train its members whenever it owes epochs, until rank 0 says stop."""
-    settings, run_dir = context.settings, Path(context.run_dir)
-    al = settings.al.active_learning
-    specs = member_specs(name_exp=settings.mace.general.name_exp, seed=settings.mace.general.seed,
-                         ensemble_size=al.ensemble_size)
-    owners = member_owners([spec.tag for spec in specs], al.ml_ranks)
-    mine = [spec for spec in specs if owners[spec.tag] == comm.rank]
     first = comm.receive(source=ROOT, tag=TAG_TRAIN)
     if first is None:  # stopped before active learning started (e.g. it was complete already)
         return
-    trainer = make_trainer(settings, run_dir, device=ml_rank_device(settings))
-    store = make_store(settings, run_dir, reader=True)  # rank 0 appends to these files meanwhile
-    members = {spec.tag: load_or_create_member(trainer, spec, *al_member_data(store, spec.tag)) for spec in mine}
-    known = {atoms.info.get("label_id") for member in members.values()
-             for atoms in member.train_atoms + member.valid_atoms}
-    owed = first.epochs
-    log.info("rank %d trains %s (owes %d epochs).", comm.rank, ", ".join(members) or "no member", owed)
-    while True:
-        messages = _messages(comm, wait=owed <= 0)
-        for message in messages:
-            if message is None:
-                return
-            if isinstance(message, NewLabels):
-                owed += message.epochs
-                for labelled, valid in message.labels:
-                    if labelled.info.get("label_id") in known:
-                        continue
-                    known.add(labelled.info.get("label_id"))
-                    for member in members.values():
+    TrainingRank(context, comm, owed=first.epochs).serve()
+
+
+class TrainingRank:
+    """The members of one training rank, what they still owe, and the messages to and from rank 0."""
+
+    def __init__(self, context: Any, comm: Any, *, owed: int):
+        settings, run_dir = context.settings, Path(context.run_dir)
+        self.al, self.comm, self.owed = settings.al.active_learning, comm, owed
+        specs = member_specs(name_exp=settings.mace.general.name_exp, seed=settings.mace.general.seed,
+                             ensemble_size=self.al.ensemble_size)
+        owners = member_owners([spec.tag for spec in specs], self.al.ml_ranks)
+        self.trainer = make_trainer(settings, run_dir, device=ml_rank_device(settings))
+        store = make_store(settings, run_dir, reader=True)  # rank 0 appends to these files meanwhile
+        self.members = {spec.tag: load_or_create_member(self.trainer, spec, *al_member_data(store, spec.tag))
+                        for spec in specs if owners[spec.tag] == comm.rank}
+        self.known = {atoms.info.get("label_id") for member in self.members.values()
+                      for atoms in member.train_atoms + member.valid_atoms}
+        self.inbox: list[Any] = []
+        self.outbox = Outbox(comm)
+        log.info("rank %d trains %s (owes %d epochs).", comm.rank, ", ".join(self.members), owed)
+
+    def serve(self) -> None:
+        while True:
+            if self.owed <= 0 and not self.inbox:
+                wait_until(lambda: self.comm.has_message(source=ROOT, tag=TAG_TRAIN))
+            self.receive()
+            messages, self.inbox = self.inbox, []
+            for message in messages:
+                if message is None:  # rank 0 has received everything before it says stop
+                    return
+                self.handle(message)
+            if self.owed > 0:
+                self.visit(min(self.al.intermediate_epochs, self.owed))
+
+    def receive(self) -> None:
+        """Rank 0's messages that arrived, into the inbox (never waits for one)."""
+        while self.comm.has_message(source=ROOT, tag=TAG_TRAIN):
+            self.inbox.append(self.comm.receive(source=ROOT, tag=TAG_TRAIN))
+
+    def send(self, message: Any) -> None:
+        """Post `message` to rank 0 and stay in MPI until it is sent, taking rank 0's messages meanwhile."""
+        self.outbox.post(message, dest=ROOT, tag=TAG_TRAINED)
+        wait_until(lambda: (self.receive(), self.outbox.flush())[1])
+
+    def handle(self, message: Any) -> None:
+        if isinstance(message, NewLabels):
+            self.owed += message.epochs
+            for labelled, valid in message.labels:
+                if labelled.info.get("label_id") not in self.known:
+                    self.known.add(labelled.info.get("label_id"))
+                    for member in self.members.values():
                         (member.valid_atoms if valid else member.train_atoms).append(labelled)
-            elif isinstance(message, ResetOptimizer):
-                trainer.reset_optimizer(members[message.tag])
-            elif isinstance(message, Converge):  # the end of active learning: epochs still owed are dropped,
-                owed = 0  # as rank 0 drops its own
-                for tag in message.tags:
-                    stop = trainer.converge(members[tag], message.max_epochs, message.patience, message.margin)
-                    trainer.save_checkpoint(members[tag])
-                    comm.send(Trained(tag, weights_state(members[tag]), stop.metrics, stop=stop), dest=ROOT,
-                              tag=TAG_TRAINED)
-                comm.send(Settled(comm.rank), dest=ROOT, tag=TAG_TRAINED)
-        if owed > 0:
-            epochs = min(al.intermediate_epochs, owed)
-            for tag, member in members.items():
-                metrics = trainer.train(member, epochs, valid_skip=al.valid_skip, report=False)
-                metrics = metrics or trainer.evaluate(member, member.valid_atoms)
-                trainer.save_checkpoint(member)
-                comm.send(Trained(tag, weights_state(member), metrics, epochs), dest=ROOT, tag=TAG_TRAINED)
-            owed -= epochs
+        elif isinstance(message, ResetOptimizer):
+            self.trainer.reset_optimizer(self.members[message.tag])
+        elif isinstance(message, Converge):  # the end of active learning: epochs still owed are dropped, as
+            self.owed = 0  # rank 0 drops its own
+            for tag in message.tags:
+                member = self.members[tag]
+                stop = self.trainer.converge(member, message.max_epochs, message.patience, message.margin)
+                self.trainer.save_checkpoint(member)
+                self.send(Trained(tag, weights_state(member), stop.metrics, stop=stop))
+            self.send(Settled(self.comm.rank))
 
-
-def _messages(comm: Any, *, wait: bool) -> list[Any]:
-    """Rank 0's messages that arrived (at least one when `wait`, waited for without spinning)."""
-    if wait:
-        wait_until(lambda: comm.has_message(source=ROOT, tag=TAG_TRAIN))
-    messages = []
-    while comm.has_message(source=ROOT, tag=TAG_TRAIN):
-        messages.append(comm.receive(source=ROOT, tag=TAG_TRAIN))
-        if messages[-1] is None:
-            break
-    return messages
+    def visit(self, epochs: int) -> None:
+        """Every member trains `epochs` epochs (warm start), is checkpointed, and rank 0 gets its weights."""
+        for tag, member in self.members.items():
+            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip, report=False)
+            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
+            self.trainer.save_checkpoint(member)
+            self.send(Trained(tag, weights_state(member), metrics, epochs))
+        self.owed -= epochs

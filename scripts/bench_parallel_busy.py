@@ -29,13 +29,12 @@ from ase.build import molecule
 from ase.io import write
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from workflow import TINY_MACE, deep_update  # noqa: E402
 BIN = REPO / ".venv" / "bin"
 RESULTS = REPO / "scripts" / "results"
 TARGET_BUSY = 0.9
-MACE = {"GENERAL": {"name_exp": "busy", "seed": 1},
-        "ARCHITECTURE": {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "num_interactions": 2,
-                         "correlation": 2, "radial_MLP": [16], "MLP_irreps": "8x0e"},
-        "TRAINING": {"batch_size": 4, "valid_batch_size": 8, "lr": 0.01}}
+MACE = deep_update(TINY_MACE, {"GENERAL": {"name_exp": "busy", "seed": 1}})  # the tests' tiny MACE
 AL = {"ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 4, "valid_ratio": 0.25, "ensemble_size": 2,
                           "intermediate_epochs": 2, "max_initial_epochs": 4, "skip_step_initial": 5,
                           "skip_step_mlff": 5, "max_MD_steps": 100000, "max_epochs_worker": 1,

@@ -39,17 +39,14 @@ from fhi_al.procedures.state import ActiveLearningState, StateFile  # noqa: E402
 from fhi_al.references.ledger import AIMD_STEP, LABEL, ledger_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from workflow import TINY_MACE, deep_update  # noqa: E402
 RESULTS = REPO / "scripts" / "results"
 BIN = Path(sys.executable).parent
 WORK = Path("/tmp") / "fhi_al_bench_scale"
 NAME = "bench_scale"
 
-MACE = {
-    "GENERAL": {"name_exp": "scale", "seed": 1},
-    "ARCHITECTURE": {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "num_interactions": 2,
-                     "correlation": 2, "radial_MLP": [16], "MLP_irreps": "8x0e"},
-    "TRAINING": {"batch_size": 2, "valid_batch_size": 4, "lr": 0.01},
-}
+MACE = deep_update(TINY_MACE, {"GENERAL": {"name_exp": "scale", "seed": 1}, "TRAINING": {"batch_size": 2, "valid_batch_size": 4}})  # the tests' tiny MACE
 AL = {
     "ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 2, "valid_ratio": 0.25, "ensemble_size": 2,
                         "intermediate_epochs": 2, "max_initial_epochs": 4, "skip_step_initial": 5,

@@ -32,6 +32,8 @@ from ase.build import bulk, molecule  # noqa: E402
 from ase.io import read, write  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from workflow import TINY_MACE, deep_update  # noqa: E402
 RESULTS = REPO / "scripts" / "results"
 BIN = Path(sys.executable).parent
 SYSTEMS = {"a_water": lambda: molecule("H2O"), "b_si8": lambda: bulk("Si", "diamond", a=5.43, cubic=True)}
@@ -42,10 +44,7 @@ TEST_FRAMES = 15  # per system
 TEST_SPACING_STEPS = 20
 
 XTB = {"method": METHOD, "electronic_temperature_K": ELECTRONIC_TEMPERATURE_K}
-MACE = {"GENERAL": {"name_exp": "bench", "seed": 1},
-        "ARCHITECTURE": {"model": "MACE", "num_channels": 8, "max_L": 0, "r_max": 4.0, "num_interactions": 2,
-                         "correlation": 2, "radial_MLP": [16], "MLP_irreps": "8x0e"},
-        "TRAINING": {"batch_size": 4, "valid_batch_size": 8, "lr": 0.01}}
+MACE = deep_update(TINY_MACE, {"GENERAL": {"name_exp": "bench", "seed": 1}})  # the tests' tiny MACE
 AL = {"ACTIVE_LEARNING": {"desired_acc": 0.0, "lambda": 2, "n_samples": 8, "valid_ratio": 0.25, "ensemble_size": 2,
                           "intermediate_epochs": 4, "max_initial_epochs": 12, "skip_step_initial": 5,
                           "skip_step_mlff": 5, "num_trajectories": 2, "max_MD_steps": 300, "max_epochs_worker": 2,

@@ -5,6 +5,7 @@ ML ranks and one xTB group). Run with `mpiexec -n 2|3 python -m pytest --with-mp
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -67,3 +68,30 @@ def test_two_ml_ranks_in_parallel_mode(shared_tmp):
     if world().rank == 0:
         check_run(folder, log_line="Parallel mode: 2 ML ranks and 1 reference group(s)")
     world().Barrier()
+
+
+def test_large_messages_crossing_between_two_ranks_both_arrive():
+    """Rank 0 posting a label while a training rank posts weights: each keeps receiving while its own message
+    is under way (Outbox), so two messages too large for MPI's eager buffers do not wait on each other."""
+    from fhi_al.labeling.messages import TAG_TRAINED
+    from fhi_al.parallel import MPIComm, wait_until
+    from fhi_al.procedures.member_ranks import Outbox
+
+    comm = MPIComm(world())
+    if comm.rank > 1:
+        comm.barrier()
+        return
+    other = 1 - comm.rank
+    outbox, received = Outbox(comm), []
+    outbox.post(np.full(1_000_000, float(comm.rank)), dest=other, tag=TAG_TRAINED)  # 8 MB
+    deadline = time.monotonic() + 120
+
+    def both_done() -> bool:
+        if comm.has_message(source=other, tag=TAG_TRAINED):
+            received.append(comm.receive(source=other, tag=TAG_TRAINED))
+        return (outbox.flush() and bool(received)) or time.monotonic() > deadline
+
+    wait_until(both_done)
+    assert received and received[0].shape == (1_000_000,) and received[0][0] == other
+    assert outbox.flush()
+    comm.barrier()

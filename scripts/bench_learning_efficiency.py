@@ -213,6 +213,12 @@ def prepare_run(args, atoms0, run_dir: Path) -> None:
         key, value = item.split("=", 1)
         al[key] = yaml.safe_load(value)
     al_settings["MD"]["temperature"] = args.temperature_K
+    if args.md_temperatures_K:  # one MD entry per trajectory, identical but for its temperature
+        if len(args.md_temperatures_K) != al["num_trajectories"]:
+            raise SystemExit(f"--md-temperatures gives {len(args.md_temperatures_K)} temperatures for "
+                             f"{al['num_trajectories']} trajectories")
+        al_settings["MD"] = {index: {**al_settings["MD"], "temperature": temperature}
+                             for index, temperature in enumerate(args.md_temperatures_K)}
     al_settings["REFERENCE"] = {"calculator": args.reference, args.reference: REFERENCE_OPTIONS[args.reference]}
     if not (run_dir / "atomic_energies.yaml").is_file():
         (run_dir / "active_learning_settings.yaml").write_text(yaml.safe_dump(al_settings, sort_keys=False))
@@ -223,6 +229,13 @@ def prepare_run(args, atoms0, run_dir: Path) -> None:
     mace_settings["ARCHITECTURE"]["atomic_energies"] = energies
     (run_dir / "mace_settings.yaml").write_text(yaml.safe_dump(mace_settings, sort_keys=False))
     (run_dir / "active_learning_settings.yaml").write_text(yaml.safe_dump(al_settings, sort_keys=False))
+
+
+def md_temperatures_K(run_dir: Path) -> list[float]:
+    """The run's MD temperature of each trajectory, from the settings it ran with."""
+    settings = load_run_settings(run_dir)
+    count = settings.al.active_learning.num_trajectories
+    return [settings.al.md_settings_for(index).temperature for index in range(count)]
 
 
 def child_env() -> dict:
@@ -254,17 +267,22 @@ def start_run(run_dir: Path):
 
 # ------------------------------------------------------------------------------------------ evaluation
 def ensemble_errors(ensemble: Ensemble, frames: list) -> dict:
-    """Test-set MAE of the ensemble mean: forces per component (eV/Å), energy per atom (eV/atom)."""
-    force_err, energy_err, spread, true_max = [], [], [], []
+    """Test-set MAE of the ensemble mean: forces per component (eV/Å; also per test-MD temperature), energy per
+    atom (eV/atom)."""
+    force_err, energy_err, spread, true_max, temperature_K = [], [], [], [], []
     for start in range(0, len(frames), EVAL_CHUNK):
         chunk = frames[start:start + EVAL_CHUNK]
         for atoms, res in zip(chunk, ensemble.predict(chunk)):
             delta = res["forces"] - atoms.arrays["REF_forces"]
             force_err.append(np.abs(delta).ravel())
+            temperature_K.append(atoms.info.get("temperature_K"))
             energy_err.append(abs(res["energy"] - atoms.info["REF_energy"]) / len(atoms))
             spread.append(res["forces_uncertainty_max"])
             true_max.append(float(np.linalg.norm(delta, axis=1).max()))
+    by_temperature = {f"{t:g}": float(np.concatenate([e for e, t_e in zip(force_err, temperature_K) if t_e == t])
+                                      .mean()) for t in sorted({t for t in temperature_K if t is not None})}
     return {"forces_mae": float(np.concatenate(force_err).mean()), "energy_mae_per_atom": float(np.mean(energy_err)),
+            "forces_mae_by_test_temperature_K": by_temperature,
             "test_spearman_uncertainty_vs_max_error": spearman(spread, true_max)}
 
 
@@ -652,6 +670,9 @@ def parse_args(argv=None):
                         "(default: the largest baseline size)")
     parser.add_argument("--baseline-only", action="store_true",
                         help="only fill the baseline cache (no FHI_AL run, no report)")
+    parser.add_argument("--md-temperatures", dest="md_temperatures_K", type=float, nargs="+", metavar="K",
+                        help="the run's MD temperature per trajectory (one per trajectory; default: --temperature-K "
+                        "for all); the test set and the stability MD stay at T and T + 200 K")
     parser.add_argument("--stability-ps", type=float, default=STABILITY_PS,
                         help="ps of MLFF MD at T + 200 K with the final ensemble (0 = skip)")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -696,8 +717,8 @@ def main(argv=None) -> int:
     if args.skip_baseline:
         base = wait_for_baseline(args)
     report = {"molecule": args.molecule, "formula": atoms0.get_chemical_formula(), "reference": args.reference,
-              "temperature_K": args.temperature_K, "test_temperatures_K": [args.temperature_K,
-                                                                           args.temperature_K + HOT_OFFSET_K],
+              "temperature_K": args.temperature_K, "md_temperatures_K_per_trajectory": md_temperatures_K(run_dir),
+              "test_temperatures_K": [args.temperature_K, args.temperature_K + HOT_OFFSET_K],
               "quick": args.quick, "variant": args.variant, "al_overrides": args.set,
               "n_test_frames": len(test), "ensemble_size": ENSEMBLE_SIZE, "fhi_al_exit_status": status,
               "al_settings": yaml.safe_load((run_dir / "active_learning_settings.yaml").read_text()),
@@ -718,7 +739,9 @@ def main(argv=None) -> int:
     (args.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1, default=str))
     png = args.out_dir / f"{NAME}_{args.tag}.png"
     plot(base, curve, png, retrained, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
-         f"{args.temperature_K + HOT_OFFSET_K:g} K, ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""),
+         f"{args.temperature_K + HOT_OFFSET_K:g} K, AL MD at "
+         f"{'/'.join(f'{t:g}' for t in md_temperatures_K(run_dir))} K, "
+         f"ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""),
          stride=stride, decorrelation=decorrelation)
     FIGS.mkdir(exist_ok=True)
     shutil.copy(png, FIGS / png.name)

@@ -288,9 +288,11 @@ class ActiveLearningSettings:
                                                "shared (n_samples frames per round that every member trains "
                                                "on; members differ by seed and data order).",
                                       choices=["split", "shared"])
-    label_spacing_steps: int = option(0, "MD steps after a label during which its trajectory's uncertainty is "
-                                         "not checked, so that no near-duplicate frames are labelled "
-                                         "(0 = check every skip_step_mlff steps).", minimum=0)
+    label_spacing_steps: int = option(20, "MD steps after a label during which its trajectory's uncertainty is "
+                                          "not checked, so that no near-duplicate frames are labelled (0 = check "
+                                          "every skip_step_mlff steps, the original tool's way; on ethanol it "
+                                          "gave 4x the test error of 20, scripts/bench_learning_efficiency.py).",
+                                      minimum=0)
     initial_foundational_size: str = option("small", "MACE-MP model for mace-mp0 sampling: small, medium, "
                                                      "large or the path of a model file.")
     parallel: bool = option(False, "Parallel mode: rank 0 trains and runs MD while the other ranks label.")

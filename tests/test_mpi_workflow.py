@@ -18,8 +18,9 @@ from workflow import BIN, make_run_folder, run_everywhere, stored_frames, world
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
+# 30 MD steps: every check may label (label_spacing_steps 0), so that active learning labels within the run
 SHORT_AL = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "intermediate_epochs": 2,
-                                "max_MD_steps": 30, "max_epochs_worker": 2}}
+                                "max_MD_steps": 30, "max_epochs_worker": 2, "label_spacing_steps": 0}}
 
 
 def one_process_env() -> dict:

@@ -18,6 +18,7 @@ from ase import Atoms
 
 from ..logs import DETAIL
 from ..parallel import ROOT
+from .common import train_and_checkpoint
 from .member_ranks import RemoteMembers, member_owners
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,8 @@ class EnsembleTraining:
         """Rank 0's members train `epochs` epochs (warm start), checkpointed."""
         started = time.perf_counter()
         for tag in self.local_tags:
-            member = self.members[tag]
-            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip, report=False)
-            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
-            self.trainer.save_checkpoint(member)
+            metrics = train_and_checkpoint(self.trainer, self.members[tag], epochs, valid_skip=self.al.valid_skip,
+                                           report=False)
             self.track_progress(tag, metrics)
         self.timings.training_s += time.perf_counter() - started
 

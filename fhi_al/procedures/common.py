@@ -98,6 +98,14 @@ def load_or_create_member(trainer: Trainer, spec: MemberSpec, train: Sequence[At
     return trainer.create_member(spec.tag, spec.seed, list(train), list(valid))
 
 
+def train_and_checkpoint(trainer: Trainer, member: Member, epochs: int, **options: Any) -> dict[str, float]:
+    """`epochs` epochs of warm-started training (Trainer.train `options`), then a checkpoint -> the member's
+    validation metrics (evaluated now when no validation fell inside the epochs)."""
+    metrics = trainer.train(member, epochs, **options) or trainer.evaluate(member, member.valid_atoms)
+    trainer.save_checkpoint(member)
+    return metrics
+
+
 def ensemble_forces_mae(metrics: Sequence[dict[str, float] | None]) -> float:
     """Mean over members of their validation force MAE (eV/Å); inf while any member has none."""
     values = [m["forces_mae"] for m in metrics if m is not None]

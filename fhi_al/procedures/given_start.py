@@ -17,7 +17,7 @@ from ..errors import InputError
 from ..restart import is_done, mark_done
 from ..systems import atomic_numbers
 from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, MemberSpec, dataset_name, initial_member_sets,
-                     load_or_create_member, make_store, make_trainer, member_specs)
+                     load_or_create_member, make_store, make_trainer, member_specs, train_and_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,8 @@ class GivenStart:
             metrics = self.trainer.evaluate(member, member.valid_atoms) if member.epoch else None
             while member.epoch < self.al.max_initial_epochs and (metrics is None or metrics["forces_mae"] > target):
                 epochs = min(self.al.intermediate_epochs, self.al.max_initial_epochs - member.epoch)
-                metrics = self.trainer.train(member, epochs, use_scheduler=self.al.scheduler_initial,
-                                             valid_skip=self.al.valid_skip) or self.trainer.evaluate(member, valid)
-                self.trainer.save_checkpoint(member)
+                metrics = train_and_checkpoint(self.trainer, member, epochs, use_scheduler=self.al.scheduler_initial,
+                                               valid_skip=self.al.valid_skip)
             log.info("member %s: %d epochs on the given data, validation force MAE %.4f eV/Å.", spec.tag,
                      member.epoch, metrics["forces_mae"] if metrics else float("nan"))
             members[spec.tag] = member

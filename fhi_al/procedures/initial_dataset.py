@@ -32,7 +32,7 @@ from ..restart import is_done, mark_done
 from ..systems import GEOMETRY_KEY, describe, system_of
 from . import reporting
 from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, dataset_name, ensemble_forces_mae, initial_member_sets,
-                     load_or_create_member, make_store, make_trainer, member_specs)
+                     load_or_create_member, make_store, make_trainer, member_specs, train_and_checkpoint)
 from .label_book import LabelBook, Timings
 from . import system_metrics
 from .normal_modes import make_normal_mode_sampler
@@ -212,10 +212,8 @@ class InitialDataset:
                 self.state.trained.remove(tag)
                 continue
             with self.timings.measure("training_s"):
-                metrics = self.trainer.train(member, self.al.intermediate_epochs,
-                                             use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
-                metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
-                self.trainer.save_checkpoint(member)
+                metrics = train_and_checkpoint(self.trainer, member, self.al.intermediate_epochs,
+                                               use_scheduler=self.al.scheduler_initial, valid_skip=self.al.valid_skip)
             self.state.metrics[tag] = metrics
             self.state.trained.remove(tag)
             self.save_state()

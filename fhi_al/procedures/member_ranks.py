@@ -28,7 +28,8 @@ from ase import Atoms
 from ..labeling.messages import TAG_TRAIN, TAG_TRAINED
 from ..parallel import ROOT, local_rank, wait_until
 from ..training.checkpoint import adopt_weights, weights_state
-from .common import al_member_data, load_or_create_member, make_store, make_trainer, member_specs
+from .common import (al_member_data, load_or_create_member, make_store, make_trainer, member_specs,
+                     train_and_checkpoint)
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +164,16 @@ class RemoteMembers:
 
     def collect(self) -> list[Trained]:
         """Weights that arrived (never waits), loaded into rank 0's copies (not called after `finish`)."""
+        return [self._adopt(message) for message in self._arrived()]
+
+    def _arrived(self) -> list[Any]:
+        """The training ranks' messages that can be received now (never waits); posted ones progress too."""
         self.outbox.flush()
-        arrived = []
+        messages = []
         for rank in self.ranks:
             while self.comm.has_message(source=rank, tag=TAG_TRAINED):
-                arrived.append(self._adopt(self.comm.receive(source=rank, tag=TAG_TRAINED)))
-        return arrived
+                messages.append(self.comm.receive(source=rank, tag=TAG_TRAINED))
+        return messages
 
     def _adopt(self, message: Trained) -> Trained:
         adopt_weights(self.members[message.tag], message.weights)
@@ -193,16 +198,11 @@ class RemoteMembers:
         results, settled = [], set()
 
         def arrived() -> bool:
-            self.outbox.flush()
-            for rank in self.ranks:
-                while self.comm.has_message(source=rank, tag=TAG_TRAINED):
-                    message = self.comm.receive(source=rank, tag=TAG_TRAINED)
-                    if isinstance(message, Settled):
-                        settled.add(message.rank)
-                        continue
-                    self._adopt(message)
-                    if message.stop is not None:
-                        results.append(message)
+            for message in self._arrived():
+                if isinstance(message, Settled):
+                    settled.add(message.rank)
+                elif self._adopt(message).stop is not None:
+                    results.append(message)
             return len(settled) == len(self.ranks) and self.outbox.flush()
 
         if self.ranks:
@@ -283,8 +283,6 @@ class TrainingRank:
     def visit(self, epochs: int) -> None:
         """Every member trains `epochs` epochs (warm start), is checkpointed, and rank 0 gets its weights."""
         for tag, member in self.members.items():
-            metrics = self.trainer.train(member, epochs, valid_skip=self.al.valid_skip, report=False)
-            metrics = metrics or self.trainer.evaluate(member, member.valid_atoms)
-            self.trainer.save_checkpoint(member)
+            metrics = train_and_checkpoint(self.trainer, member, epochs, valid_skip=self.al.valid_skip, report=False)
             self.send(Trained(tag, weights_state(member), metrics, epochs))
         self.owed -= epochs

@@ -107,8 +107,7 @@ def test_trained_ensemble_beats_its_threshold_on_md_frames(finished_run):
 def test_sigkill_at_several_moments_then_rerun(tmp_path):
     folder = make_run_folder(tmp_path / "run", mace=MACE_SETTINGS, al=AL_SETTINGS)
     assert run_cli("FHI_AL-initial-ds", folder).returncode == 0
-    moments = {
-        "md": lambda: (folder / "analysis" / "uncertainty_checks.jsonl").exists(),
+    moments = {  # killed once a label is paid but maybe not stored, then while members train on labels
         "reference": lambda: sum(i.startswith("al-") for i in ledger_ids(folder)) >= 2,
         "training": lambda: sum(i.startswith("al-") for i in ledger_ids(folder)) >= 4,
     }

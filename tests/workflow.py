@@ -30,7 +30,8 @@ TINY_AL = {
                         "skip_step_initial": 5, "skip_step_mlff": 5, "num_trajectories": 2,
                         "max_MD_steps": 150, "max_epochs_worker": 2, "max_set_size": 100,
                         "threshold_warmup_checks": 4, "uncert_not_crossed_limit": 8, "c_x": -0.1,
-                        "converge_al": False},
+                        "converge_al": False,
+                        "initial_member_data": "split"},  # the tests were written for per-member frames
     "MD": {"temperature": 500, "timestep": 0.5, "friction": 0.01, "seed": 3},
     "REFERENCE": {"calculator": "xtb"},
 }

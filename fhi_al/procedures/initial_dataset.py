@@ -109,6 +109,8 @@ class InitialDataset:
         self.systems = list(self.context.systems)
         if len(self.systems) > 1:
             log.info("%d systems: %s.", len(self.systems), describe(self.systems))
+        log.info("Initial frames: %s (initial_member_data: %s).", "every member trains on every label"
+                 if self.shared else "each member labels frames of its own", self.al.initial_member_data)
         self.samplers = [self.make_sampler(index, system) for index, system in enumerate(self.systems)]
         self.trainer = make_trainer(self.settings, self.run_dir)
         self.members: dict[str, Any] = {}

@@ -283,10 +283,12 @@ class ActiveLearningSettings:
                                            "MD.temperature from one reference Hessian (normal-modes: a "
                                            "relaxation and 6 calls per atom, then only the labels).",
                                    choices=["aimd", "mace-mp0", "normal-modes"])
-    initial_member_data: str = option("split", "Initial frames per member: split (the original tool's way: "
-                                               "each member labels n_samples frames of its own per round) or "
-                                               "shared (n_samples frames per round that every member trains "
-                                               "on; members differ by seed and data order).",
+    initial_member_data: str = option("shared", "Initial frames per member: shared (n_samples frames per round "
+                                                "that every member trains on; members differ by seed and data "
+                                                "order; on ethanol half the labels and a lower test error than "
+                                                "split, scripts/bench_learning_efficiency.py) or split (the "
+                                                "original tool's way: each member labels n_samples frames of its "
+                                                "own per round).",
                                       choices=["split", "shared"])
     label_spacing_steps: int = option(20, "MD steps after a label during which its trajectory's uncertainty is "
                                           "not checked, so that no near-duplicate frames are labelled (0 = check "

@@ -281,7 +281,11 @@ class ActiveLearningSettings:
                                            "(aimd: every MD step is a reference call), MD with a MACE-MP "
                                            "foundation model (mace-mp0), or the harmonic distribution at "
                                            "MD.temperature from one reference Hessian (normal-modes: a "
-                                           "relaxation and 6 calls per atom, then only the labels).",
+                                           "relaxation and 6 calls per atom, then only the labels). On "
+                                           "ethanol normal-modes reached the error of aimd with 187 instead of "
+                                           "~1100 calls (scripts/bench_learning_efficiency.py); aimd stays the "
+                                           "default because harmonic frames around one minimum miss liquids, "
+                                           "conformers and cell fluctuations.",
                                    choices=["aimd", "mace-mp0", "normal-modes"])
     initial_member_data: str = option("shared", "Initial frames per member: shared (n_samples frames per round "
                                                 "that every member trains on; members differ by seed and data "

@@ -15,7 +15,7 @@ from asi_build import shared_tmp  # noqa: F401
 from fhi_al import cli
 from fhi_al.procedures.common import make_trainer
 from fhi_al.settings.loader import load_run_settings
-from workflow import make_run_folder, run_everywhere, stored_frames, world
+from workflow import make_run_folder, on_rank_0, run_everywhere, stored_frames, world
 
 pytestmark = pytest.mark.mpi(min_size=2)
 
@@ -47,13 +47,9 @@ def test_two_ml_ranks_in_serial_mode(shared_tmp):
     if world().Get_size() != 2:
         pytest.skip("two ML ranks and no other rank")
     folder = shared_tmp / "ml_ranks_serial"
-    if world().rank == 0:
-        make_run_folder(folder, al=TWO_ML_RANKS)
-    world().Barrier()
+    on_rank_0(lambda: make_run_folder(folder, al=TWO_ML_RANKS))
     assert run_everywhere(cli.main_full, folder) == 0
-    if world().rank == 0:
-        check_run(folder, log_line="2 ML ranks: rank 0 runs the MD and trains")
-    world().Barrier()
+    on_rank_0(lambda: check_run(folder, log_line="2 ML ranks: rank 0 runs the MD and trains"))
 
 
 @pytest.mark.mpi(min_size=3)
@@ -61,26 +57,27 @@ def test_two_ml_ranks_in_parallel_mode(shared_tmp):
     if world().Get_size() != 3:
         pytest.skip("two ML ranks and one reference group")
     folder = shared_tmp / "ml_ranks_parallel"
-    if world().rank == 0:
-        make_run_folder(folder, al={"ACTIVE_LEARNING": {**TWO_ML_RANKS["ACTIVE_LEARNING"], "parallel": True}})
-    world().Barrier()
+    on_rank_0(lambda: make_run_folder(folder, al={"ACTIVE_LEARNING": {**TWO_ML_RANKS["ACTIVE_LEARNING"],
+                                                                     "parallel": True}}))
     assert run_everywhere(cli.main_full, folder) == 0
-    if world().rank == 0:
-        check_run(folder, log_line="Parallel mode: 2 ML ranks and 1 reference group(s)")
-    world().Barrier()
+    on_rank_0(lambda: check_run(folder, log_line="Parallel mode: 2 ML ranks and 1 reference group(s)"))
 
 
 def test_large_messages_crossing_between_two_ranks_both_arrive():
     """Rank 0 posting a label while a training rank posts weights: each keeps receiving while its own message
     is under way (Outbox), so two messages too large for MPI's eager buffers do not wait on each other."""
-    from fhi_al.labeling.messages import TAG_TRAINED
-    from fhi_al.parallel import MPIComm, wait_until
-    from fhi_al.procedures.member_ranks import Outbox
+    from fhi_al.parallel import MPIComm
 
     comm = MPIComm(world())
-    if comm.rank > 1:
-        comm.barrier()
-        return
+    arrived = comm.rank > 1 or exchange_two_large_messages(comm)
+    assert all(world().allgather(arrived)), "a message did not arrive on one of the ranks"
+
+
+def exchange_two_large_messages(comm) -> bool:
+    from fhi_al.labeling.messages import TAG_TRAINED
+    from fhi_al.parallel import wait_until
+    from fhi_al.procedures.member_ranks import Outbox
+
     other = 1 - comm.rank
     outbox, received = Outbox(comm), []
     outbox.post(np.full(1_000_000, float(comm.rank)), dest=other, tag=TAG_TRAINED)  # 8 MB
@@ -92,6 +89,4 @@ def test_large_messages_crossing_between_two_ranks_both_arrive():
         return (outbox.flush() and bool(received)) or time.monotonic() > deadline
 
     wait_until(both_done)
-    assert received and received[0].shape == (1_000_000,) and received[0][0] == other
-    assert outbox.flush()
-    comm.barrier()
+    return bool(received) and received[0].shape == (1_000_000,) and received[0][0] == other and outbox.flush()

@@ -17,7 +17,7 @@ from ase.build import molecule
 from fhi_al.data.store import DatasetStore, label_atoms
 from fhi_al.references import compute_label, make_reference
 from asi_build import shared_tmp  # noqa: F401
-from workflow import env, kill_when, make_run_folder
+from workflow import env, kill_when, make_run_folder, on_rank_0
 
 GFN1 = {"REFERENCE": {"calculator": "xtb", "xtb": {"method": "GFN1-xTB"}}}
 # dataset -> (source of its frames: stage, count); final/ repeats the initial and AL frames
@@ -159,13 +159,13 @@ def test_relabel_under_mpi(shared_tmp, parallel):
     comm = MPI.COMM_WORLD
     folder = shared_tmp / f"relabel_mpi_{parallel}"
     reference = shared_tmp / f"gfn1_{parallel}.yaml"
-    if comm.rank == 0:
-        make_labelled_run(folder)
-        write_reference_file(reference, {"ACTIVE_LEARNING": {"parallel": parallel}})
-    comm.Barrier()
+    on_rank_0(lambda: (make_labelled_run(folder),
+                       write_reference_file(reference, {"ACTIVE_LEARNING": {"parallel": parallel}})))
     statuses = comm.allgather(cli.main_relabel(["--run-dir", str(folder), "--reference-settings", str(reference)]))
     assert statuses == [0] * comm.size
-    if comm.rank == 0:
+
+    def each_frame_relabelled_once():
         assert_relabelled(folder, DatasetStore(folder / "data"))
-        assert len(relabel_entries(folder)) == sum(LAYOUT.values())  # each frame once, whatever the mode
-    comm.Barrier()
+        assert len(relabel_entries(folder)) == sum(LAYOUT.values())  # whatever the mode
+
+    on_rank_0(each_frame_relabelled_once)

@@ -119,6 +119,24 @@ def world():
     return MPI.COMM_WORLD
 
 
+def on_rank_0(work) -> None:
+    """Run `work` (set-up or assertions) on rank 0 only, then fail on every rank if it failed there: a failure on
+    rank 0 alone would leave the other ranks waiting in the next collective call, and the suite would hang."""
+    import pytest
+
+    failure = None
+    if world().rank == 0:
+        try:
+            work()
+        except Exception as exc:  # an AssertionError, or whatever the set-up raised
+            failure = exc
+    message = world().bcast(None if failure is None else f"{type(failure).__name__}: {failure}", root=0)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        pytest.fail(f"failed on rank 0: {message}", pytrace=False)
+
+
 def run_everywhere(main, folder) -> int:
     """Run a console script's main in-process on every rank; every rank must agree on the exit status."""
     status = main(["--run-dir", str(folder)])

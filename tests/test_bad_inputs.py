@@ -137,6 +137,8 @@ CASES = [
          ("MD.0.temprature", "Did you mean 'temperature'")),
     Case("bad_xtb_method", al_file("REFERENCE:\n  xtb:\n    method: GFN3\n"),
          ("REFERENCE.xtb.method", "GFN2-xTB")),
+    Case("bad_initial_xtb_method", al_file("ACTIVE_LEARNING:\n  initial_xtb_method: foo\n"),
+         ("ACTIVE_LEARNING.initial_xtb_method", "'foo'", "GFN2-xTB, GFN1-xTB")),
     Case("bad_calculator", al_file("REFERENCE:\n  calculator: vasp\n"),
          ("REFERENCE.calculator", "xtb")),
     Case("atomic_energies_unknown_symbol",

@@ -1,6 +1,6 @@
-"""The initial dataset: sample structures by MD (on the reference or a foundation model), label them,
-give every ensemble member its own training and validation frames, and train with warm start until the
-ensemble's validation force MAE is below lambda x desired_acc or max_initial_epochs is reached.
+"""The initial dataset: sample structures (MD on the reference, on a foundation model or on xTB, or normal
+modes), label them, give every ensemble member its own training and validation frames, and train with warm start
+until the ensemble's validation force MAE is below lambda x desired_acc or max_initial_epochs is reached.
 
 Several systems: one sampler per system (MISC.path_to_geometry), asked for frames in turn (round robin), so
 every round samples every system when it has at least as many labels as there are systems; the pending
@@ -36,7 +36,7 @@ from .common import (INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, dataset_name, ense
 from .label_book import LabelBook, Timings
 from . import system_metrics
 from .normal_modes import make_normal_mode_sampler
-from .sampling import GuardedReference, LangevinSampler, foundation_calculator
+from .sampling import GuardedReference, LangevinSampler, sampling_driver
 from .state import InitialDatasetState, PendingLabel, StateFile
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class InitialDataset:
         self.preparatory_calls = 0
         self.bounds = FrameBounds.from_settings(self.al)
         self.rejections_in_a_row = 0
-        self.foundation = None  # foundation-model sampling: one calculator for every system
+        self.driver = None  # MD on a cheaper model (mace-mp0, xtb-md): one SamplingDriver for every system
         self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of converge_initial, per member
 
     # ------------------------------------------------------------------------------------------ steps
@@ -151,11 +151,14 @@ class InitialDataset:
             return make_normal_mode_sampler(system.atoms, label_call=self.preparatory_call,
                                             record_path=self.run_dir / hessian_record_path(system, len(self.systems)),
                                             temperature_K=md.temperature, rng=rng)
-        else:
-            dtype = self.settings.mace.general.default_dtype
-            if self.foundation is None:
-                self.foundation = foundation_calculator(self.al.initial_foundational_size, dtype=dtype)
-            driver, name = self.foundation, "foundation MD"
+        else:  # MD on a cheaper model (mace-mp0, xtb-md): only the labels of its frames are reference calls
+            if self.driver is None:
+                self.driver = sampling_driver(self.al.initial_sampling, foundation=self.al.initial_foundational_size,
+                                              dtype=self.settings.mace.general.default_dtype,
+                                              xtb_method=self.al.initial_xtb_method)
+                log.info("Sampling by %s (initial_sampling: %s, not reference calls); each frame is labelled by the "
+                         "reference %s.", self.driver.name, self.al.initial_sampling, reference_name(self.reference))
+            driver, name = self.driver.calc, self.driver.name
         return LangevinSampler(system.atoms, driver, md=MDParameters.from_settings(md),
                                interval_steps=self.al.skip_step_initial, rng=rng, name=name + suffix,
                                bounds=self.bounds)

@@ -1,5 +1,6 @@
-"""Structure samplers for the initial dataset: Langevin MD on the reference (ab initio MD) or on a
-foundation MACE model, handing out a frame every `interval_steps` steps; restartable and self-healing.
+"""Structure samplers for the initial dataset: Langevin MD on the reference (ab initio MD) or on a cheaper
+model (a foundation MACE model, GFN-xTB), handing out a frame every `interval_steps` steps; restartable and
+self-healing.
 A sampler has `next_frame() -> Frame`, `step`, `state()` and `restore(state)`.
 """
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_FAILURES = 10  # reference failures in a row before sampling gives up
 FOUNDATION_SIZES = ("small", "medium", "large")
+XTB_MD = "xtb-md"  # initial_sampling: MD on GFN-xTB (mace-mp0: on a foundation MACE model)
 
 
 @dataclass
@@ -110,6 +112,24 @@ class GuardedReference(Calculator):
         self.results = {"energy": label.energy_eV, "free_energy": label.energy_eV, "forces": label.forces_eV_per_A}
         if label.stress_eV_per_A3 is not None:
             self.results["stress"] = label.stress_eV_per_A3
+
+
+@dataclass(frozen=True)
+class SamplingDriver:
+    """The calculator of a sampling MD on a cheaper model and its name in the log."""
+
+    calc: Calculator
+    name: str
+
+
+def sampling_driver(sampling: str, *, foundation: str, dtype: str, xtb_method: str) -> SamplingDriver:
+    """The driver of `sampling` (initial_sampling mace-mp0 or xtb-md). Its MD steps are not reference calls
+    and go to no ledger: only the labels of the frames it hands out are paid."""
+    if sampling == XTB_MD:
+        from ..references.xtb import make_xtb  # tblite's shared library: only for runs that use it
+
+        return SamplingDriver(make_xtb(method=xtb_method), f"{xtb_method} MD")
+    return SamplingDriver(foundation_calculator(foundation, dtype=dtype), "foundation MD")
 
 
 def foundation_calculator(size_or_path: str, *, dtype: str = "float64") -> Calculator:

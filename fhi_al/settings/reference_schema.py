@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from .typed import option
 
 REFERENCE_CALCULATORS = ("aims", "xtb", "pyscf", "emt")
+XTB_METHODS = ("GFN2-xTB", "GFN1-xTB")  # tblite's Hamiltonians (fhi_al.references.xtb.METHODS)
 
 
 @dataclass(frozen=True)
 class XtbSettings:
-    method: str = option("GFN2-xTB", "Tight-binding Hamiltonian of tblite.", choices=["GFN2-xTB", "GFN1-xTB"])
+    method: str = option("GFN2-xTB", "Tight-binding Hamiltonian of tblite.", choices=list(XTB_METHODS))
     electronic_temperature_K: float = option(300.0, "Electronic (Fermi smearing) temperature.", minimum=0.0,
                                              exclusive_minimum=True, unit="K")
     accuracy: float = option(1.0, "tblite accuracy factor (smaller is tighter).", minimum=0.0,

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .md_schema import BAROSTATS, MD_UNUSED, MdSettings  # noqa: F401 - part of the schema
-from .reference_schema import (REFERENCE_CALCULATORS, REFERENCE_SUBSECTIONS, AimsSettings,  # noqa: F401
-                               PyscfSettings, ReferenceSettings, XtbSettings)
+from .reference_schema import (REFERENCE_CALCULATORS, REFERENCE_SUBSECTIONS, XTB_METHODS,  # noqa: F401
+                               AimsSettings, PyscfSettings, ReferenceSettings, XtbSettings)
 from .typed import option
 
 log = logging.getLogger(__name__)
@@ -279,14 +279,16 @@ class ActiveLearningSettings:
     aims_lib_path: str | None = option(None, "Path of the FHI-aims shared library (libaims*.so) for asi4py.")
     initial_sampling: str = option("aimd", "How the initial structures are sampled: MD with the reference "
                                            "(aimd: every MD step is a reference call), MD with a MACE-MP "
-                                           "foundation model (mace-mp0), or the harmonic distribution at "
+                                           "foundation model (mace-mp0) or with GFN-xTB (xtb-md, "
+                                           "initial_xtb_method: cheap next to a DFT reference), whose frames "
+                                           "the reference then labels, or the harmonic distribution at "
                                            "MD.temperature from one reference Hessian (normal-modes: a "
                                            "relaxation and 6 calls per atom, then only the labels). On "
                                            "ethanol normal-modes reached the error of aimd with 187 instead of "
                                            "~1100 calls (scripts/bench_learning_efficiency.py); aimd stays the "
                                            "default because harmonic frames around one minimum miss liquids, "
                                            "conformers and cell fluctuations.",
-                                   choices=["aimd", "mace-mp0", "normal-modes"])
+                                   choices=["aimd", "mace-mp0", "xtb-md", "normal-modes"])
     initial_member_data: str = option("shared", "Initial frames per member: shared (n_samples frames per round "
                                                 "that every member trains on; members differ by seed and data "
                                                 "order; on ethanol half the labels and a lower test error than "
@@ -301,6 +303,12 @@ class ActiveLearningSettings:
                                       minimum=0)
     initial_foundational_size: str = option("small", "MACE-MP model for mace-mp0 sampling: small, medium, "
                                                      "large or the path of a model file.")
+    initial_xtb_method: str = option("GFN2-xTB", "tblite Hamiltonian of the xtb-md sampling MD; its steps are not "
+                                                 "reference calls. Both give energies, forces and, for a cell "
+                                                 "periodic in three directions, stress (NPT). Total charge and "
+                                                 "unpaired electrons: the sums of geometry.in's initial_charge and "
+                                                 "initial_moment (tblite's rule).",
+                                     choices=list(XTB_METHODS))
     parallel: bool = option(False, "Parallel mode: rank 0 trains and runs MD while the other ranks label.")
     uncert_not_crossed_limit: int = option(50000, "Uncertainty checks a trajectory may make without crossing the "
                                                   "threshold; after that its next frame goes to the reference "

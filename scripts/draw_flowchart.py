@@ -43,9 +43,11 @@ def initial_dataset() -> None:
     fig, ax = canvas(8, 8, "FHI_AL-initial-ds: initial dataset and ensemble")
     x = 5.6
     box(ax, (x, 10.3), "geometry.in, settings\n(resume from restart/initial_ds if present)", "io")
-    box(ax, (x, 8.9), "Langevin MD: reference (aimd) or\nfoundation MACE (mace-mp0)")
+    box(ax, (x, 8.9), "frames: MD on the reference (aimd), MACE-MP (mace-mp0)\nor xTB (xtb-md), or normal modes (one Hessian)",
+        width=6.4)
     box(ax, (x, 7.5), "every skip_step_initial steps: frame\n→ reference label (queued in parallel mode)")
-    box(ax, (x, 6.1), "label → member with fewest frames\n(train or valid by valid_ratio), fsynced")
+    box(ax, (x, 6.1), "label → every member (shared) or the one with fewest\nframes (split); train/valid by valid_ratio, fsynced",
+        width=6.4)
     box(ax, (x, 4.7), "each member trains intermediate_epochs\n(warm start: weights + optimizer kept)")
     box(ax, (x, 3.2), "validation force MAE ≤ lambda × desired_acc\nor epochs ≥ max_initial_epochs?", "decision",
         width=5.6)
@@ -54,9 +56,10 @@ def initial_dataset() -> None:
     for top, bottom in ((10.3, 8.9), (8.9, 7.5), (7.5, 6.1), (6.1, 4.7), (4.7, 3.2)):
         arrow(ax, (x, top - 0.45), (x, bottom + 0.45))
     arrow(ax, (x, 2.75), (x, 2.05), "yes")
-    ax.annotate("", xy=(x + 2.9, 8.9), xytext=(x + 2.9, 3.2), arrowprops={"arrowstyle": "->", "color": "#333"})
-    ax.plot([x + 2.85, x + 2.9], [3.2, 3.2], color="#333", lw=1.1)
-    ax.text(x + 3.0, 6.0, "no: next round\n(n_samples more\nper member)", fontsize=7.5)
+    ax.annotate("", xy=(x + 3.25, 8.9), xytext=(x + 3.5, 3.2), arrowprops={"arrowstyle": "->", "color": "#333",
+                                                                         "connectionstyle": "angle,angleA=90,angleB=0"})
+    ax.plot([x + 2.85, x + 3.5], [3.2, 3.2], color="#333", lw=1.1)
+    ax.text(x + 3.6, 6.0, "no: next round\n(n_samples more)", fontsize=7.5)
     fig.savefig(OUT / "workflow_initial.png", dpi=130, bbox_inches="tight")
     plt.close(fig)
 

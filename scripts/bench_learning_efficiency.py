@@ -307,25 +307,15 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
     done = {(r["n_labels"], r["seed"]): r for r in (json.loads(cache.read_text()) if cache.is_file() else [])}
     rows = []
     for seed in range(args.seeds):
-        order = np.random.default_rng(seed).permutation(len(pool))
         for n in args.baseline_sizes:
             if (n, seed) in done:
                 rows.append(done[(n, seed)])
                 continue
             started = time.perf_counter()
-            chosen = [pool[i] for i in order[:n]]
-            n_valid = max(1, round(VALID_FRACTION * n))
             work = WORK_ROOT / f"baseline_{args.tag}" / f"n{n}_s{seed}"
             shutil.rmtree(work, ignore_errors=True)
-            trainer = Trainer(config, work)
+            members = baseline_members(args, Trainer(config, work), pool, n, seed)
             max_epochs = baseline_epochs(args, n)
-            members = []
-            for k in range(ENSEMBLE_SIZE):
-                member_seed = 1000 * seed + 17 * k + 1
-                member = trainer.create_member(member_tag("baseline", member_seed), member_seed,
-                                               chosen[n_valid:], chosen[:n_valid])
-                trainer.converge(member, max_epochs, args.config["patience"], 0.002)
-                members.append(member)
             errors = ensemble_errors(Ensemble.from_members(members), test)
             rows.append({"n_labels": n, "seed": seed, "max_epochs": max_epochs,
                          "epochs": [m.epoch for m in members], "seconds": time.perf_counter() - started, **errors})
@@ -340,6 +330,30 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
     return rows
 
 
+def baseline_split(pool: list, n_labels: int, seed: int) -> tuple[list, list]:
+    """(train, valid): the first n_labels frames of the seed's permutation of the pool, split 90/10."""
+    order = np.random.default_rng(seed).permutation(len(pool))
+    chosen = [pool[i] for i in order[:n_labels]]
+    n_valid = max(1, round(VALID_FRACTION * n_labels))
+    return chosen[n_valid:], chosen[:n_valid]
+
+
+def baseline_member_seeds(seed: int, count: int = ENSEMBLE_SIZE) -> list[int]:
+    return [1000 * seed + 17 * k + 1 for k in range(count)]
+
+
+def baseline_members(args, trainer: Trainer, pool: list, n_labels: int, seed: int) -> list:
+    """The baseline ensemble of N = n_labels random pool frames: ENSEMBLE_SIZE members converged with the
+    baseline's budget (baseline_epochs)."""
+    train, valid = baseline_split(pool, n_labels, seed)
+    members = []
+    for member_seed in baseline_member_seeds(seed):
+        member = trainer.create_member(member_tag("baseline", member_seed), member_seed, train, valid)
+        trainer.converge(member, baseline_epochs(args, n_labels), args.config["patience"], 0.002)
+        members.append(member)
+    return members
+
+
 def baseline_epochs(args, n_labels: int) -> int:
     """Most epochs of a member trained from scratch on n_labels structures (the baseline's budget)."""
     return min(args.epochs, max(args.config["min_epochs"], math.ceil(args.config["structure_epochs"] / n_labels)))
@@ -348,22 +362,13 @@ def baseline_epochs(args, n_labels: int) -> int:
 def retrained_on_run_data(args, run_dir: Path, test: list) -> dict:
     """Each member's final training/validation set of the run, trained afresh (new seed, the baseline's budget
     for its size): separates what the selected data are worth from what warm-started training made of them."""
-    from fhi_al.data.store import DatasetStore
-    from fhi_al.procedures.common import TRAIN, VALID, dataset_name, member_specs
-
     config = run_config(run_dir, keep_checkpoints=False)
-    settings = load_run_settings(run_dir)
-    store = DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
     work = WORK_ROOT / f"retrained_{args.tag}"
     shutil.rmtree(work, ignore_errors=True)
     trainer = Trainer(config, work)
     members, sizes = [], []
     started = time.perf_counter()
-    for spec in member_specs(name_exp=config.name_exp, seed=config.seed,
-                             ensemble_size=settings.al.active_learning.ensemble_size):
-        train, valid = store.read(dataset_name("final", TRAIN, spec.tag)), store.read(dataset_name("final", VALID,
-                                                                                                     spec.tag))
-        seed = spec.seed + 7919
+    for seed, train, valid in run_member_sets(run_dir):
         member = trainer.create_member(member_tag("retrained", seed), seed, train, valid)
         trainer.converge(member, baseline_epochs(args, len(train) + len(valid)), args.config["patience"], 0.002)
         members.append(member)
@@ -374,6 +379,20 @@ def retrained_on_run_data(args, run_dir: Path, test: list) -> dict:
     print(f"run data retrained from scratch ({labels} labels, member sets {sizes}): forces "
           f"{1e3 * errors['forces_mae']:.1f} meV/Å ({time.perf_counter() - started:.0f} s)", flush=True)
     return {"n_labels": labels, "member_sets": sizes, **errors}
+
+
+def run_member_sets(run_dir: Path) -> list[tuple[int, list, list]]:
+    """(seed, train, valid) per member of the run: its final datasets and a new seed (the member's + 7919)."""
+    from fhi_al.data.store import DatasetStore
+    from fhi_al.procedures.common import TRAIN, VALID, dataset_name, member_specs
+
+    config = run_config(run_dir, keep_checkpoints=False)
+    settings = load_run_settings(run_dir)
+    store = DatasetStore(run_dir / settings.al.active_learning.dataset_dir)
+    return [(spec.seed + 7919, store.read(dataset_name("final", TRAIN, spec.tag)),
+             store.read(dataset_name("final", VALID, spec.tag)))
+            for spec in member_specs(name_exp=config.name_exp, seed=config.seed,
+                                     ensemble_size=settings.al.active_learning.ensemble_size)]
 
 
 def baseline_cache(args) -> Path:

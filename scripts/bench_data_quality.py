@@ -1,0 +1,256 @@
+"""Controls of issue #15's two open targets on a finished run of bench_learning_efficiency: (1) data quality:
+test force MAE against training epochs for ensembles trained from scratch on the run's final datasets and on
+1x, 2x (optionally 4x) as many random reference-MD pool frames, trained until the benchmark's convergence stops
+them (same trainer, hyperparameters and patience; a larger epoch cap); (2) baseline stability: baseline
+ensembles trained exactly as bench_learning_efficiency.baseline (seed 0) run its 20 ps MLFF MD at T + 200 K.
+
+    .venv/bin/python scripts/bench_data_quality.py                     # ethanol nms_shared: ~52 + 39 min
+    .venv/bin/python scripts/bench_data_quality.py --molecule H2O --variant nms_shared_acc0
+
+The ethanol times are on one core of 2 shared ones: data quality (125, 125 and 250 frames, 2 members, 300
+epochs / 150 epochs at 250 frames) ~52 min; stability (baselines N = 100, 125, 500) ~39 min.
+
+Writes scripts/results/data_quality_<tag>.{json,png} and copies the png to readme_figs/. Finished stages are
+kept in WORK_ROOT/data_quality_<tag>_stages.json, so a rerun only does what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_learning_efficiency as le  # noqa: E402  (sets the thread and plotting environment first)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ase.build import molecule as ase_molecule  # noqa: E402
+
+from fhi_al.ensemble import Ensemble  # noqa: E402
+from fhi_al.training import stopping  # noqa: E402
+from fhi_al.training.engine import Trainer, member_tag  # noqa: E402
+
+NAME = "data_quality"
+CONVERGENCE_MARGIN = 0.002  # relative improvement that resets the patience (as in the benchmark's converge calls)
+RUN_LABEL = "fhi_al final data"
+
+
+class TracingTrainer(Trainer):
+    """The benchmark's trainer, keeping a snapshot of every member each `every` epochs (at its validation)."""
+
+    def __init__(self, *args, every: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.every = every
+        self.snapshots: dict[str, dict[int, dict]] = {}
+
+    def validate(self, member, **kwargs):
+        metrics = super().validate(member, **kwargs)
+        if member.epoch % self.every == 0:
+            self.snapshots.setdefault(member.tag, {})[member.epoch] = stopping.snapshot(member)
+        return metrics
+
+
+def test_errors(members: list, test: list) -> dict:
+    errors = le.ensemble_errors(Ensemble.from_members(members), test)
+    return {key: errors[key] for key in ("forces_mae", "forces_mae_by_test_temperature_K", "energy_mae_per_atom")}
+
+
+def traced_convergence(args, config, member_sets: list, test: list, work: Path) -> dict:
+    """Members converged from scratch on `member_sets` [(seed, train, valid)]; the ensemble's test errors every
+    `eval_every` epochs (a member that stopped earlier contributes its kept weights) and with the kept weights."""
+    shutil.rmtree(work, ignore_errors=True)
+    trainer = TracingTrainer(config, work, every=args.eval_every)
+    n_labels = len(member_sets[0][1]) + len(member_sets[0][2])
+    max_epochs = min(args.max_epochs, math.ceil(args.structure_epochs / n_labels))
+    started, members = time.perf_counter(), []
+    for seed, train, valid in member_sets:
+        member = trainer.create_member(member_tag("dq", seed), seed, train, valid)
+        trainer.converge(member, max_epochs, args.le.config["patience"], CONVERGENCE_MARGIN)
+        members.append(member)
+    kept = [stopping.snapshot(member) for member in members]
+    curve = []
+    for epoch in sorted(set().union(*(trainer.snapshots.get(m.tag, {}) for m in members))):
+        for member, final in zip(members, kept):
+            stopping.restore(member, trainer.snapshots[member.tag].get(epoch, final))
+        curve.append({"epoch": epoch, **test_errors(members, test)})
+    for member, final in zip(members, kept):
+        stopping.restore(member, final)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"n_labels": n_labels, "max_epochs": max_epochs, "seconds": time.perf_counter() - started,
+            "members": [{"train": len(train), "valid": len(valid), "epochs_run": m.last_stop.epochs,
+                         "best_epoch": m.last_stop.best_epoch, "stop": m.last_stop.reason.value}
+                        for (_, train, valid), m in zip(member_sets, members)],
+            "curve": curve, "kept_weights": test_errors(members, test)}
+
+
+def baseline_stability(args, config, pool: list, test: list, atoms0, n_labels: int) -> dict:
+    """A baseline ensemble exactly as bench_learning_efficiency.baseline trains it (seed 0), its test errors (to
+    compare with the baseline cache) and its time to failure in the benchmark's stability MD."""
+    work = le.WORK_ROOT / f"{NAME}_baseline_{args.tag}_n{n_labels}"
+    shutil.rmtree(work, ignore_errors=True)
+    started = time.perf_counter()
+    members = le.baseline_members(args.le, Trainer(config, work), pool, n_labels, seed=0)
+    trained_s = time.perf_counter() - started
+    cached = {(r["n_labels"], r["seed"]): r for r in json.loads(le.baseline_cache(args.le).read_text())} \
+        if le.baseline_cache(args.le).is_file() else {}
+    stable = le.stability(members, atoms0, temperature_K=args.le.temperature_K + le.HOT_OFFSET_K, ps=args.stability_ps)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"n_labels": n_labels, "epochs": [m.epoch for m in members], "training_seconds": trained_s,
+            **test_errors(members, test),
+            "baseline_cache_forces_mae": cached.get((n_labels, 0), {}).get("forces_mae"), **stable}
+
+
+def stage(stages: dict, path: Path, key: str, compute) -> dict:
+    """The cached result of `key`, or computed now and written to the stage file at once."""
+    if key not in stages:
+        stages[key] = compute()
+        path.write_text(json.dumps(stages, indent=1))
+    else:
+        print(f"reusing stage {key}", flush=True)
+    return stages[key]
+
+
+def verdict(sets: dict) -> dict:
+    """Random-frame labels with the run data's converged (kept-weights) force error, by log-log interpolation
+    of the random sets (extrapolated beyond their range), and that over the run's labels."""
+    random = sorted((s["n_labels"], s["kept_weights"]["forces_mae"]) for k, s in sets.items() if k != RUN_LABEL)
+    run = sets[RUN_LABEL]
+    sizes, maes = np.array([n for n, _ in random]), np.array([m for _, m in random])
+    equivalent, extrapolated = le.equivalent_baseline_labels(sizes, maes, run["kept_weights"]["forces_mae"])
+    return {"run_labels": run["n_labels"], "run_forces_mae": run["kept_weights"]["forces_mae"],
+            "random_forces_mae_by_labels": {str(n): m for n, m in random},
+            "equivalent_random_labels": equivalent, "extrapolated": extrapolated,
+            "ratio": equivalent / run["n_labels"], "target_ratio": 2.0}
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.3), gridspec_kw={"width_ratios": [1.3, 1, 0.9]})
+    sets = report["data_quality"]["sets"]
+    temperatures = list(next(iter(sets.values()))["kept_weights"]["forces_mae_by_test_temperature_K"])
+    for index, (label, result) in enumerate(sets.items()):
+        color = f"C{index}"
+        curve = result["curve"]
+        left.plot([r["epoch"] for r in curve], [1e3 * r["forces_mae"] for r in curve], "-", color=color,
+                  label=f"{label} ({result['n_labels']} labels)")
+        best = max(m["best_epoch"] or 0 for m in result["members"])
+        left.plot([best], [1e3 * result["kept_weights"]["forces_mae"]], "*", ms=11, color=color)
+        for k, t in enumerate(temperatures):
+            middle.bar(index + 0.4 * k - 0.2, 1e3 * result["kept_weights"]["forces_mae_by_test_temperature_K"][t],
+                       width=0.4, color=color, alpha=1.0 - 0.45 * k, label=f"{t} K half" if index == 0 else None)
+    budget = report["protocol"]["baseline_budget"]
+    run_labels = sets[RUN_LABEL]["n_labels"]
+    left.axvline(max(budget["min_epochs"], math.ceil(budget["structure_epochs"] / run_labels)), color="grey", ls=":",
+                 label=f"the benchmark's baseline budget at {run_labels} labels")
+    left.set_xlabel(f"training epochs from scratch (at most {report['protocol']['structure_epochs']} "
+                    "structure-epochs per member)")
+    left.set_ylabel("test force MAE, ensemble mean (meV/Å)")
+    left.set_yscale("log")
+    left.yaxis.set_major_formatter(ScalarFormatter())
+    left.yaxis.set_minor_formatter(ScalarFormatter())
+    left.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=7, title="★ kept weights (best validation)", title_fontsize=7)
+    middle.set_xticks(range(len(sets)), [f"{label}\n{r['n_labels']}" for label, r in sets.items()], fontsize=7)
+    middle.set_ylabel("test force MAE, kept weights (meV/Å)")
+    middle.legend(fontsize=7)
+    runs = report["stability"]
+    names = [r["label"] for r in runs]
+    right.barh(range(len(runs)), [r["survived_ps"] for r in runs], color="tab:gray")
+    for k, r in enumerate(runs):
+        right.text(r["survived_ps"] + 0.2, k, f"{r['survived_ps']:.1f} ps, {r['failure'] or 'no failure'}",
+                   va="center", fontsize=7)
+    right.set_yticks(range(len(runs)), names, fontsize=7)
+    right.axvline(report["stability_target_ps"], color="tab:red", ls="--", lw=1)
+    right.set_xlim(0, 1.6 * report["stability_target_ps"])
+    right.set_xlabel(f"ps of MLFF MD at {report['stability_temperature_K']:g} K before failure")
+    fig.suptitle(report["title"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--molecule", default="CH3CH2OH")
+    parser.add_argument("--variant", default="nms_shared", help="the bench_learning_efficiency run's variant")
+    parser.add_argument("--run-dir", type=Path, help="run folder (default: the benchmark's for molecule/variant)")
+    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2],
+                        help="random sets of these multiples of the run's label count")
+    parser.add_argument("--members", type=int, default=le.ENSEMBLE_SIZE, help="members per ensemble (data quality)")
+    parser.add_argument("--max-epochs", type=int, default=300, help="epoch cap of the data-quality training")
+    parser.add_argument("--structure-epochs", type=int, default=37500,
+                        help="and at most this many structure-epochs per member (equal optimizer steps)")
+    parser.add_argument("--eval-every", type=int, default=10, help="epochs between test evaluations")
+    parser.add_argument("--stability-sizes", type=int, nargs="*",
+                        help="baseline N whose ensembles run the stability MD (default: 100, 500 and the run's "
+                        "label count; none: skip)")
+    parser.add_argument("--stability-ps", type=float, default=le.STABILITY_PS)
+    args = parser.parse_args(argv)
+    args.le = le.parse_args(["--molecule", args.molecule, "--variant", args.variant])
+    args.tag = args.le.tag
+    args.run_dir = args.run_dir or le.WORK_ROOT / f"run_{args.tag}"
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    atoms0 = ase_molecule(args.molecule)
+    test, pool = le.test_set(args.le, atoms0), le.pool_set(args.le, atoms0)
+    config = le.run_config(args.run_dir, keep_checkpoints=False)
+    stage_path = le.WORK_ROOT / f"{NAME}_{args.tag}_stages.json"
+    stages = json.loads(stage_path.read_text()) if stage_path.is_file() else {}
+    run_sets = le.run_member_sets(args.run_dir)[: args.members]
+    n_run = len(le.label_times(args.run_dir))
+    budget = f"m{args.members}_e{args.max_epochs}_se{args.structure_epochs}_every{args.eval_every}"
+    sets = {RUN_LABEL: stage(stages, stage_path, f"run_{budget}", lambda: traced_convergence(
+        args, config, run_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_run"))}
+    sets[RUN_LABEL]["n_labels"] = n_run
+    for multiple in args.multiples:
+        n = multiple * n_run
+        train, valid = le.baseline_split(pool, n, seed=0)
+        member_sets = [(seed, train, valid) for seed in le.baseline_member_seeds(0, args.members)]
+        sets[f"random {multiple}x"] = stage(stages, stage_path, f"random{n}_{budget}", lambda: traced_convergence(
+            args, config, member_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_random{n}"))  # noqa: B023 (called now)
+        print(f"random {n}: kept weights {1e3 * sets[f'random {multiple}x']['kept_weights']['forces_mae']:.1f} meV/Å",
+              flush=True)
+    previous = json.loads((le.RESULTS / f"{le.NAME}_{args.tag}.json").read_text())
+    stability = [{"label": f"fhi_al final ({n_run} labels)", "n_labels": n_run, **previous["stability_fhi_al"]}]
+    sizes = args.stability_sizes if args.stability_sizes is not None else sorted({100, 500, n_run})
+    for n in sizes:
+        result = stage(stages, stage_path, f"stability_n{n}_{args.stability_ps:g}ps",
+                       lambda: baseline_stability(args, config, pool, test, atoms0, n))  # noqa: B023 (called now)
+        stability.append({"label": f"baseline N={n}", **result})
+    report = {"molecule": args.molecule, "run_dir": str(args.run_dir), "variant": args.variant,
+              "n_test_frames": len(test), "members": args.members,
+              "protocol": {"patience": args.le.config["patience"], "margin": CONVERGENCE_MARGIN,
+                           "max_epochs": args.max_epochs, "structure_epochs": args.structure_epochs,
+                           "eval_every": args.eval_every, "random_split": "90/10 of pool seed 0 (as the baseline)",
+                           "baseline_budget": {k: args.le.config[k] for k in ("structure_epochs", "min_epochs")}},
+              "data_quality": {"sets": sets, "verdict": verdict(sets)},
+              "stability": stability, "stability_target_ps": args.stability_ps,
+              "stability_temperature_K": args.le.temperature_K + le.HOT_OFFSET_K,
+              "title": f"{args.molecule} [{args.variant}]: from-scratch training on the run's data vs random "
+                       f"frames ({args.members} members); MLFF MD stability",
+              "compute_seconds": {"data_quality": sum(r["seconds"] for r in sets.values()),
+                                  "stability": sum(r["training_seconds"] + r["seconds"] for r in stability[1:])},
+              "wall_time_s_this_invocation": time.perf_counter() - started}
+    args.le.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.le.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1))
+    png = args.le.out_dir / f"{NAME}_{args.tag}.png"
+    plot(report, png)
+    le.FIGS.mkdir(exist_ok=True)
+    shutil.copy(png, le.FIGS / png.name)
+    print(json.dumps(report["data_quality"]["verdict"], indent=1), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,14 +1,15 @@
 """Controls of issue #15's two open targets on a finished run of bench_learning_efficiency: (1) data quality:
 test force MAE against training epochs for ensembles trained from scratch on the run's final datasets and on
-1x, 2x (optionally 4x) as many random reference-MD pool frames, trained until the benchmark's convergence stops
+1x, 2x and 4x as many random reference-MD pool frames, trained until the benchmark's convergence stops
 them (same trainer, hyperparameters and patience; a larger epoch cap); (2) baseline stability: baseline
 ensembles trained exactly as bench_learning_efficiency.baseline (seed 0) run its 20 ps MLFF MD at T + 200 K.
 
-    .venv/bin/python scripts/bench_data_quality.py                     # ethanol nms_shared: ~52 + 39 min
+    .venv/bin/python scripts/bench_data_quality.py                     # ethanol nms_shared: ~70 + 39 min
     .venv/bin/python scripts/bench_data_quality.py --molecule H2O --variant nms_shared_acc0
 
-The ethanol times are on one core of 2 shared ones: data quality (125, 125 and 250 frames, 2 members, 300
-epochs / 150 epochs at 250 frames) ~52 min; stability (baselines N = 100, 125, 500) ~39 min.
+The ethanol times are on one core of 2 shared ones: data quality (125, 125, 250 and 500 frames, 2 members, 300
+epochs, 150 at 250 frames and 75 at 500: equal structure-epochs) ~70 min; stability (baselines N = 100, 125,
+500) ~39 min.
 
 Writes scripts/results/data_quality_<tag>.{json,png} and copies the png to readme_figs/. Finished stages are
 kept in WORK_ROOT/data_quality_<tag>_stages.json, so a rerun only does what is missing.
@@ -180,7 +181,7 @@ def parse_args(argv=None):
     parser.add_argument("--molecule", default="CH3CH2OH")
     parser.add_argument("--variant", default="nms_shared", help="the bench_learning_efficiency run's variant")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: the benchmark's for molecule/variant)")
-    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2],
+    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4],
                         help="random sets of these multiples of the run's label count")
     parser.add_argument("--members", type=int, default=le.ENSEMBLE_SIZE, help="members per ensemble (data quality)")
     parser.add_argument("--max-epochs", type=int, default=300, help="epoch cap of the data-quality training")

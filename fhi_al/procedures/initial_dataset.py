@@ -1,6 +1,7 @@
 """The initial dataset: sample structures (MD on the reference, on a foundation model or on xTB, or normal
-modes), label them, give every ensemble member its own training and validation frames, and train with warm start
-until the ensemble's validation force MAE is below lambda x desired_acc or max_initial_epochs is reached.
+modes), label them, give the members their training and validation frames (shared by all, or each its own:
+initial_member_data), and train with warm start until the ensemble's validation force MAE is below
+lambda x desired_acc or max_initial_epochs is reached.
 
 Several systems: one sampler per system (MISC.path_to_geometry), asked for frames in turn (round robin), so
 every round samples every system when it has at least as many labels as there are systems; the pending

@@ -84,6 +84,7 @@ REFERENCE_OPTIONS = {"xtb": {"method": "GFN2-xTB"}, "pyscf": {}}
 # The full baseline budget was 6000 structure-epochs per member until scripts/bench_data_quality.py showed that it
 # stopped every N >= 100 baseline far from convergence (125 random frames: 38 meV/Å after 48 epochs, 20.8 after
 # 300); 37,500 is the budget of that control (300 epochs at 125 frames, 75 at 500).
+TABLE_STRUCTURE_EPOCHS = 6000  # the budget of the README's learning-efficiency table (its caches have no suffix)
 FULL = dict(test_frames=300, baseline_sizes=[25, 50, 100, 200, 500], seeds=2, epochs=300, patience=20,
             structure_epochs=37500, min_epochs=20,
             al={"max_MD_steps": 2000, "max_set_size": 100, "max_final_epochs": 100, "patience": 20})
@@ -307,7 +308,7 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
     """Ensembles of ENSEMBLE_SIZE members converged on N random pool frames (90/10), evaluated on the test set."""
     config = run_config(run_dir, keep_checkpoints=False)
     cache = baseline_cache(args)
-    done = {(r["n_labels"], r["seed"]): r for r in (json.loads(cache.read_text()) if cache.is_file() else [])}
+    done = {(r["n_labels"], r["seed"]): r for r in read_baseline_cache(args)}
     rows = []
     for seed in range(args.seeds):
         for n in args.baseline_sizes:
@@ -327,7 +328,7 @@ def baseline(args, run_dir: Path, pool: list, test: list) -> list[dict]:
             shutil.rmtree(work, ignore_errors=True)
             done[(n, seed)] = rows[-1]
             cache.parent.mkdir(parents=True, exist_ok=True)
-            merged = {(r["n_labels"], r["seed"]): r for r in (json.loads(cache.read_text()) if cache.is_file() else [])}
+            merged = {(r["n_labels"], r["seed"]): r for r in read_baseline_cache(args)}
             merged.update(done)  # other invocations may fill other sizes of the same cache
             cache.write_text(json.dumps(list(merged.values()), indent=1))
     return rows
@@ -357,9 +358,11 @@ def baseline_members(args, trainer: Trainer, pool: list, n_labels: int, seed: in
     return members
 
 
-def baseline_epochs(args, n_labels: int) -> int:
-    """Most epochs of a member trained from scratch on n_labels structures (the baseline's budget)."""
-    return min(args.epochs, max(args.config["min_epochs"], math.ceil(args.config["structure_epochs"] / n_labels)))
+def baseline_epochs(args, n_labels: int, *, structure_epochs: int | None = None) -> int:
+    """Most epochs of a member trained from scratch on n_labels structures (the baseline's budget, or the one of
+    `structure_epochs` structure-epochs per member)."""
+    budget = args.config["structure_epochs"] if structure_epochs is None else structure_epochs
+    return min(args.epochs, max(args.config["min_epochs"], math.ceil(budget / n_labels)))
 
 
 def retrained_on_run_data(args, run_dir: Path, test: list) -> dict:
@@ -400,8 +403,14 @@ def run_member_sets(run_dir: Path) -> list[tuple[int, list, list]]:
 
 def baseline_cache(args) -> Path:
     budget = args.config["structure_epochs"]
-    suffix = "" if budget == 6000 else f"_se{budget}"  # 6000: the caches measured before the budget changed
+    suffix = "" if budget == TABLE_STRUCTURE_EPOCHS else f"_se{budget}"
     return args.out_dir / f"{NAME}_baseline_{args.base_tag}_min{args.config['min_epochs']}ep{suffix}.json"
+
+
+def read_baseline_cache(args) -> list[dict]:
+    """The baseline rows cached so far for this molecule/reference/T and budget ([] before the first)."""
+    cache = baseline_cache(args)
+    return json.loads(cache.read_text()) if cache.is_file() else []
 
 
 def wait_for_baseline(args) -> list[dict]:
@@ -409,7 +418,7 @@ def wait_for_baseline(args) -> list[dict]:
     cache = baseline_cache(args)
     wanted = {(n, seed) for n in args.baseline_sizes for seed in range(args.seeds)}
     while True:
-        rows = json.loads(cache.read_text()) if cache.is_file() else []
+        rows = read_baseline_cache(args)
         if wanted <= {(r["n_labels"], r["seed"]) for r in rows}:
             return [r for r in rows if (r["n_labels"], r["seed"]) in wanted]
         time.sleep(POLL_S)

@@ -415,7 +415,6 @@ def read_baseline_cache(args) -> list[dict]:
 
 def wait_for_baseline(args) -> list[dict]:
     """The baseline rows another invocation (same molecule/reference/T) writes to its cache, once complete."""
-    cache = baseline_cache(args)
     wanted = {(n, seed) for n in args.baseline_sizes for seed in range(args.seeds)}
     while True:
         rows = read_baseline_cache(args)

@@ -246,12 +246,7 @@ def main(argv=None) -> int:
               "compute_seconds": {"data_quality": sum(r["seconds"] for r in sets.values()),
                                   "stability": sum(r["training_seconds"] + r["seconds"] for r in stability[1:])},
               "wall_time_s_this_invocation": time.perf_counter() - started}
-    args.le.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.le.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1))
-    png = args.le.out_dir / f"{NAME}_{args.tag}.png"
-    plot(report, png)
-    le.FIGS.mkdir(exist_ok=True)
-    shutil.copy(png, le.FIGS / png.name)
+    le.publish(args.le.out_dir, f"{NAME}_{args.tag}", report, lambda png: plot(report, png))
     print(json.dumps(report["data_quality"]["verdict"], indent=1), flush=True)
     return 0
 

@@ -208,6 +208,9 @@ def prepare_run(args, atoms0, run_dir: Path) -> None:
     mace_settings = yaml.safe_load((EXAMPLE / "mace_settings.yaml").read_text())
     al_settings = yaml.safe_load((EXAMPLE / "active_learning_settings.yaml").read_text())
     mace_settings["GENERAL"]["name_exp"] = args.molecule.lower()
+    if args.run_seed is not None:  # another draw of the whole run: member seeds and MD noise
+        mace_settings["GENERAL"]["seed"] = args.run_seed
+        al_settings["MD"]["seed"] = args.run_seed
     mace_settings.setdefault("MISC", {})["keep_checkpoints"] = True
     al = al_settings["ACTIVE_LEARNING"]
     al.update(args.config["al"])
@@ -680,6 +683,17 @@ def plot(base: list[dict], curve: list[dict], path: Path, retrained: dict | None
 
 
 # ------------------------------------------------------------------------------------------ main
+def publish(out_dir: Path, stem: str, report: dict, draw) -> None:
+    """A benchmark's results: out_dir/stem.json, out_dir/stem.png drawn by `draw(path)`, and the png copied to
+    readme_figs/."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
+    png = out_dir / f"{stem}.png"
+    draw(png)
+    FIGS.mkdir(exist_ok=True)
+    shutil.copy(png, FIGS / png.name)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--molecule", default="CH3CH2OH", help="ase.build.molecule name")
@@ -707,6 +721,8 @@ def parse_args(argv=None):
                         "for all); the test set and the stability MD stay at T and T + 200 K")
     parser.add_argument("--stability-ps", type=float, default=STABILITY_PS,
                         help="ps of MLFF MD at T + 200 K with the final ensemble (0 = skip)")
+    parser.add_argument("--run-seed", type=int, help="GENERAL.seed and MD.seed of the run (default: the quick "
+                        "example's 42); give a --variant too")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.config = dict(QUICK if args.quick else FULL)
@@ -767,16 +783,12 @@ def main(argv=None) -> int:
               "fhi_al_data_retrained": retrained,
               "baseline": base, "fhi_al": curve, "run_dir": str(run_dir),
               "wall_time_s": time.perf_counter() - started}
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{NAME}_{args.tag}.json").write_text(json.dumps(report, indent=1, default=str))
-    png = args.out_dir / f"{NAME}_{args.tag}.png"
-    plot(base, curve, png, retrained, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
-         f"{args.temperature_K + HOT_OFFSET_K:g} K, AL MD at "
-         f"{'/'.join(f'{t:g}' for t in md_temperatures_K(run_dir))} K, "
-         f"ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""),
-         stride=stride, decorrelation=decorrelation)
-    FIGS.mkdir(exist_ok=True)
-    shutil.copy(png, FIGS / png.name)
+    publish(args.out_dir, f"{NAME}_{args.tag}", report, lambda png: plot(
+        base, curve, png, retrained, f"{args.molecule} ({args.reference}), test MD at {args.temperature_K:g} and "
+        f"{args.temperature_K + HOT_OFFSET_K:g} K, AL MD at "
+        f"{'/'.join(f'{t:g}' for t in md_temperatures_K(run_dir))} K, "
+        f"ensembles of {ENSEMBLE_SIZE}" + (f" [{args.variant}]" if args.variant else ""),
+        stride=stride, decorrelation=decorrelation))
     print(json.dumps({k: report[k] for k in ("efficiency_calls", "efficiency_forces", "calibration_analysis",
                                              "stability_fhi_al")},
                      indent=1), flush=True)

@@ -294,12 +294,7 @@ def main(argv=None) -> int:
     if set(args.strategies) != set(STRATEGIES):
         return 0
     summary = report(args, results, reference, initial_n, test, pool)
-    le.RESULTS.mkdir(parents=True, exist_ok=True)
-    (le.RESULTS / f"{NAME}_{args.tag}.json").write_text(json.dumps(summary, indent=1))
-    png = le.RESULTS / f"{NAME}_{args.tag}.png"
-    plot(summary, png)
-    le.FIGS.mkdir(exist_ok=True)
-    shutil.copy(png, le.FIGS / png.name)
+    le.publish(le.RESULTS, f"{NAME}_{args.tag}", summary, lambda png: plot(summary, png))
     print(json.dumps({k: {"forces_meV_per_A": 1e3 * v["forces_mae"], "ratio": v["ratio"]}
                       for k, v in summary["strategies"].items()}, indent=1), flush=True)
     return 0

@@ -45,7 +45,7 @@ from fhi_al.training.engine import Trainer, member_tag  # noqa: E402
 
 NAME = "selection"
 STRATEGIES = ("random", "diverse", "uncertainty", "oracle")
-LABELS = {"random": "random", "diverse": "diverse (farthest point)", "uncertainty": "uncertainty (pool, batches)",
+LABELS = {"random": "random picks", "diverse": "diverse (farthest point)", "uncertainty": "uncertainty (pool, batches)",
           "oracle": "true error (oracle)"}
 VALID_EVERY = 5  # every 5th pick is a validation frame: the run's valid_ratio 0.2
 SELECTION_SEED = 0
@@ -227,15 +227,20 @@ def plot(summary: dict, path: Path) -> None:
                      color=f"C{index}", alpha=1.0 - 0.4 * k, label=f"{t} K test half" if index == 0 else None)
         left.bar(index + 0.27, 1e3 * row["forces_mae"], width=0.27, color="k", alpha=0.75,
                  label="all test frames" if index == 0 else None)
-        left.text(index, 1e3 * row["forces_mae"] * 1.25, f"≈ {row['equivalent_random_labels']:.0f} random\n"
-                  f"({row['ratio']:.2f}×)", ha="center", fontsize=7)
+        top = 1e3 * max(row["forces_mae_by_test_temperature_K"].values())
+        mark = "*" if row["extrapolated"] else ""
+        left.text(index, top * 1.04, f"≈ {row['equivalent_random_labels']:.0f}{mark} random\n({row['ratio']:.2f}×)",
+                  ha="center", va="bottom", fontsize=7)
     for n, mae in summary["random_pure_pool"].items():
         left.axhline(1e3 * mae, color="grey", ls=":", lw=1)
-        left.text(len(rows) - 0.5, 1e3 * mae, f"{n} random", fontsize=7, va="bottom", ha="right", color="grey")
-    left.set_xticks(range(len(rows)), [f"{name}\n{row['n_labels']} labels" for name, row in rows.items()], fontsize=7)
+        left.text(len(rows) - 0.45, 1e3 * mae, f"{n} random", fontsize=7, va="bottom", ha="right", color="grey")
+    left.set_ylim(0, 1.3e3 * max(max(r["forces_mae_by_test_temperature_K"].values()) for r in rows.values()))
+    left.set_xticks(range(len(rows)), [f"{name.replace(' (', chr(10) + '(')}\n{row['n_labels']} labels"
+                                       for name, row in rows.items()], fontsize=7)
     left.set_ylabel("test force MAE, trained from scratch (meV/Å)")
     left.legend(fontsize=7, loc="upper left")
-    left.set_title("same label count; 'random' = equivalent random pool frames", fontsize=9)
+    left.set_title("same label count; ≈ N random: pool frames of the same error (* extrapolated below 125)",
+                   fontsize=9)
     energies = summary["energy_meV_per_atom_above_lowest_test_frame"]
     bins = np.linspace(np.percentile(energies["test"], 1), np.percentile(energies["test"], 99.5), 30)
     right.hist(energies["test"], bins=bins, density=True, histtype="stepfilled", color="0.85", label="test set")
@@ -247,8 +252,8 @@ def plot(summary: dict, path: Path) -> None:
     right.set_ylabel("density")
     right.legend(fontsize=7)
     right.set_title("where each strategy's picks lie", fontsize=9)
-    fig.suptitle(f"{summary['molecule']}: choosing {summary['strategies']['random']['n_labels'] - summary['initial_labels']}"
-                 f" of {summary['pool_frames']} pool frames after {summary['initial_labels']} initial labels "
+    picked = summary["strategies"][LABELS["random"]]["n_labels"] - summary["initial_labels"]
+    fig.suptitle(f"{summary['molecule']}: choosing {picked} of {summary['pool_frames']} pool frames after {summary['initial_labels']} initial labels "
                  f"({summary['members']} members, from scratch)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -17,7 +17,6 @@ kept in WORK_ROOT/data_quality_<tag>_stages.json, so a rerun only does what is m
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -176,9 +175,7 @@ def plot(report: dict, path: Path) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--molecule", default="CH3CH2OH")
-    parser.add_argument("--variant", default="nms_shared", help="the bench_learning_efficiency run's variant")
+    parser = le.control_parser(__doc__)
     parser.add_argument("--run-dir", type=Path, help="run folder (default: the benchmark's for molecule/variant)")
     parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4],
                         help="random sets of these multiples of the run's label count")

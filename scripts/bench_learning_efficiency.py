@@ -694,6 +694,14 @@ def publish(out_dir: Path, stem: str, report: dict, draw) -> None:
     shutil.copy(png, FIGS / png.name)
 
 
+def control_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a control script that works on a finished run of this benchmark: --molecule, --variant."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--molecule", default="CH3CH2OH")
+    parser.add_argument("--variant", default="nms_shared", help="the bench_learning_efficiency run's variant")
+    return parser
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--molecule", default="CH3CH2OH", help="ase.build.molecule name")

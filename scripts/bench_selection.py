@@ -25,7 +25,6 @@ WORK_ROOT/selection_<tag>_<strategy>.json, so a rerun only does what is missing.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import shutil
@@ -253,17 +252,16 @@ def plot(summary: dict, path: Path) -> None:
     right.legend(fontsize=7)
     right.set_title("where each strategy's picks lie", fontsize=9)
     picked = summary["strategies"][LABELS["random"]]["n_labels"] - summary["initial_labels"]
-    fig.suptitle(f"{summary['molecule']}: choosing {picked} of {summary['pool_frames']} pool frames after {summary['initial_labels']} initial labels "
-                 f"({summary['members']} members, from scratch)", fontsize=10)
+    fig.suptitle(f"{summary['molecule']}: choosing {picked} of {summary['pool_frames']} pool frames after "
+                 f"{summary['initial_labels']} initial labels ({summary['members']} members, from scratch)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--molecule", default="CH3CH2OH")
-    parser.add_argument("--variant", default="nms_shared", help="the bench_learning_efficiency run's variant")
+    parser = le.control_parser(__doc__)
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--members", type=int, default=le.ENSEMBLE_SIZE)
     parser.add_argument("--max-epochs", type=int, default=300, help="epoch cap of the final training")

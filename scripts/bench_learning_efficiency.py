@@ -273,19 +273,24 @@ def start_run(run_dir: Path):
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+def predictions(ensemble: Ensemble, frames: list):
+    """(frame, ensemble results) of every frame, predicted EVAL_CHUNK frames at a time."""
+    for start in range(0, len(frames), EVAL_CHUNK):
+        chunk = frames[start:start + EVAL_CHUNK]
+        yield from zip(chunk, ensemble.predict(chunk))
+
+
 def ensemble_errors(ensemble: Ensemble, frames: list) -> dict:
     """Test-set MAE of the ensemble mean: forces per component (eV/Å; also per test-MD temperature), energy per
     atom (eV/atom)."""
     force_err, energy_err, spread, true_max, temperature_K = [], [], [], [], []
-    for start in range(0, len(frames), EVAL_CHUNK):
-        chunk = frames[start:start + EVAL_CHUNK]
-        for atoms, res in zip(chunk, ensemble.predict(chunk)):
-            delta = res["forces"] - atoms.arrays["REF_forces"]
-            force_err.append(np.abs(delta).ravel())
-            temperature_K.append(atoms.info.get("temperature_K"))
-            energy_err.append(abs(res["energy"] - atoms.info["REF_energy"]) / len(atoms))
-            spread.append(res["forces_uncertainty_max"])
-            true_max.append(float(np.linalg.norm(delta, axis=1).max()))
+    for atoms, res in predictions(ensemble, frames):
+        delta = res["forces"] - atoms.arrays["REF_forces"]
+        force_err.append(np.abs(delta).ravel())
+        temperature_K.append(atoms.info.get("temperature_K"))
+        energy_err.append(abs(res["energy"] - atoms.info["REF_energy"]) / len(atoms))
+        spread.append(res["forces_uncertainty_max"])
+        true_max.append(float(np.linalg.norm(delta, axis=1).max()))
     by_temperature = {f"{t:g}": float(np.concatenate([e for e, t_e in zip(force_err, temperature_K) if t_e == t])
                                       .mean()) for t in sorted({t for t in temperature_K if t is not None})}
     return {"forces_mae": float(np.concatenate(force_err).mean()), "energy_mae_per_atom": float(np.mean(energy_err)),

@@ -102,14 +102,12 @@ def ensemble_on(args, config, train: list, valid: list, work: Path) -> list:
 def scores(members: list, frames: list, kind: str) -> np.ndarray:
     """Per frame: the ensemble's largest per-atom force spread ('uncertainty') or its true largest per-atom
     force error ('oracle'), eV/Å."""
-    ensemble, out = Ensemble.from_members(members), []
-    for start in range(0, len(frames), le.EVAL_CHUNK):
-        chunk = frames[start:start + le.EVAL_CHUNK]
-        for atoms, res in zip(chunk, ensemble.predict(chunk)):
-            if kind == "uncertainty":
-                out.append(res["forces_uncertainty_max"])
-            else:
-                out.append(float(np.linalg.norm(res["forces"] - atoms.arrays["REF_forces"], axis=1).max()))
+    out = []
+    for atoms, res in le.predictions(Ensemble.from_members(members), frames):
+        if kind == "uncertainty":
+            out.append(res["forces_uncertainty_max"])
+        else:
+            out.append(float(np.linalg.norm(res["forces"] - atoms.arrays["REF_forces"], axis=1).max()))
     return np.array(out)
 
 
@@ -129,9 +127,9 @@ def batched_selection(args, config, initial: tuple[list, list], pool: list, coun
         print(f"{kind}: round at {rounds[-1]['labels']} labels, picked mean score "
               f"{rounds[-1]['score_eV_per_A_picked_mean']:.3f} eV/Å (pool median "
               f"{rounds[-1]['score_eV_per_A_pool_median']:.3f})", flush=True)
-        chosen = [remaining[k] for k in order]
-        picks += chosen
-        remaining = [i for i in remaining if i not in set(chosen)]
+        chosen = {remaining[k] for k in order}
+        picks += [remaining[k] for k in order]
+        remaining = [i for i in remaining if i not in chosen]
     return {"picks": picks, "rounds": rounds}
 
 

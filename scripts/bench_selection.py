@@ -15,9 +15,11 @@ Each final set (initial labels + picks, picks split 80/20 as the run's valid_rat
 bench_data_quality's protocol (2 members, at most 300 epochs and 37,500 structure-epochs per member) and compared
 with fhi_al's own labels and 1x/2x/4x random frames from that script's stages (run it first).
 
-    .venv/bin/python scripts/bench_selection.py                                # all four: ~95 min on one core
+    .venv/bin/python scripts/bench_selection.py                                # all four in one process
     .venv/bin/python scripts/bench_selection.py --strategies random diverse &  # or split over 2 cores,
     .venv/bin/python scripts/bench_selection.py --strategies uncertainty oracle  # then once more to report
+
+Split over 2 cores that also ran up to three other jobs, the four strategies took 87 min of wall time (ethanol).
 
 Writes scripts/results/selection_<tag>.{json,png} (png also to readme_figs/). Finished strategies are kept in
 WORK_ROOT/selection_<tag>_<strategy>.json, so a rerun only does what is missing.

@@ -27,15 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_learning_efficiency as le  # noqa: E402  (sets the thread and plotting environment first)
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from ase.build import molecule as ase_molecule  # noqa: E402
 
 from fhi_al.ensemble import Ensemble  # noqa: E402
 from fhi_al.training import stopping  # noqa: E402
 from fhi_al.training.engine import Trainer, member_tag  # noqa: E402
 
 NAME = "data_quality"
-CONVERGENCE_MARGIN = 0.002  # relative improvement that resets the patience (as in the benchmark's converge calls)
 RUN_LABEL = "fhi_al final data"
 
 
@@ -69,7 +66,7 @@ def traced_convergence(args, config, member_sets: list, test: list, work: Path) 
     started, members = time.perf_counter(), []
     for seed, train, valid in member_sets:
         member = trainer.create_member(member_tag("dq", seed), seed, train, valid)
-        trainer.converge(member, max_epochs, args.le.config["patience"], CONVERGENCE_MARGIN)
+        trainer.converge(member, max_epochs, args.le.config["patience"], le.CONVERGENCE_MARGIN)
         members.append(member)
     kept = [stopping.snapshot(member) for member in members]
     curve = []
@@ -188,20 +185,13 @@ def parse_args(argv=None):
                         help="baseline N whose ensembles run the stability MD (default: 100, 500 and the run's "
                         "label count; none: skip)")
     parser.add_argument("--stability-ps", type=float, default=le.STABILITY_PS)
-    args = parser.parse_args(argv)
-    args.le = le.parse_args(["--molecule", args.molecule, "--variant", args.variant])
-    args.tag = args.le.tag
-    args.run_dir = args.run_dir or le.WORK_ROOT / f"run_{args.tag}"
-    return args
+    return le.control_args(parser, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
     started = time.perf_counter()
-    atoms0 = ase_molecule(args.molecule)
-    test, pool = le.test_set(args.le, atoms0), le.pool_set(args.le, atoms0)
-    config = le.run_config(args.run_dir, keep_checkpoints=False)
+    atoms0, test, pool, config = le.control_inputs(args)
     stage_path = le.WORK_ROOT / f"{NAME}_{args.tag}_stages.json"
     stages = json.loads(stage_path.read_text()) if stage_path.is_file() else {}
     run_sets = le.run_member_sets(args.run_dir)[: args.members]
@@ -227,7 +217,7 @@ def main(argv=None) -> int:
         stability.append({"label": f"baseline N={n}", **result})
     report = {"molecule": args.molecule, "run_dir": str(args.run_dir), "variant": args.variant,
               "n_test_frames": len(test), "members": args.members,
-              "protocol": {"patience": args.le.config["patience"], "margin": CONVERGENCE_MARGIN,
+              "protocol": {"patience": args.le.config["patience"], "margin": le.CONVERGENCE_MARGIN,
                            "max_epochs": args.max_epochs, "structure_epochs": args.structure_epochs,
                            "eval_every": args.eval_every, "random_split": "90/10 of pool seed 0 (as the baseline)",
                            "baseline_budget": {k: args.le.config[k] for k in ("structure_epochs", "min_epochs")},

@@ -75,6 +75,7 @@ STABILITY_CHECK_STEPS = 20
 TEST_SEED, POOL_SEED, STABILITY_SEED = 1001, 2002, 3003
 VALID_FRACTION = 0.1  # baseline train/valid split (90/10)
 ENSEMBLE_SIZE = 2
+CONVERGENCE_MARGIN = 0.002  # relative validation improvement that resets the patience of a from-scratch training
 POLL_S = 5.0
 EVAL_CHUNK = 50  # test frames per batched ensemble prediction
 MAX_CHECKPOINT_POINTS = 30  # fhi_al checkpoints evaluated (log-spaced in labels, always the last)
@@ -361,7 +362,8 @@ def baseline_members(args, trainer: Trainer, pool: list, n_labels: int, seed: in
     members = []
     for member_seed in baseline_member_seeds(seed):
         member = trainer.create_member(member_tag("baseline", member_seed), member_seed, train, valid)
-        trainer.converge(member, baseline_epochs(args, n_labels), args.config["patience"], 0.002)
+        trainer.converge(member, baseline_epochs(args, n_labels), args.config["patience"],
+                         CONVERGENCE_MARGIN)
         members.append(member)
     return members
 
@@ -384,7 +386,8 @@ def retrained_on_run_data(args, run_dir: Path, test: list) -> dict:
     started = time.perf_counter()
     for seed, train, valid in run_member_sets(run_dir):
         member = trainer.create_member(member_tag("retrained", seed), seed, train, valid)
-        trainer.converge(member, baseline_epochs(args, len(train) + len(valid)), args.config["patience"], 0.002)
+        trainer.converge(member, baseline_epochs(args, len(train) + len(valid)), args.config["patience"],
+                         CONVERGENCE_MARGIN)
         members.append(member)
         sizes.append({"train": len(train), "valid": len(valid), "epochs": member.epoch})
     errors = ensemble_errors(Ensemble.from_members(members), test)
@@ -705,6 +708,24 @@ def control_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--molecule", default="CH3CH2OH")
     parser.add_argument("--variant", default="nms_shared", help="the bench_learning_efficiency run's variant")
     return parser
+
+
+def control_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """A control script's arguments, with the benchmark's own (args.le), its tag and the run folder (--run-dir
+    when the parser has it, else the benchmark's for molecule/variant)."""
+    args = parser.parse_args(argv)
+    args.le = parse_args(["--molecule", args.molecule, "--variant", args.variant])
+    args.tag = args.le.tag
+    args.run_dir = getattr(args, "run_dir", None) or WORK_ROOT / f"run_{args.tag}"
+    return args
+
+
+def control_inputs(args) -> tuple:
+    """(atoms0, test frames, pool frames, training config of the run) of a control script, on one thread."""
+    torch.set_num_threads(1)
+    atoms0 = ase_molecule(args.molecule)
+    return atoms0, test_set(args.le, atoms0), pool_set(args.le, atoms0), run_config(args.run_dir,
+                                                                                   keep_checkpoints=False)
 
 
 def parse_args(argv=None):

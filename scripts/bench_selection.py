@@ -38,8 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data_quality as dq  # noqa: E402
 import bench_learning_efficiency as le  # noqa: E402  (sets the thread and plotting environment first)
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from ase.build import molecule as ase_molecule  # noqa: E402
 
 from fhi_al.ensemble import Ensemble  # noqa: E402
 from fhi_al.training.engine import Trainer, member_tag  # noqa: E402
@@ -96,7 +94,7 @@ def ensemble_on(args, config, train: list, valid: list, work: Path) -> list:
     members = []
     for seed in le.baseline_member_seeds(SELECTION_SEED, args.members):
         member = trainer.create_member(member_tag("select", seed), seed, train, valid)
-        trainer.converge(member, max_epochs, args.le.config["patience"], dq.CONVERGENCE_MARGIN)
+        trainer.converge(member, max_epochs, args.le.config["patience"], le.CONVERGENCE_MARGIN)
         members.append(member)
     return members
 
@@ -271,10 +269,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=25, help="frames per round of the pool-based loops")
     parser.add_argument("--round-epochs", type=int, default=100, help="epoch cap of a selection round's training")
     parser.add_argument("--round-structure-epochs", type=int, default=7500)
-    args = parser.parse_args(argv)
-    args.le = le.parse_args(["--molecule", args.molecule, "--variant", args.variant])
-    args.tag = args.le.tag
-    args.run_dir = le.WORK_ROOT / f"run_{args.tag}"
+    args = le.control_args(parser, argv)
     args.budget = f"m{args.members}_e{args.max_epochs}_se{args.structure_epochs}_every{args.eval_every}"
     return args
 
@@ -284,10 +279,7 @@ def main(argv=None) -> int:
     from fhi_al.procedures.common import INITIAL_STAGE, SHARED_TAG, TRAIN, VALID, dataset_name
 
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    atoms0 = ase_molecule(args.molecule)
-    test, pool = le.test_set(args.le, atoms0), le.pool_set(args.le, atoms0)
-    config = le.run_config(args.run_dir, keep_checkpoints=False)
+    _, test, pool, config = le.control_inputs(args)
     reference = references(args)
     store = DatasetStore(args.run_dir / "data")
     initial = tuple(store.read(dataset_name(INITIAL_STAGE.prefix, split, SHARED_TAG)) for split in (TRAIN, VALID))

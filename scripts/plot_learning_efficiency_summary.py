@@ -1,8 +1,16 @@
-"""Summary of every learning-efficiency run in scripts/results/ (one bar per molecule / configuration / variant):
-how many random reference-MD labels the baseline needs for fhi_al's final force error, divided by the labels
-fhi_al used (> 1: active learning needed fewer), the same ratio for fhi_al's final data retrained from scratch,
-and the uncertainty calibration of analysis mode. Writes scripts/results/learning_efficiency_summary.{json,png}
-and copies the plot to readme_figs/.
+"""Summary of the full learning-efficiency runs in scripts/results/, each measured against the converged
+random-frame baselines of its molecule (37,500 structure-epochs per member, the benchmark's current budget).
+
+For every run: the reference calls random reference-MD frames need for the error fhi_al's delivered ensemble
+reached, divided by the calls fhi_al paid (target >= 20x), the same for fhi_al's final data retrained from
+scratch at the baselines' budget, the retrained data's worth in random frames per label (target >= 2x), and
+the uncertainty calibration of analysis mode (target >= 0.6).
+
+Reports whose baselines were trained with an earlier, smaller budget are placed on the converged baseline of
+their molecule by their delivered error (which does not depend on the baseline); their "retrained" figures were
+trained with that smaller budget and are left out, except where bench_data_quality retrained the same run's data
+with the converged protocol. Quick runs (a different baseline configuration) are left out. Writes
+scripts/results/learning_efficiency_summary.{json,png} and copies the plot to readme_figs/.
 
     .venv/bin/python scripts/plot_learning_efficiency_summary.py
 """
@@ -17,39 +25,76 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_learning_efficiency import baseline_means, equivalent_baseline_labels  # noqa: E402
+from bench_learning_efficiency import FULL, baseline_means, equivalent_baseline_labels  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "scripts" / "results"
 FIGS = REPO / "readme_figs"
 NAME = "learning_efficiency_summary"
-TARGET_RATIO, TARGET_SPEARMAN = 5.0, 0.6
+TARGET_CALL_RATIO, TARGET_DATA_RATIO, TARGET_SPEARMAN = 20.0, 2.0, 0.6
+BUDGET = FULL["structure_epochs"]
+CALL_AXIS, DATA_AXIS = (1.0, 60.0), (0.2, 3.0)  # ratios below an axis' start are drawn at its edge, with their value
+
+
+def converged_baseline(molecule: str, reference: str, temperature_K: float) -> list[dict] | None:
+    """Seed-0 rows of the molecule's converged baseline cache, or None when it has not been trained."""
+    path = (RESULTS / f"learning_efficiency_baseline_{molecule}_{reference}_{temperature_K:g}K_"
+                      f"min{FULL['min_epochs']}ep_se{BUDGET}.json")
+    if not path.is_file():
+        return None
+    return [r for r in json.loads(path.read_text()) if r["seed"] == 0]
+
+
+def retrained_by_control(report: dict) -> float | None:
+    """The run's data retrained by bench_data_quality (same protocol as the converged baselines), if done."""
+    path = RESULTS / f"data_quality_{report['molecule']}_{report['reference']}_{report['temperature_K']:g}K_" \
+                     f"{report['variant']}.json"
+    if not path.is_file():
+        return None
+    control = json.loads(path.read_text())
+    if control["protocol"]["structure_epochs"] != BUDGET:
+        return None
+    return control["data_quality"]["sets"]["fhi_al final data"]["kept_weights"]["forces_mae"]
+
+
+def calls_to_reach(curve: list[dict], mae: float) -> int | None:
+    return next((row["reference_calls"] for row in curve if row["forces_mae"] <= mae), None)
 
 
 def row_of(path: Path) -> dict | None:
     report = json.loads(path.read_text())
-    if not isinstance(report, dict) or "efficiency_forces" not in report:
+    if not isinstance(report, dict) or "efficiency_calls" not in report or report["quick"]:
         return None
-    eff = report["efficiency_forces"]
-    label = f"{report['molecule']} {'quick' if report['quick'] else 'full'}"
-    label += f" [{report['variant']}]" if report.get("variant") else ""
-    label += f" (N={eff['baseline_largest_n']} reached)" if eff["ratio"] else ""
-    row = {"run": label, "file": path.name, "labels": eff["fhi_al_final_labels"],
-           "forces_mae_meV_per_A": 1e3 * eff["fhi_al_final_mae"],
-           # N_max / labels at which fhi_al reached the largest baseline if it did; else the labels the baseline
-           # needs for fhi_al's final error (interpolated) / fhi_al's labels
-           "ratio_forces": eff["ratio"] or eff["equivalent_ratio"],
-           "reached_largest_baseline": eff["ratio"] is not None,
-           "ratio_energy": report["efficiency_energy"]["equivalent_ratio"],
-           "spearman": report["calibration_analysis"].get("spearman_max_error"),
-           "baseline_sizes": sorted({r["n_labels"] for r in report["baseline"]}),
-           "seeds": len({r["seed"] for r in report["baseline"]}), "test_frames": report["n_test_frames"]}
-    retrained = report.get("fhi_al_data_retrained")
-    if retrained:
-        sizes, means, _ = baseline_means(report["baseline"], "forces_mae")
-        equivalent, _ = equivalent_baseline_labels(sizes, means, retrained["forces_mae"])
-        row.update(retrained_forces_mae_meV_per_A=1e3 * retrained["forces_mae"],
-                   ratio_forces_retrained=equivalent / max(retrained["n_labels"], 1))
+    base = converged_baseline(report["molecule"], report["reference"], report["temperature_K"])
+    if base is None:
+        return None
+    sizes, maes, _ = baseline_means(base, "forces_mae")
+    calls = report["efficiency_calls"]
+    stride = calls["baseline_stride_steps"]
+    labels = report["efficiency_forces"]["fhi_al_final_labels"]
+    delivered = calls["fhi_al_final_mae"]
+    equivalent, extrapolated = equivalent_baseline_labels(sizes, maes, delivered)
+    reached = calls_to_reach(report["fhi_al"], float(maes[-1]))
+    row = {"run": f"{report['molecule']} [{report.get('variant') or 'default'}]", "file": path.name,
+           "labels": labels, "reference_calls": calls["fhi_al_final_calls"], "stride_steps": stride,
+           "baseline_sizes": sizes.tolist(), "baseline_forces_mae_meV_per_A": (1e3 * maes).tolist(),
+           "delivered_forces_mae_meV_per_A": 1e3 * delivered,
+           "delivered_random_frames_equivalent": equivalent, "delivered_extrapolated": extrapolated,
+           "call_ratio_delivered": equivalent * stride / calls["fhi_al_final_calls"],
+           "calls_to_largest_baseline_error": reached,
+           "call_ratio_at_largest_baseline": (int(sizes[-1]) * stride / reached) if reached else None,
+           "spearman": report["calibration_analysis"].get("spearman_max_error")}
+    retrained, source = None, None
+    if report["baseline_config"]["structure_epochs"] == BUDGET and report.get("fhi_al_data_retrained"):
+        retrained, source = report["fhi_al_data_retrained"]["forces_mae"], "benchmark"
+    elif (control := retrained_by_control(report)) is not None:
+        retrained, source = control, "bench_data_quality"
+    if retrained is not None:
+        equivalent, extrapolated = equivalent_baseline_labels(sizes, maes, retrained)
+        row.update(retrained_forces_mae_meV_per_A=1e3 * retrained, retrained_by=source,
+                   retrained_random_frames_equivalent=equivalent, retrained_extrapolated=extrapolated,
+                   call_ratio_retrained=equivalent * stride / calls["fhi_al_final_calls"],
+                   data_ratio_retrained=equivalent / labels)
     return row
 
 
@@ -60,49 +105,73 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.45 * len(rows) + 2.2), sharey=True)
+    fig, (calls, data, rank) = plt.subplots(1, 3, figsize=(15, 0.55 * len(rows) + 2.8), sharey=True,
+                                            gridspec_kw={"width_ratios": [1.3, 1, 0.7]})
     y = np.arange(len(rows))
-    left.barh(y + 0.2, [r["ratio_forces"] for r in rows], height=0.4, color="tab:blue",
-              label="fhi_al ensemble as trained (warm start)")
-    left.barh(y - 0.2, [r.get("ratio_forces_retrained", np.nan) for r in rows], height=0.4, color="tab:green",
-              label="fhi_al's data, retrained from scratch")
-    left.axvline(1.0, color="grey", lw=1)
-    left.axvline(TARGET_RATIO, color="tab:red", ls="--", lw=1, label=f"target {TARGET_RATIO:g}×")
-    left.set_xscale("log")
-    left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    left.set_xlabel("random-MD labels for the same force MAE / fhi_al labels\n(runs that reach the largest "
-                    "baseline: its N / labels at which fhi_al reached its error)")
-    left.set_yticks(y, [f"{r['run']}  ({r['labels']} labels, {r['forces_mae_meV_per_A']:.0f} meV/Å)" for r in rows],
-                    fontsize=8)
-    left.legend(fontsize=8, loc="lower right")
-    right.barh(y, [r["spearman"] if r["spearman"] is not None else np.nan for r in rows], color="tab:purple")
-    right.axvline(TARGET_SPEARMAN, color="tab:red", ls="--", lw=1, label=f"target {TARGET_SPEARMAN:g}")
-    right.set_xlim(0, 1)
-    right.set_xlabel("Spearman: uncertainty vs true max force error (analysis mode)")
-    right.legend(fontsize=8, loc="lower right")
-    for axis in (left, right):
+    get = lambda key: [r.get(key) if r.get(key) is not None else np.nan for r in rows]  # noqa: E731
+    calls.barh(y + 0.2, get("call_ratio_delivered"), height=0.4, color="tab:blue", label="delivered ensemble")
+    calls.barh(y - 0.2, get("call_ratio_retrained"), height=0.4, color="tab:green",
+               label="its data retrained from scratch")
+    calls.axvline(TARGET_CALL_RATIO, color="tab:red", ls="--", lw=1, label=f"target {TARGET_CALL_RATIO:g}×")
+    calls.set_xlabel("reference calls of random-frame reference MD for the same test force MAE\n"
+                     "/ reference calls fhi_al paid")
+    data.barh(y, get("data_ratio_retrained"), height=0.5, color="tab:green")
+    data.axvline(1.0, color="grey", lw=1)
+    data.axvline(TARGET_DATA_RATIO, color="tab:red", ls="--", lw=1, label=f"target {TARGET_DATA_RATIO:g}×")
+    data.set_xlabel("random frames of equal error / fhi_al labels\n(data retrained from scratch)")
+    rank.barh(y, get("spearman"), height=0.5, color="tab:purple")
+    rank.axvline(TARGET_SPEARMAN, color="tab:red", ls="--", lw=1, label=f"target {TARGET_SPEARMAN:g}")
+    rank.set_xlim(0, 1)
+    rank.set_xlabel("Spearman: uncertainty vs true\nlargest force error (analysis mode)")
+    calls.set_yticks(y, [f"{r['run']}\n{r['labels']} labels, {r['reference_calls']} calls, "
+                         f"{r['delivered_forces_mae_meV_per_A']:.1f} meV/Å" for r in rows], fontsize=8)
+    for axis in (calls, data):
+        axis.set_xscale("log")
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    calls.set_xlim(*CALL_AXIS)
+    data.set_xlim(*DATA_AXIS)
+    calls.set_xticks([1, 2, 5, 10, 20, 50])
+    data.set_xticks([0.25, 0.5, 1, 2, 3])
+    for axis, keys, offsets in ((calls, ("call_ratio_delivered", "call_ratio_retrained"), (0.2, -0.2)),
+                                (data, ("data_ratio_retrained",), (0.0,)), (rank, ("spearman",), (0.0,))):
+        low = axis.get_xlim()[0]
+        for key, offset in zip(keys, offsets):
+            for i, value in enumerate(get(key)):
+                if not np.isnan(value):
+                    axis.text(max(value, low), i + offset, f" {value:.2f}" if axis is rank else f" {value:.2g}×",
+                              va="center", fontsize=7)
         axis.grid(True, axis="x", which="both", alpha=0.3)
+        axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, frameon=False)
+    fig.suptitle(f"fhi_al against random reference-MD frames, converged baselines ({BUDGET:,} structure-epochs "
+                 "per member)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def main() -> int:
-    rows = [row for path in sorted(RESULTS.glob("learning_efficiency_*.json"))
-            if not path.name.startswith(("learning_efficiency_baseline_", NAME)) for row in [row_of(path)] if row]
+    reports = sorted(p for p in RESULTS.glob("learning_efficiency_*.json")
+                     if not p.name.startswith(("learning_efficiency_baseline_", "learning_efficiency_decorrelation_",
+                                               NAME)))
+    rows = [row for path in reports for row in [row_of(path)] if row]
     if not rows:
-        sys.stderr.write("no learning-efficiency reports in scripts/results/\n")
+        sys.stderr.write("no full learning-efficiency report with a converged baseline in scripts/results/\n")
         return 1
-    rows.sort(key=lambda r: (r["run"].split()[0], "quick" in r["run"], r["run"]))
-    (RESULTS / f"{NAME}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    rows.sort(key=lambda r: (r["run"].split()[0], r["run"]))
+    left_out = sorted({p.name for p in reports} - {r["file"] for r in rows})
+    (RESULTS / f"{NAME}.json").write_text(json.dumps({"baseline_structure_epochs": BUDGET, "runs": rows,
+                                                      "left_out": left_out}, indent=1) + "\n")
     png = RESULTS / f"{NAME}.png"
     plot(rows, png)
     FIGS.mkdir(exist_ok=True)
     shutil.copy(png, FIGS / png.name)
-    for row in rows:
-        sys.stdout.write(f"{row['run']:45s} labels {row['labels']:4d}  forces {row['forces_mae_meV_per_A']:5.1f} "
-                         f"meV/Å  ratio {row['ratio_forces']:.2f}  retrained "
-                         f"{row.get('ratio_forces_retrained', float('nan')):.2f}  spearman {row['spearman']}\n")
+    fmt = lambda v, spec: format(v, spec) if v is not None else "–"  # noqa: E731
+    for r in rows:
+        sys.stdout.write(f"{r['run']:42s} {r['labels']:4d} labels {r['reference_calls']:5d} calls  delivered "
+                         f"{r['delivered_forces_mae_meV_per_A']:5.1f} meV/Å ({r['call_ratio_delivered']:5.1f}x)  "
+                         f"retrained {fmt(r.get('retrained_forces_mae_meV_per_A'), '5.1f')} "
+                         f"({fmt(r.get('call_ratio_retrained'), '5.1f')}x calls, "
+                         f"{fmt(r.get('data_ratio_retrained'), '4.2f')}x data)  spearman {fmt(r['spearman'], '.2f')}\n")
     return 0
 
 

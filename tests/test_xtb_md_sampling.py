@@ -107,8 +107,11 @@ def test_xtb_methods_of_the_settings_are_tblites():
     assert XTB_METHODS == METHODS
 
 
-def test_xtb_md_with_an_xtb_reference_gets_a_note(tmp_path):
-    folder = make_run_folder(tmp_path, al={"ACTIVE_LEARNING": {"initial_sampling": "xtb-md"}})  # reference: xtb
+def test_xtb_md_with_the_references_own_method_gets_a_note(tmp_path):
+    folder = make_run_folder(tmp_path, al={"ACTIVE_LEARNING": {"initial_sampling": "xtb-md"}})  # both GFN2-xTB
     assert any("computed twice" in note for note in load_run_settings(folder).notes)
+    cheaper = make_run_folder(tmp_path / "gfn1", al={"ACTIVE_LEARNING": {"initial_sampling": "xtb-md",
+                                                                         "initial_xtb_method": "GFN1-xTB"}})
+    assert not any("xtb-md" in note for note in load_run_settings(cheaper).notes)  # sampler and reference differ
     folder = make_run_folder(tmp_path / "pyscf", al=AL_SETTINGS)
     assert not any("xtb-md" in note for note in load_run_settings(folder).notes)

@@ -322,9 +322,11 @@ def _cross_notes(al: schema.AlSettings) -> list[str]:
     if al.reference.calculator != "aims" and section.aims_lib_path is not None:
         notes.append(f"ACTIVE_LEARNING.aims_lib_path is set but the reference is {al.reference.calculator}; "
                      f"the FHI-aims library is not used.")
-    if section.initial_sampling == "xtb-md" and al.reference.calculator == "xtb":
-        notes.append("ACTIVE_LEARNING.initial_sampling is xtb-md and the reference is xtb: every frame is computed "
-                     "twice; aimd takes the label from the MD step that made the frame.")
+    if (section.initial_sampling == "xtb-md" and al.reference.calculator == "xtb"
+            and section.initial_xtb_method == al.reference.xtb.method):
+        notes.append(f"ACTIVE_LEARNING.initial_sampling is xtb-md with the reference's own method "
+                     f"({section.initial_xtb_method}): every frame is computed twice; aimd takes the label from "
+                     f"the MD step that made the frame.")
     if section.reference_group_size > 1 and not section.parallel:
         notes.append("ACTIVE_LEARNING.reference_group_size only matters in parallel mode (parallel: true).")
     return notes

@@ -37,23 +37,40 @@ RUN_LABEL = "fhi_al final data"
 
 
 class TracingTrainer(Trainer):
-    """The benchmark's trainer, keeping a snapshot of every member each `every` epochs (at its validation)."""
+    """The benchmark's trainer, keeping a snapshot of every member each `every` epochs (at its validation),
+    keyed by the epochs it trained since `starts[tag]` (0: a member created from scratch; a loaded member's
+    epoch when it was loaded)."""
 
     def __init__(self, *args, every: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.every = every
+        self.every, self.starts = every, {}
         self.snapshots: dict[str, dict[int, dict]] = {}
 
     def validate(self, member, **kwargs):
         metrics = super().validate(member, **kwargs)
-        if member.epoch % self.every == 0:
-            self.snapshots.setdefault(member.tag, {})[member.epoch] = stopping.snapshot(member)
+        trained = member.epoch - self.starts.get(member.tag, 0)
+        if trained % self.every == 0:
+            self.snapshots.setdefault(member.tag, {})[trained] = stopping.snapshot(member)
         return metrics
 
 
 def test_errors(members: list, test: list) -> dict:
     errors = le.ensemble_errors(Ensemble.from_members(members), test)
     return {key: errors[key] for key in ("forces_mae", "forces_mae_by_test_temperature_K", "energy_mae_per_atom")}
+
+
+def traced_curve(trainer: TracingTrainer, members: list, test: list) -> list[dict]:
+    """The ensemble's test errors at each traced epoch (a member that stopped earlier contributes its kept
+    weights); the members keep their final weights afterwards."""
+    kept = [stopping.snapshot(member) for member in members]
+    curve = []
+    for epoch in sorted(set().union(*(trainer.snapshots.get(m.tag, {}) for m in members))):
+        for member, final in zip(members, kept):
+            stopping.restore(member, trainer.snapshots[member.tag].get(epoch, final))
+        curve.append({"epoch": epoch, **test_errors(members, test)})
+    for member, final in zip(members, kept):
+        stopping.restore(member, final)
+    return curve
 
 
 def traced_convergence(args, config, member_sets: list, test: list, work: Path) -> dict:
@@ -68,14 +85,7 @@ def traced_convergence(args, config, member_sets: list, test: list, work: Path) 
         member = trainer.create_member(member_tag("dq", seed), seed, train, valid)
         trainer.converge(member, max_epochs, args.le.config["patience"], le.CONVERGENCE_MARGIN)
         members.append(member)
-    kept = [stopping.snapshot(member) for member in members]
-    curve = []
-    for epoch in sorted(set().union(*(trainer.snapshots.get(m.tag, {}) for m in members))):
-        for member, final in zip(members, kept):
-            stopping.restore(member, trainer.snapshots[member.tag].get(epoch, final))
-        curve.append({"epoch": epoch, **test_errors(members, test)})
-    for member, final in zip(members, kept):
-        stopping.restore(member, final)
+    curve = traced_curve(trainer, members, test)
     shutil.rmtree(work, ignore_errors=True)
     return {"n_labels": n_labels, "max_epochs": max_epochs, "seconds": time.perf_counter() - started,
             "members": [{"train": len(train), "valid": len(valid), "epochs_run": m.last_stop.epochs,

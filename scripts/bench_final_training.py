@@ -27,26 +27,8 @@ import bench_learning_efficiency as le  # noqa: E402
 from fhi_al.data.store import DatasetStore  # noqa: E402
 from fhi_al.procedures.common import TRAIN, VALID, dataset_name, member_specs  # noqa: E402
 from fhi_al.settings import load_run_settings  # noqa: E402
-from fhi_al.training import stopping  # noqa: E402
 
 NAME = "final_training"
-
-
-class OffsetTracingTrainer(le.Trainer):
-    """The benchmark's trainer, keeping a snapshot of every member each `every` epochs counted from the epoch it
-    was loaded at (`starts[tag]`), at its validation."""
-
-    def __init__(self, *args, every: int, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.every, self.starts = every, {}
-        self.snapshots: dict[str, dict[int, dict]] = {}
-
-    def validate(self, member, **kwargs):
-        metrics = super().validate(member, **kwargs)
-        offset = member.epoch - self.starts.get(member.tag, 0)
-        if offset % self.every == 0:
-            self.snapshots.setdefault(member.tag, {})[offset] = stopping.snapshot(member)
-        return metrics
 
 
 def warm_checkpoints(run_dir: Path, trainer) -> list[tuple[str, Path, Path]]:
@@ -65,16 +47,12 @@ def warm_checkpoints(run_dir: Path, trainer) -> list[tuple[str, Path, Path]]:
     return found
 
 
-def epoch_of(path: Path) -> int:
-    return int(path.stem.rsplit("-", 1)[1])
-
-
 def warm_convergence(args, config, test: list) -> dict:
     """The members from their pre-final checkpoints, converged on the final datasets with the traced trainer;
     the ensemble's test errors every eval_every epochs of the convergence and with the kept weights."""
     work = le.WORK_ROOT / f"{NAME}_{args.tag}"
     shutil.rmtree(work, ignore_errors=True)
-    trainer = OffsetTracingTrainer(config, work, every=args.eval_every)
+    trainer = dq.TracingTrainer(config, work, every=args.eval_every)
     store = DatasetStore(args.run_dir / load_run_settings(args.run_dir).al.active_learning.dataset_dir)
     started, members, starts, finals = time.perf_counter(), [], [], []
     for tag, warm, final in warm_checkpoints(args.run_dir, le.Trainer(config, args.run_dir)):
@@ -85,14 +63,7 @@ def warm_convergence(args, config, test: list) -> dict:
         finals.append({"tag": tag, "warm_checkpoint": warm.name, "delivered_checkpoint": final.name})
         trainer.converge(member, args.max_epochs, args.patience, le.CONVERGENCE_MARGIN)
         members.append(member)
-    kept = [stopping.snapshot(member) for member in members]
-    curve = []
-    for offset in sorted(set().union(*(trainer.snapshots.get(m.tag, {}) for m in members))):
-        for member, final in zip(members, kept):  # a member that stopped earlier contributes its kept weights
-            stopping.restore(member, trainer.snapshots[member.tag].get(offset, final))
-        curve.append({"epoch": offset, **dq.test_errors(members, test)})
-    for member, final in zip(members, kept):
-        stopping.restore(member, final)
+    curve = dq.traced_curve(trainer, members, test)
     shutil.rmtree(work, ignore_errors=True)
     return {"n_labels": len(members[0].train_atoms) + len(members[0].valid_atoms), "max_epochs": args.max_epochs,
             "patience": args.patience, "seconds": time.perf_counter() - started, "members": [

@@ -702,6 +702,23 @@ def publish(out_dir: Path, stem: str, report: dict, draw) -> None:
     shutil.copy(png, FIGS / png.name)
 
 
+def add_stability(args, atoms0, run_dir: Path) -> int:
+    """The stability MD of a finished, reported run's final ensemble (its last checkpoints), written into the
+    report's stability_fhi_al."""
+    path = args.out_dir / f"{NAME}_{args.tag}.json"
+    if not path.is_file():
+        sys.stderr.write(f"error: no report {path}; run the benchmark first\n")
+        return 2
+    points, trainer = checkpoint_points(run_dir, run_config(run_dir, keep_checkpoints=True))
+    members = [trainer.load_member(tag, path=p) for tag, p in zip(points[-1]["tags"], points[-1]["paths"])]
+    report = json.loads(path.read_text())
+    report["stability_fhi_al"] = stability(members, atoms0, temperature_K=args.temperature_K + HOT_OFFSET_K,
+                                           ps=args.stability_ps)
+    path.write_text(json.dumps(report, indent=1, default=str))
+    print(json.dumps(report["stability_fhi_al"], indent=1), flush=True)
+    return 0
+
+
 def control_parser(doc: str) -> argparse.ArgumentParser:
     """The parser of a control script that works on a finished run of this benchmark: --molecule, --variant."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -755,6 +772,9 @@ def parse_args(argv=None):
                         "for all); the test set and the stability MD stay at T and T + 200 K")
     parser.add_argument("--stability-ps", type=float, default=STABILITY_PS,
                         help="ps of MLFF MD at T + 200 K with the final ensemble (0 = skip)")
+    parser.add_argument("--stability-only", action="store_true",
+                        help="only run the stability MD of a finished run's final ensemble (--stability-ps) and add "
+                        "it to its report (for a run reported with --stability-ps 0)")
     parser.add_argument("--run-seed", type=int, help="GENERAL.seed and MD.seed of the run (default: the quick "
                         "example's 42); give a --variant too")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -783,6 +803,8 @@ def main(argv=None) -> int:
     if args.baseline_only:
         baseline(args, run_dir, pool_set(args, atoms0), test_set(args, atoms0))
         return 0
+    if args.stability_only:
+        return add_stability(args, atoms0, run_dir)
     process = start_run(run_dir)
     print(f"FHI_AL running in {run_dir} (pid {process.pid})", flush=True)
     test = test_set(args, atoms0)

@@ -225,7 +225,11 @@ def test_model_exception_is_a_reset_not_a_crash(caplog):
 # ------------------------------------------------------------------------------------------ run lock
 @pytest.mark.slow
 def test_second_run_is_refused_and_a_stale_lock_is_taken_over(tmp_path):
-    folder = make_run_folder(tmp_path / "run", al=SHORT)
+    # active learning that only the kill below ends: the first run must still hold its lock while the second
+    # command starts up, however slowly a loaded machine imports torch and mace
+    endless = {"ACTIVE_LEARNING": {**SHORT["ACTIVE_LEARNING"], "max_MD_steps": 10**7, "desired_acc": 0.0,
+                                   "max_set_size": 10**6}}
+    folder = make_run_folder(tmp_path / "run", al=endless)
     lock = folder / ".fhi_al.lock"
     first = start_cli("FHI_AL", folder)
     try:

@@ -54,11 +54,10 @@ def warm_convergence(args, config, test: list) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     trainer = dq.TracingTrainer(config, work, every=args.eval_every)
     store = DatasetStore(args.run_dir / load_run_settings(args.run_dir).al.active_learning.dataset_dir)
-    started, members, starts, finals = time.perf_counter(), [], [], []
+    started, members, finals = time.perf_counter(), [], []
     for tag, warm, final in warm_checkpoints(args.run_dir, le.Trainer(config, args.run_dir)):
         member = trainer.load_member(tag, path=warm, train_atoms=store.read(dataset_name("final", TRAIN, tag)),
                                      valid_atoms=store.read(dataset_name("final", VALID, tag)))
-        starts.append(member.epoch)
         trainer.starts[tag] = member.epoch
         finals.append({"tag": tag, "warm_checkpoint": warm.name, "delivered_checkpoint": final.name})
         trainer.converge(member, args.max_epochs, args.patience, le.CONVERGENCE_MARGIN)
@@ -67,9 +66,9 @@ def warm_convergence(args, config, test: list) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     return {"n_labels": len(members[0].train_atoms) + len(members[0].valid_atoms), "max_epochs": args.max_epochs,
             "patience": args.patience, "seconds": time.perf_counter() - started, "members": [
-                {**f, "start_epoch": s, "epochs_run": m.last_stop.epochs, "stop": m.last_stop.reason.value,
-                 "best_epoch_of_convergence": (m.last_stop.best_epoch or s) - s}
-                for f, s, m in zip(finals, starts, members)],
+                {**f, "start_epoch": (s := trainer.starts[m.tag]), "epochs_run": m.last_stop.epochs,
+                 "stop": m.last_stop.reason.value, "best_epoch_of_convergence": (m.last_stop.best_epoch or s) - s}
+                for f, m in zip(finals, members)],
             "curve": curve, "kept_weights": dq.test_errors(members, test)}
 
 

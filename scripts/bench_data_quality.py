@@ -111,10 +111,15 @@ def baseline_stability(args, config, pool: list, test: list, atoms0, n_labels: i
 
 
 def stage(stages: dict, path: Path, key: str, compute) -> dict:
-    """The cached result of `key`, or computed now and written to the stage file at once."""
+    """The cached result of `key`, or computed now and written to the stage file at once (merged with what
+    another invocation wrote meanwhile, so that two processes can compute different stages)."""
     if key not in stages:
         stages[key] = compute()
-        path.write_text(json.dumps(stages, indent=1))
+        on_disk = json.loads(path.read_text()) if path.is_file() else {}
+        stages.update({k: v for k, v in on_disk.items() if k not in stages})
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(stages, indent=1))
+        temporary.replace(path)
     else:
         print(f"reusing stage {key}", flush=True)
     return stages[key]
@@ -184,8 +189,13 @@ def plot(report: dict, path: Path) -> None:
 def parse_args(argv=None):
     parser = le.control_parser(__doc__)
     parser.add_argument("--run-dir", type=Path, help="run folder (default: the benchmark's for molecule/variant)")
-    parser.add_argument("--multiples", type=int, nargs="+", default=[1, 2, 4],
+    parser.add_argument("--multiples", type=int, nargs="*", default=[1, 2, 4],
                         help="random sets of these multiples of the run's label count")
+    parser.add_argument("--random-sizes", type=int, nargs="+",
+                        help="random sets of these sizes instead of --multiples")
+    parser.add_argument("--no-run-data", action="store_true",
+                        help="skip the run's data (e.g. in a second process); without random sets or without the "
+                        "run's data only the stages are computed, no report")
     parser.add_argument("--members", type=int, default=le.ENSEMBLE_SIZE, help="members per ensemble (data quality)")
     parser.add_argument("--max-epochs", type=int, default=300, help="epoch cap of the data-quality training")
     parser.add_argument("--structure-epochs", type=int, default=37500,
@@ -207,17 +217,21 @@ def main(argv=None) -> int:
     run_sets = le.run_member_sets(args.run_dir)[: args.members]
     n_run = len(le.label_times(args.run_dir))
     budget = f"m{args.members}_e{args.max_epochs}_se{args.structure_epochs}_every{args.eval_every}"
-    sets = {RUN_LABEL: stage(stages, stage_path, f"run_{budget}", lambda: traced_convergence(
-        args, config, run_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_run"))}
-    sets[RUN_LABEL]["n_labels"] = n_run
-    for multiple in args.multiples:
-        n = multiple * n_run
+    sets = {}
+    if not args.no_run_data:
+        sets[RUN_LABEL] = stage(stages, stage_path, f"run_{budget}", lambda: traced_convergence(
+            args, config, run_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_run"))
+        sets[RUN_LABEL]["n_labels"] = n_run
+    sizes = args.random_sizes or [multiple * n_run for multiple in args.multiples]
+    for n in sizes:
+        label = f"random {n}" if args.random_sizes else f"random {n // n_run}x"
         train, valid = le.baseline_split(pool, n, seed=0)
         member_sets = [(seed, train, valid) for seed in le.baseline_member_seeds(0, args.members)]
-        sets[f"random {multiple}x"] = stage(stages, stage_path, f"random{n}_{budget}", lambda: traced_convergence(
+        sets[label] = stage(stages, stage_path, f"random{n}_{budget}", lambda: traced_convergence(
             args, config, member_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_random{n}"))  # noqa: B023 (called now)
-        print(f"random {n}: kept weights {1e3 * sets[f'random {multiple}x']['kept_weights']['forces_mae']:.1f} meV/Å",
-              flush=True)
+        print(f"random {n}: kept weights {1e3 * sets[label]['kept_weights']['forces_mae']:.1f} meV/Å", flush=True)
+    if args.no_run_data or not sizes:
+        return 0
     previous = json.loads((le.RESULTS / f"{le.NAME}_{args.tag}.json").read_text())
     stability = [{"label": f"fhi_al final ({n_run} labels)", "n_labels": n_run, **previous["stability_fhi_al"]}]
     sizes = args.stability_sizes if args.stability_sizes is not None else sorted({100, 500, n_run})

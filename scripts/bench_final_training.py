@@ -9,7 +9,8 @@ curves differ only in the starting weights.
 
     .venv/bin/python scripts/bench_final_training.py                 # ethanol nms_shared: ~20 min on one core
 
-Writes scripts/results/final_training_<tag>.{json,png} and copies the png to readme_figs/.
+Writes scripts/results/final_training_<tag>.{json,png} and copies the png to readme_figs/. The warm convergence is
+cached in WORK_ROOT (one file per cap, patience and tracing interval), so a rerun only redraws.
 """
 
 from __future__ import annotations
@@ -123,7 +124,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     atoms0, test, _, config = le.control_inputs(args)
     del atoms0
-    warm = warm_convergence(args, config, test)
+    cache = le.WORK_ROOT / f"{NAME}_{args.tag}_e{args.max_epochs}_p{args.patience}_every{args.eval_every}.json"
+    if cache.is_file():
+        print(f"reusing {cache}", flush=True)
+        warm = json.loads(cache.read_text())
+    else:
+        warm = warm_convergence(args, config, test)
+        cache.write_text(json.dumps(warm, indent=1))
     report_path = le.RESULTS / f"{le.NAME}_{args.tag}.json"
     run_report = json.loads(report_path.read_text())
     base = {r["n_labels"]: r["forces_mae"] for r in le.read_baseline_cache(args.le) if r["seed"] == 0}

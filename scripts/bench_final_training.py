@@ -73,11 +73,19 @@ def warm_convergence(args, config, test: list) -> dict:
             "curve": curve, "kept_weights": dq.test_errors(members, test)}
 
 
-def scratch_stage(args) -> dict | None:
-    """bench_data_quality's from-scratch convergence of the same run's data, if it ran."""
+def scratch_stages(args) -> tuple[dict | None, list]:
+    """bench_data_quality's from-scratch convergence of the same run's data, if it ran, and the random sets it
+    trained with the same protocol [(kept-weights force MAE, label)]."""
     path = le.WORK_ROOT / f"{dq.NAME}_{args.tag}_stages.json"
     stages = json.loads(path.read_text()) if path.is_file() else {}
-    return next((v for k, v in stages.items() if k.startswith("run_m2_")), None)
+    key = next((k for k in stages if k.startswith("run_m2_")), None)
+    if key is None:
+        return None, []
+    budget = key.removeprefix("run_")
+    cap = stages[key]["max_epochs"]
+    randoms = sorted((v["n_labels"], v["kept_weights"]["forces_mae"]) for k, v in stages.items()
+                     if k.startswith("random") and k.endswith(budget))
+    return stages[key], [(mae, f"{n} random frames, from scratch (cap {cap})") for n, mae in randoms]
 
 
 def plot(report: dict, path: Path) -> None:
@@ -133,12 +141,15 @@ def main(argv=None) -> int:
         cache.write_text(json.dumps(warm, indent=1))
     report_path = le.RESULTS / f"{le.NAME}_{args.tag}.json"
     run_report = json.loads(report_path.read_text())
-    base = {r["n_labels"]: r["forces_mae"] for r in le.read_baseline_cache(args.le) if r["seed"] == 0}
+    scratch, randoms = scratch_stages(args)
+    if not randoms:
+        base = {r["n_labels"]: r["forces_mae"] for r in le.read_baseline_cache(args.le) if r["seed"] == 0}
+        randoms = [(mae, f"{n} random frames") for n, mae in sorted(base.items())]
     report = {"molecule": args.molecule, "variant": args.variant, "run_dir": str(args.run_dir),
-              "n_test_frames": len(test), "warm": warm, "scratch": scratch_stage(args),
+              "n_test_frames": len(test), "warm": warm, "scratch": scratch,
               "delivered": {"forces_mae": run_report["fhi_al"][-1]["forces_mae"],
                             "max_final_epochs": run_report["al_settings"]["ACTIVE_LEARNING"]["max_final_epochs"]},
-              "random_frames": [(mae, f"{n} random frames") for n, mae in sorted(base.items())],
+              "random_frames": randoms,
               "title": f"{args.molecule} [{args.variant}]: final training of the run's data "
                        f"({warm['n_labels']} labels per member set, 2 members)"}
     le.publish(args.le.out_dir, f"{NAME}_{args.tag}", report, lambda png: plot(report, png))

@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data_quality as dq  # noqa: E402  (sets the thread and plotting environment first)
 import bench_learning_efficiency as le  # noqa: E402
+import numpy as np  # noqa: E402
 
 from fhi_al.data.store import DatasetStore  # noqa: E402
 from fhi_al.procedures.common import TRAIN, VALID, dataset_name, member_specs  # noqa: E402
@@ -85,7 +86,17 @@ def scratch_stages(args) -> tuple[dict | None, list]:
     cap = stages[key]["max_epochs"]
     randoms = sorted((v["n_labels"], v["kept_weights"]["forces_mae"]) for k, v in stages.items()
                      if k.startswith("random") and k.endswith(budget))
-    return stages[key], [(mae, f"{n} random frames, from scratch (cap {cap})") for n, mae in randoms]
+    return stages[key], [(mae, f"{n} random frames, from scratch (cap {cap})", n) for n, mae in randoms]
+
+
+def equivalent_random_frames(randoms: list, mae: float) -> dict | None:
+    """Random frames of the same protocol with the force error `mae` (log-log interpolation, extrapolated beyond
+    the sizes), when there are at least two random sets."""
+    if len(randoms) < 2:
+        return None
+    sizes, maes = zip(*sorted((n, m) for m, _, n in randoms))
+    frames, extrapolated = le.equivalent_baseline_labels(np.array(sizes), np.array(maes), mae)
+    return {"random_frames": frames, "extrapolated": extrapolated, "random_sizes": list(sizes)}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -144,18 +155,22 @@ def main(argv=None) -> int:
     scratch, randoms = scratch_stages(args)
     if not randoms:
         base = {r["n_labels"]: r["forces_mae"] for r in le.read_baseline_cache(args.le) if r["seed"] == 0}
-        randoms = [(mae, f"{n} random frames") for n, mae in sorted(base.items())]
+        randoms = [(mae, f"{n} random frames", n) for n, mae in sorted(base.items())]
     report = {"molecule": args.molecule, "variant": args.variant, "run_dir": str(args.run_dir),
               "n_test_frames": len(test), "warm": warm, "scratch": scratch,
               "delivered": {"forces_mae": run_report["fhi_al"][-1]["forces_mae"],
                             "max_final_epochs": run_report["al_settings"]["ACTIVE_LEARNING"]["max_final_epochs"]},
-              "random_frames": randoms,
+              "random_frames": [(mae, label) for mae, label, _ in randoms],
+              "warm_equivalent": equivalent_random_frames(randoms, warm["kept_weights"]["forces_mae"]),
+              "scratch_equivalent": scratch and equivalent_random_frames(randoms,
+                                                                         scratch["kept_weights"]["forces_mae"]),
               "title": f"{args.molecule} [{args.variant}]: final training of the run's data "
                        f"({warm['n_labels']} labels per member set, 2 members)"}
     le.publish(args.le.out_dir, f"{NAME}_{args.tag}", report, lambda png: plot(report, png))
     summary = {k: 1e3 * report[k]["kept_weights"]["forces_mae"] for k in ("warm", "scratch") if report[k]}
     print(json.dumps({"kept_weights_forces_mae_meV_per_A": summary,
                       "delivered_meV_per_A": 1e3 * report["delivered"]["forces_mae"],
+                      "equivalent_random_frames": {k: report[f"{k}_equivalent"] for k in ("warm", "scratch")},
                       "warm_members": warm["members"]}, indent=1), flush=True)
     return 0
 

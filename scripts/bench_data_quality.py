@@ -155,12 +155,14 @@ def plot(report: dict, path: Path) -> None:
         for k, t in enumerate(temperatures):
             middle.bar(index + 0.4 * k - 0.2, 1e3 * result["kept_weights"]["forces_mae_by_test_temperature_K"][t],
                        width=0.4, color=color, alpha=1.0 - 0.45 * k, label=f"{t} K half" if index == 0 else None)
-    table = report["protocol"]["table_baseline_budget"]
-    left.axvline(table["epochs_at_run_labels"], color="grey", ls=":",
-                 label=f"the README table's baselines ({table['structure_epochs']} structure-epochs) at "
-                       f"{sets[RUN_LABEL]['n_labels']} labels")
-    left.set_xlabel(f"training epochs from scratch (at most {report['protocol']['structure_epochs']} "
-                    "structure-epochs per member)")
+    budget = report["protocol"].get("equal_budget_baselines")
+    if budget:  # reports before 2026-12-02 carry the old table budget only
+        left.axvline(budget["epochs_at_run_labels"], color="grey", ls=":",
+                     label=f"the equal-budget baselines ({budget['structure_epochs']:,} structure-epochs) at "
+                           f"{sets[RUN_LABEL]['n_labels']} labels")
+    protocol = report["protocol"]
+    left.set_xlabel(f"training epochs from scratch (at most {protocol['max_epochs']} epochs and "
+                    f"{protocol['structure_epochs']:,} structure-epochs per member)")
     left.set_ylabel("test force MAE, ensemble mean (meV/Å)")
     left.set_yscale("log")
     left.yaxis.set_major_formatter(ScalarFormatter())
@@ -245,10 +247,9 @@ def main(argv=None) -> int:
                            "max_epochs": args.max_epochs, "structure_epochs": args.structure_epochs,
                            "eval_every": args.eval_every, "random_split": "90/10 of pool seed 0 (as the baseline)",
                            "baseline_budget": {k: args.le.config[k] for k in ("structure_epochs", "min_epochs")},
-                           "table_baseline_budget": {
-                               "structure_epochs": le.TABLE_STRUCTURE_EPOCHS,
-                               "epochs_at_run_labels": le.baseline_epochs(args.le, n_run,
-                                                                          structure_epochs=le.TABLE_STRUCTURE_EPOCHS)}},
+                           "equal_budget_baselines": {
+                               "structure_epochs": args.le.config["structure_epochs"],
+                               "epochs_at_run_labels": le.baseline_epochs(args.le, n_run)}},
               "data_quality": {"sets": sets, "verdict": verdict(sets)},
               "stability": stability, "stability_target_ps": args.stability_ps,
               "stability_temperature_K": args.le.temperature_K + le.HOT_OFFSET_K,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def plot(report: dict, path: Path) -> None:
     axis.set_ylim(top=min(60.0, axis.get_ylim()[1]))
     axis.grid(True, alpha=0.3)
     axis.legend(fontsize=7, title="dotted: kept weights (best validation)", title_fontsize=7)
-    axis.set_title(report["title"], fontsize=9)
+    axis.set_title(textwrap.fill(report["title"], 80), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

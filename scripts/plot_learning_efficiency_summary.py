@@ -10,7 +10,9 @@ the uncertainty calibration of analysis mode (target >= 0.6).
 Reports whose baselines were trained with an earlier, smaller budget are placed on the current-budget baseline of
 their molecule by their delivered error (which does not depend on the baseline); their "retrained" figures were
 trained with that smaller budget and are left out, except where bench_data_quality retrained the same run's data
-with the current protocol. Quick runs (a different baseline configuration) are left out. Writes
+with the current protocol. Quick runs (a different baseline configuration) are left out. A run whose final training and data were also
+trained to convergence against random frames trained the same way (bench_final_training and bench_data_quality
+with --random-sizes) gets a second row, "at convergence", measured against those random frames. Writes
 scripts/results/learning_efficiency_summary.{json,png} and copies the plot to readme_figs/.
 
     .venv/bin/python scripts/plot_learning_efficiency_summary.py
@@ -58,6 +60,32 @@ def retrained_by_control(report: dict) -> float | None:
     return control["data_quality"]["sets"]["fhi_al final data"]["kept_weights"]["forces_mae"]
 
 
+def converged_row(path: Path, row: dict) -> dict | None:
+    """The row of the run at convergence: its final training converged as the tool's default and its data
+    retrained from scratch to convergence (bench_final_training), against random frames trained the same way."""
+    report = json.loads(path.read_text())
+    control = RESULTS / f"final_training_{report['molecule']}_{report['reference']}_{report['temperature_K']:g}K_" \
+                        f"{report['variant']}.json"
+    if not control.is_file():
+        return None
+    final = json.loads(control.read_text())
+    warm, scratch = final.get("warm_equivalent"), final.get("scratch_equivalent")
+    if not warm or not scratch:  # the random frames of the control are not converged ones
+        return None
+    paid, stride = row["reference_calls"], row["stride_steps"]
+    return {**{k: row[k] for k in ("labels", "reference_calls", "stride_steps", "spearman")},
+            "run": f"{row['run']} at convergence", "file": control.name,
+            "random_sizes": warm["random_sizes"], "random_forces_mae_meV_per_A": [
+                1e3 * mae for mae, _ in sorted(final["random_frames"])[::-1]],
+            "delivered_forces_mae_meV_per_A": 1e3 * final["warm"]["kept_weights"]["forces_mae"],
+            "delivered_random_frames_equivalent": warm["random_frames"],
+            "call_ratio_delivered": warm["random_frames"] * stride / paid,
+            "retrained_forces_mae_meV_per_A": 1e3 * final["scratch"]["kept_weights"]["forces_mae"],
+            "retrained_random_frames_equivalent": scratch["random_frames"],
+            "call_ratio_retrained": scratch["random_frames"] * stride / paid,
+            "data_ratio_retrained": scratch["random_frames"] / row["labels"]}
+
+
 def calls_to_reach(curve: list[dict], mae: float) -> int | None:
     return next((row["reference_calls"] for row in curve if row["forces_mae"] <= mae), None)
 
@@ -99,6 +127,13 @@ def row_of(path: Path) -> dict | None:
     return row
 
 
+def bar_text(value: float, axis_kind: str) -> str:
+    """A bar's label: call ratios with one decimal (19.9x is not 20x), data ratios and Spearman with two."""
+    if axis_kind == "calls":
+        return f"{value:.1f}×" if value >= 1 else f"{value:.2g}×"
+    return f"{value:.2f}×" if axis_kind == "data" else f"{value:.2f}"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -134,18 +169,19 @@ def plot(rows: list[dict], path: Path) -> None:
     data.set_xlim(*DATA_AXIS)
     calls.set_xticks([1, 2, 5, 10, 20, 50])
     data.set_xticks([0.25, 0.5, 1, 2, 3])
-    for axis, keys, offsets in ((calls, ("call_ratio_delivered", "call_ratio_retrained"), (0.2, -0.2)),
-                                (data, ("data_ratio_retrained",), (0.0,)), (rank, ("spearman",), (0.0,))):
+    for axis, kind, keys, offsets in ((calls, "calls", ("call_ratio_delivered", "call_ratio_retrained"), (0.2, -0.2)),
+                                      (data, "data", ("data_ratio_retrained",), (0.0,)),
+                                      (rank, "rank", ("spearman",), (0.0,))):
         low = axis.get_xlim()[0]
         for key, offset in zip(keys, offsets):
             for i, value in enumerate(get(key)):
                 if not np.isnan(value):
-                    axis.text(max(value, low), i + offset, f" {value:.2f}" if axis is rank else f" {value:.2g}×",
-                              va="center", fontsize=7)
+                    axis.text(max(value, low), i + offset, f" {bar_text(value, kind)}", va="center", fontsize=7)
         axis.grid(True, axis="x", which="both", alpha=0.3)
         axis.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, frameon=False)
     fig.suptitle(f"fhi_al against random reference-MD frames, baselines at {BUDGET:,} structure-epochs per member "
-                 "(N = 500: 75 epochs, not converged)", fontsize=10)
+                 "(N = 500: 75 epochs, not converged); rows 'at convergence': all models trained to convergence",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -155,6 +191,7 @@ def main() -> int:
                      if not p.name.startswith(("learning_efficiency_baseline_", "learning_efficiency_decorrelation_",
                                                NAME)))
     rows = [row for path in reports for row in [row_of(path)] if row]
+    rows += [converged for row in list(rows) for converged in [converged_row(RESULTS / row["file"], row)] if converged]
     if not rows:
         sys.stderr.write("no full learning-efficiency report with a baseline at the current budget in "
                          "scripts/results/\n")

@@ -154,16 +154,17 @@ def main(argv=None) -> int:
     report_path = le.RESULTS / f"{le.NAME}_{args.tag}.json"
     run_report = json.loads(report_path.read_text())
     scratch, randoms = scratch_stages(args)
-    if not randoms:
+    converged_randoms = randoms  # the equivalents need random frames trained as the control trains (converged)
+    if not randoms:  # draw the benchmark's equal-budget baselines instead, without equivalents
         base = {r["n_labels"]: r["forces_mae"] for r in le.read_baseline_cache(args.le) if r["seed"] == 0}
-        randoms = [(mae, f"{n} random frames", n) for n, mae in sorted(base.items())]
+        randoms = [(mae, f"{n} random frames, equal budget", n) for n, mae in sorted(base.items())]
     report = {"molecule": args.molecule, "variant": args.variant, "run_dir": str(args.run_dir),
               "n_test_frames": len(test), "warm": warm, "scratch": scratch,
               "delivered": {"forces_mae": run_report["fhi_al"][-1]["forces_mae"],
                             "max_final_epochs": run_report["al_settings"]["ACTIVE_LEARNING"]["max_final_epochs"]},
               "random_frames": [(mae, label) for mae, label, _ in randoms],
-              "warm_equivalent": equivalent_random_frames(randoms, warm["kept_weights"]["forces_mae"]),
-              "scratch_equivalent": scratch and equivalent_random_frames(randoms,
+              "warm_equivalent": equivalent_random_frames(converged_randoms, warm["kept_weights"]["forces_mae"]),
+              "scratch_equivalent": scratch and equivalent_random_frames(converged_randoms,
                                                                          scratch["kept_weights"]["forces_mae"]),
               "title": f"{args.molecule} [{args.variant}]: final training of the run's data "
                        f"({warm['n_labels']} labels per member set, 2 members)"}

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_learning_efficiency as le  # noqa: E402  (sets the thread and plotting environment first)
 import numpy as np  # noqa: E402
 
+from fhi_al.durable import atomic_write_json  # noqa: E402
 from fhi_al.ensemble import Ensemble  # noqa: E402
 from fhi_al.training import stopping  # noqa: E402
 from fhi_al.training.engine import Trainer, member_tag  # noqa: E402
@@ -117,9 +118,7 @@ def stage(stages: dict, path: Path, key: str, compute) -> dict:
         stages[key] = compute()
         on_disk = json.loads(path.read_text()) if path.is_file() else {}
         stages.update({k: v for k, v in on_disk.items() if k not in stages})
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(stages, indent=1))
-        temporary.replace(path)
+        atomic_write_json(path, stages)
     else:
         print(f"reusing stage {key}", flush=True)
     return stages[key]

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import bench_learning_efficiency as le  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fhi_al.data.store import DatasetStore  # noqa: E402
+from fhi_al.durable import atomic_write_json  # noqa: E402
 from fhi_al.procedures.common import TRAIN, VALID, dataset_name, member_specs  # noqa: E402
 from fhi_al.settings import load_run_settings  # noqa: E402
 
@@ -150,7 +151,7 @@ def main(argv=None) -> int:
         warm = json.loads(cache.read_text())
     else:
         warm = warm_convergence(args, config, test)
-        cache.write_text(json.dumps(warm, indent=1))
+        atomic_write_json(cache, warm)
     report_path = le.RESULTS / f"{le.NAME}_{args.tag}.json"
     run_report = json.loads(report_path.read_text())
     scratch, randoms = scratch_stages(args)

@@ -10,10 +10,10 @@ the uncertainty calibration of analysis mode (target >= 0.6).
 Reports whose baselines were trained with an earlier, smaller budget are placed on the current-budget baseline of
 their molecule by their delivered error (which does not depend on the baseline); their "retrained" figures were
 trained with that smaller budget and are left out, except where bench_data_quality retrained the same run's data
-with the current protocol. Quick runs (a different baseline configuration) are left out. A run whose final training and data were also
-trained to convergence against random frames trained the same way (bench_final_training and bench_data_quality
-with --random-sizes) gets a second row, "at convergence", measured against those random frames. Writes
-scripts/results/learning_efficiency_summary.{json,png} and copies the plot to readme_figs/.
+with the current protocol. Quick runs (a different baseline configuration) are left out. A run whose final
+training and data were also trained to convergence, with random frames trained the same way (bench_final_training
+and bench_data_quality with --random-sizes), gets a second row, "at convergence", measured against those random
+frames. Writes scripts/results/learning_efficiency_summary.{json,png} and copies the plot to readme_figs/.
 
     .venv/bin/python scripts/plot_learning_efficiency_summary.py
 """

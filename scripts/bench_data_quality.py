@@ -130,11 +130,15 @@ def verdict(sets: dict) -> dict:
     random = sorted((s["n_labels"], s["kept_weights"]["forces_mae"]) for k, s in sets.items() if k != RUN_LABEL)
     run = sets[RUN_LABEL]
     sizes, maes = np.array([n for n, _ in random]), np.array([m for _, m in random])
-    equivalent, extrapolated = le.equivalent_baseline_labels(sizes, maes, run["kept_weights"]["forces_mae"])
-    return {"run_labels": run["n_labels"], "run_forces_mae": run["kept_weights"]["forces_mae"],
-            "random_forces_mae_by_labels": {str(n): m for n, m in random},
-            "equivalent_random_labels": equivalent, "extrapolated": extrapolated,
-            "ratio": equivalent / run["n_labels"], "target_ratio": 2.0}
+    mae = run["kept_weights"]["forces_mae"]
+    verdict = {"run_labels": run["n_labels"], "run_forces_mae": mae,
+               "random_forces_mae_by_labels": {str(n): m for n, m in random},
+               "run_beats_largest_random_set": bool(mae <= maes[-1]), "target_ratio": 2.0}
+    if len(random) < 2:  # no curve to interpolate: the comparison with the one random set only
+        return verdict | {"equivalent_random_labels": None, "extrapolated": None, "ratio": None}
+    equivalent, extrapolated = le.equivalent_baseline_labels(sizes, maes, mae)
+    return verdict | {"equivalent_random_labels": equivalent, "extrapolated": extrapolated,
+                      "ratio": equivalent / run["n_labels"]}
 
 
 def plot(report: dict, path: Path) -> None:

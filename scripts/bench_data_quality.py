@@ -124,21 +124,29 @@ def stage(stages: dict, path: Path, key: str, compute) -> dict:
     return stages[key]
 
 
+def random_equivalent(random: list[tuple[int, float]], mae: float) -> dict | None:
+    """Random frames of the force error `mae` on the curve of the random sets [(size, force MAE)] (log-log
+    interpolation, extrapolated beyond the sizes), or None with fewer than two sets."""
+    if len(random) < 2:
+        return None
+    sizes, maes = zip(*sorted(random))
+    frames, extrapolated = le.equivalent_baseline_labels(np.array(sizes), np.array(maes), mae)
+    return {"random_frames": frames, "extrapolated": extrapolated, "random_sizes": list(sizes)}
+
+
 def verdict(sets: dict) -> dict:
     """Random-frame labels with the run data's converged (kept-weights) force error, by log-log interpolation
     of the random sets (extrapolated beyond their range), and that over the run's labels."""
     random = sorted((s["n_labels"], s["kept_weights"]["forces_mae"]) for k, s in sets.items() if k != RUN_LABEL)
     run = sets[RUN_LABEL]
-    sizes, maes = np.array([n for n, _ in random]), np.array([m for _, m in random])
     mae = run["kept_weights"]["forces_mae"]
-    verdict = {"run_labels": run["n_labels"], "run_forces_mae": mae,
-               "random_forces_mae_by_labels": {str(n): m for n, m in random},
-               "run_beats_largest_random_set": bool(mae <= maes[-1]), "target_ratio": 2.0}
-    if len(random) < 2:  # no curve to interpolate: the comparison with the one random set only
-        return verdict | {"equivalent_random_labels": None, "extrapolated": None, "ratio": None}
-    equivalent, extrapolated = le.equivalent_baseline_labels(sizes, maes, mae)
-    return verdict | {"equivalent_random_labels": equivalent, "extrapolated": extrapolated,
-                      "ratio": equivalent / run["n_labels"]}
+    equivalent = random_equivalent(random, mae)  # None with one random set: the comparison with it only
+    return {"run_labels": run["n_labels"], "run_forces_mae": mae,
+            "random_forces_mae_by_labels": {str(n): m for n, m in random},
+            "run_beats_largest_random_set": bool(mae <= random[-1][1]), "target_ratio": 2.0,
+            "equivalent_random_labels": equivalent and equivalent["random_frames"],
+            "extrapolated": equivalent and equivalent["extrapolated"],
+            "ratio": equivalent and equivalent["random_frames"] / run["n_labels"]}
 
 
 def plot(report: dict, path: Path) -> None:
@@ -227,15 +235,15 @@ def main(argv=None) -> int:
         sets[RUN_LABEL] = stage(stages, stage_path, f"run_{budget}", lambda: traced_convergence(
             args, config, run_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_run"))
         sets[RUN_LABEL]["n_labels"] = n_run
-    sizes = args.random_sizes or [multiple * n_run for multiple in args.multiples]
-    for n in sizes:
+    random_sizes = args.random_sizes or [multiple * n_run for multiple in args.multiples]
+    for n in random_sizes:
         label = f"random {n}" if args.random_sizes else f"random {n // n_run}x"
         train, valid = le.baseline_split(pool, n, seed=0)
         member_sets = [(seed, train, valid) for seed in le.baseline_member_seeds(0, args.members)]
         sets[label] = stage(stages, stage_path, f"random{n}_{budget}", lambda: traced_convergence(
             args, config, member_sets, test, le.WORK_ROOT / f"{NAME}_{args.tag}_random{n}"))  # noqa: B023 (called now)
         print(f"random {n}: kept weights {1e3 * sets[label]['kept_weights']['forces_mae']:.1f} meV/Å", flush=True)
-    if args.no_run_data or not sizes:
+    if args.no_run_data or not random_sizes:
         return 0
     previous = json.loads((le.RESULTS / f"{le.NAME}_{args.tag}.json").read_text())
     stability = [{"label": f"fhi_al final ({n_run} labels)", "n_labels": n_run, **previous["stability_fhi_al"]}]

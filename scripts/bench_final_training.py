@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_data_quality as dq  # noqa: E402  (sets the thread and plotting environment first)
 import bench_learning_efficiency as le  # noqa: E402
-import numpy as np  # noqa: E402
 
 from fhi_al.data.store import DatasetStore  # noqa: E402
 from fhi_al.durable import atomic_write_json  # noqa: E402
@@ -91,16 +90,6 @@ def scratch_stages(args) -> tuple[dict | None, list]:
     return stages[key], [(mae, f"{n} random frames, from scratch (cap {cap})", n) for n, mae in randoms]
 
 
-def equivalent_random_frames(randoms: list, mae: float) -> dict | None:
-    """Random frames of the same protocol with the force error `mae` (log-log interpolation, extrapolated beyond
-    the sizes), when there are at least two random sets."""
-    if len(randoms) < 2:
-        return None
-    sizes, maes = zip(*sorted((n, m) for m, _, n in randoms))
-    frames, extrapolated = le.equivalent_baseline_labels(np.array(sizes), np.array(maes), mae)
-    return {"random_frames": frames, "extrapolated": extrapolated, "random_sizes": list(sizes)}
-
-
 def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -155,7 +144,8 @@ def main(argv=None) -> int:
     report_path = le.RESULTS / f"{le.NAME}_{args.tag}.json"
     run_report = json.loads(report_path.read_text())
     scratch, randoms = scratch_stages(args)
-    converged_randoms = randoms  # the equivalents need random frames trained as the control trains (converged)
+    # the equivalents need random frames trained as the control trains (converged): [(size, force MAE)]
+    converged = [(n, mae) for mae, _, n in randoms]
     if not randoms:  # draw the benchmark's equal-budget baselines instead, without equivalents
         base = {r["n_labels"]: r["forces_mae"] for r in le.read_baseline_cache(args.le) if r["seed"] == 0}
         randoms = [(mae, f"{n} random frames, equal budget", n) for n, mae in sorted(base.items())]
@@ -164,9 +154,8 @@ def main(argv=None) -> int:
               "delivered": {"forces_mae": run_report["fhi_al"][-1]["forces_mae"],
                             "max_final_epochs": run_report["al_settings"]["ACTIVE_LEARNING"]["max_final_epochs"]},
               "random_frames": [(mae, label) for mae, label, _ in randoms],
-              "warm_equivalent": equivalent_random_frames(converged_randoms, warm["kept_weights"]["forces_mae"]),
-              "scratch_equivalent": scratch and equivalent_random_frames(converged_randoms,
-                                                                         scratch["kept_weights"]["forces_mae"]),
+              "warm_equivalent": dq.random_equivalent(converged, warm["kept_weights"]["forces_mae"]),
+              "scratch_equivalent": scratch and dq.random_equivalent(converged, scratch["kept_weights"]["forces_mae"]),
               "title": f"{args.molecule} [{args.variant}]: final training of the run's data "
                        f"({warm['n_labels']} labels per member set, 2 members)"}
     le.publish(args.le.out_dir, f"{NAME}_{args.tag}", report, lambda png: plot(report, png))

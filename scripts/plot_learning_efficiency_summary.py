@@ -48,10 +48,14 @@ def current_baseline(molecule: str, reference: str, temperature_K: float) -> lis
     return [r for r in json.loads(path.read_text()) if r["seed"] == 0]
 
 
-def retrained_by_control(report: dict) -> float | None:
+def control_report(report_path: Path, control: str) -> Path:
+    """The report of a control script (data_quality, final_training) on the run of a benchmark report."""
+    return RESULTS / f"{control}{report_path.name.removeprefix('learning_efficiency')}"
+
+
+def retrained_by_control(report_path: Path) -> float | None:
     """The run's data retrained by bench_data_quality (same protocol as the current baselines), if done."""
-    path = RESULTS / f"data_quality_{report['molecule']}_{report['reference']}_{report['temperature_K']:g}K_" \
-                     f"{report['variant']}.json"
+    path = control_report(report_path, "data_quality")
     if not path.is_file():
         return None
     control = json.loads(path.read_text())
@@ -63,9 +67,7 @@ def retrained_by_control(report: dict) -> float | None:
 def converged_row(path: Path, row: dict) -> dict | None:
     """The row of the run at convergence: its final training converged as the tool's default and its data
     retrained from scratch to convergence (bench_final_training), against random frames trained the same way."""
-    report = json.loads(path.read_text())
-    control = RESULTS / f"final_training_{report['molecule']}_{report['reference']}_{report['temperature_K']:g}K_" \
-                        f"{report['variant']}.json"
+    control = control_report(path, "final_training")
     if not control.is_file():
         return None
     final = json.loads(control.read_text())
@@ -116,7 +118,7 @@ def row_of(path: Path) -> dict | None:
     retrained, source = None, None
     if report["baseline_config"]["structure_epochs"] == BUDGET and report.get("fhi_al_data_retrained"):
         retrained, source = report["fhi_al_data_retrained"]["forces_mae"], "benchmark"
-    elif (control := retrained_by_control(report)) is not None:
+    elif (control := retrained_by_control(path)) is not None:
         retrained, source = control, "bench_data_quality"
     if retrained is not None:
         equivalent, extrapolated = equivalent_baseline_labels(sizes, maes, retrained)

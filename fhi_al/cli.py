@@ -29,6 +29,7 @@ from .references import Ledger, reference_from_settings
 from .references.ledger import LABEL, RELABEL, ledger_path
 from .restart import RunLock
 from .settings import load_run_settings
+from .settings.exploration import check_cv_atoms
 from .settings.machine import check_stress_inputs
 from .systems import atomic_numbers, check_run_settings, load_systems, with_controls
 
@@ -138,6 +139,7 @@ def prepare_context(run_dir: Path, *, log_level: str | None = None):
         check_stress_inputs(settings, system.atoms.pbc, system.atoms.cell.volume)
     check_foundation(settings, systems)
     check_md_ensemble(settings, systems)
+    check_cv_atoms(settings.al, lambda index: len(systems[index % len(systems)].atoms))
     check_given_datasets(settings, systems, run_dir)
     if settings.calculator == "aims":
         systems = with_controls(systems, misc.path_to_control, run_dir,

@@ -9,7 +9,7 @@ import logging
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Hashable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 
@@ -136,6 +136,65 @@ class ThresholdTracker:
         return tracker
 
 
+class AbsoluteThreshold:
+    """A fixed threshold on the calibrated uncertainty (eV/Å, an expected force error): above `threshold` a frame
+    is CROSSED, above `upper_bound` (or not finite) TOO_UNCERTAIN, as in DP-GEN's trust levels. The per-trajectory
+    `not_crossed_limit` forcing works as in ThresholdTracker. No warm-up: the calibration makes the value
+    meaningful from the first check."""
+
+    kind = "absolute"
+
+    def __init__(self, threshold: float, *, upper_bound: float | None = None, not_crossed_limit: int | None = None):
+        if threshold <= 0.0 or (upper_bound is not None and upper_bound <= threshold):
+            raise ValueError(f"need 0 < threshold < upper bound, got {threshold} and {upper_bound}")
+        self.fixed = float(threshold)
+        self.upper_bound = upper_bound
+        self.not_crossed_limit = not_crossed_limit
+        self.n_checks = 0
+        self.not_crossed: dict[Hashable, int] = {}
+
+    @property
+    def threshold(self) -> float:
+        return self.fixed
+
+    def check(self, value: float, trajectory: Hashable = 0) -> Decision:
+        value = float(value)
+        if not math.isfinite(value) or (self.upper_bound is not None and value > self.upper_bound):
+            return Decision(TOO_UNCERTAIN, value, self.fixed)
+        self.n_checks += 1
+        if value > self.fixed:
+            self.not_crossed[trajectory] = 0
+            return Decision(CROSSED, value, self.fixed)
+        count = self.not_crossed.get(trajectory, 0) + 1
+        if self.not_crossed_limit is not None and count >= self.not_crossed_limit:
+            self.not_crossed[trajectory] = 0
+            return Decision(FORCED, value, self.fixed)
+        self.not_crossed[trajectory] = count
+        return Decision(NONE, value, self.fixed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"version": STATE_VERSION, "kind": self.kind, "threshold": self.fixed, "upper_bound": self.upper_bound,
+                "not_crossed_limit": self.not_crossed_limit, "n_checks": self.n_checks,
+                "not_crossed": [[key, count] for key, count in self.not_crossed.items()]}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> AbsoluteThreshold:
+        if state.get("version") != STATE_VERSION or state.get("kind") != cls.kind:
+            raise ValueError(f"not an absolute threshold's state: {state.get('kind')!r}")
+        tracker = cls(state["threshold"], upper_bound=state["upper_bound"],
+                      not_crossed_limit=state["not_crossed_limit"])
+        tracker.n_checks = int(state["n_checks"])
+        tracker.not_crossed = {_key(key): int(count) for key, count in state["not_crossed"]}
+        return tracker
+
+
+def tracker_from_state(state: dict[str, Any]) -> ThresholdTracker | AbsoluteThreshold:
+    """The saved tracker of either kind (records without a kind are moving averages)."""
+    if state.get("kind") == AbsoluteThreshold.kind:
+        return AbsoluteThreshold.from_state_dict(state)
+    return ThresholdTracker.from_state_dict(state)
+
+
 def _key(key: Any) -> Hashable:
     return tuple(key) if isinstance(key, list) else key
 
@@ -150,12 +209,12 @@ class SystemThresholds:
     atoms is larger), so a shared moving average would send mostly one system's frames to the reference.
     Trackers are created on a system's first check, from `make_tracker()`."""
 
-    def __init__(self, make_tracker: Any, *, per_system: bool):
+    def __init__(self, make_tracker: Callable[[], ThresholdTracker | AbsoluteThreshold], *, per_system: bool):
         self.make_tracker = make_tracker
         self.per_system = bool(per_system)
         self.trackers: dict[str, ThresholdTracker] = {}
 
-    def tracker(self, system: str) -> ThresholdTracker:
+    def tracker(self, system: str) -> ThresholdTracker | AbsoluteThreshold:
         key = str(system) if self.per_system else SHARED
         if key not in self.trackers:
             self.trackers[key] = self.make_tracker()
@@ -169,7 +228,7 @@ class SystemThresholds:
                 "trackers": {key: tracker.state_dict() for key, tracker in self.trackers.items()}}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any], make_tracker: Any, *, per_system: bool,
+    def from_state_dict(cls, state: dict[str, Any], make_tracker: Callable[[], ThresholdTracker | AbsoluteThreshold], *, per_system: bool,
                         only_system: str | None = None) -> SystemThresholds:
         """The saved thresholds; a record of one ThresholdTracker (written before several systems existed)
         becomes the tracker of `only_system` (or the shared one). A record whose `per_system` differs from
@@ -177,12 +236,12 @@ class SystemThresholds:
         thresholds = cls(make_tracker, per_system=per_system)
         if "trackers" not in state:  # a single ThresholdTracker's state
             key = only_system if per_system and only_system is not None else SHARED
-            thresholds.trackers[key] = ThresholdTracker.from_state_dict(state)
+            thresholds.trackers[key] = tracker_from_state(state)
             return thresholds
         if state.get("version") != THRESHOLDS_VERSION:
             raise ValueError(f"thresholds state version {state.get('version')!r}, expected {THRESHOLDS_VERSION}")
         if bool(state["per_system"]) != thresholds.per_system:
             kept = "one threshold per system" if state["per_system"] else "one shared threshold"
             raise ValueError(f"the restart record keeps {kept} but the settings ask for the other")
-        thresholds.trackers = {key: ThresholdTracker.from_state_dict(saved) for key, saved in state["trackers"].items()}
+        thresholds.trackers = {key: tracker_from_state(saved) for key, saved in state["trackers"].items()}
         return thresholds

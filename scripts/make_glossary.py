@@ -23,6 +23,7 @@ SECTIONS = [
     ("mace_settings.yaml", "MISC", schema.MaceMiscSettings),
     ("active_learning_settings.yaml", "ACTIVE_LEARNING", schema.ActiveLearningSettings),
     ("active_learning_settings.yaml", "MD", schema.MdSettings),
+    ("active_learning_settings.yaml", "MD.metadynamics", schema.MetadynamicsSettings),
     ("active_learning_settings.yaml", "MISC", schema.AlMiscSettings),
     ("active_learning_settings.yaml", "REFERENCE", schema.ReferenceSettings),
     ("active_learning_settings.yaml", "REFERENCE.xtb", schema.XtbSettings),

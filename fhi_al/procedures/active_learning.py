@@ -33,8 +33,11 @@ from ..references import compute_label, reference_timeout_from_settings
 from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
 from ..systems import describe, system_of
-from ..uncertainty import DEFAULT_WINDOW, SystemThresholds, ThresholdTracker
-from . import al_reporting, reporting, system_metrics
+from ..md.bias import width_from_spread
+from ..uncertainty import DEFAULT_WINDOW, AbsoluteThreshold, SystemThresholds, ThresholdTracker
+from ..md.bias import model_results
+from . import al_reporting, exploration, reporting, system_metrics
+from .al_calibration import CALIBRATION_FILE, AlCalibration, energy_spread_per_sqrt_atom
 from .al_training import EnsembleTraining
 from .common import (AL_STAGE, AL_TRAIN, AL_VALID, INITIAL_STAGE, TRAIN, al_member_data, dataset_name,
                      ensemble_forces_mae, load_or_create_member, make_store, make_trainer, member_specs)
@@ -71,6 +74,8 @@ class ActiveLearning:
         self.timings = Timings()
         self.started = time.perf_counter()
         self.stops: list[Any] = []  # fhi_al.training.stopping.TrainingStop of the final convergence
+        self.exchanges: exploration.Exchanges | None = None
+        self.biases: dict[int, exploration.TrajectoryBias] = {}
 
     # ------------------------------------------------------------------------------------------ steps
     def run(self) -> None:
@@ -125,6 +130,12 @@ class ActiveLearning:
                 trajectory.restore(saved_state)
             log.info("Resuming active learning: %d labels so far, MD steps %s.", self.state.labels,
                      [t.step for t in self.trajectories])
+        self.biases = exploration.attach_biases(self.trajectories, self.settings.al, self.run_dir)
+        self.exchanges = exploration.make_exchanges(self.trajectories, self.settings.al, self.systems,
+                                                    self.state.exploration.get("exchange"),
+                                                    seed=self.settings.al.md.seed + 1)
+        self.calibration = AlCalibration(self.run_dir / self.trainer.config.results_dir, self.systems,
+                                         self.state.exploration.get("calibration"))
         self.book = LabelBook(self.store, self.labeler, pending=self.state.pending, stage=AL_STAGE.prefix,
                               template=lambda label: self.trajectories[label.trajectory].atoms, save=self.save_state,
                               timings=self.timings, bounds=self.bounds, ledger=ledger_path(self.run_dir))
@@ -132,6 +143,7 @@ class ActiveLearning:
             self.state.metrics = {tag: self.trainer.evaluate(m, m.valid_atoms) for tag, m in self.members.items()}
             log.info("Starting active learning: ensemble validation force MAE %.4f eV/Å.", self.ensemble_mae())
             self.report_systems(plot=False, labels=self.state.labels)
+        self.recalibrate()
         self.resubmit_pending()
 
     def should_stop(self) -> bool:
@@ -158,6 +170,8 @@ class ActiveLearning:
                 self.propagate(trajectory)
             elif trajectory.status == TRAINING:
                 self.train_visit(trajectory)
+            self.save_state()
+        if self.exchanges is not None and exploration.exchange_if_due(self.exchanges, self.trajectories):
             self.save_state()
         for result in self.wait_for_news() if self.idle() else self.labeler.collect():
             self.receive_label(result)
@@ -200,7 +214,7 @@ class ActiveLearning:
     def check_uncertainty(self, trajectory: Trajectory) -> None:
         check = trajectory.check(self.al.uncertainty_reduction)
         analysis = self.al.analysis and self.analysis_due(trajectory, check.md_step)
-        predicted = trajectory.atoms.calc.results["forces"].copy() if analysis else None
+        predicted = model_results(trajectory.atoms.calc.results)[1].copy() if analysis else None
         if trajectory.spaced_from_last_label(self.al.label_spacing_steps):
             self.decide(trajectory, check)
         # after the decision: a frame that is also labelled is computed (and paid) as the label, and the
@@ -209,15 +223,21 @@ class ActiveLearning:
             self.analysis_point(trajectory, check, predicted)
 
     def decide(self, trajectory: Trajectory, check: Any) -> None:
-        decision = self.thresholds.check(check.uncertainty_eV_per_A, trajectory=trajectory.index,
-                                         system=system_of(trajectory.atoms, self.systems))
-        al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision)
+        system = system_of(trajectory.atoms, self.systems)
+        calibrated = self.calibration.calibrated(check.uncertainty_eV_per_A, system)
+        value = calibrated if self.al.threshold_mode == "absolute" else check.uncertainty_eV_per_A
+        decision = self.thresholds.check(value, trajectory=trajectory.index, system=system)
+        al_reporting.append_check(self.analysis_dir, trajectory.index, check, decision,
+                                  extra={"uncertainty_calibrated_eV_per_A": calibrated,
+                                         "threshold_mode": self.al.threshold_mode,
+                                         **exploration.bias_record(trajectory)})
         if decision.discard:
-            trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above uncertainty_upper_bound")
+            bound = "upper_threshold_eV_per_A" if self.al.threshold_mode == "absolute" else "uncertainty_upper_bound"
+            trajectory.reset(f"uncertainty {decision.value:.3f} eV/Å above {bound}")
         elif decision.label:
-            log.info("trajectory %d step %d: uncertainty %.3f eV/Å, threshold %s -> reference (%s)",
-                     trajectory.index, check.md_step, decision.value, _fmt(decision.threshold), decision.kind,
-                     extra=DETAIL)
+            log.info("trajectory %d step %d: uncertainty %.3f eV/Å (expected force error %.3f eV/Å), threshold %s "
+                     "-> reference (%s)", trajectory.index, check.md_step, check.uncertainty_eV_per_A, calibrated,
+                     _fmt(decision.threshold), decision.kind, extra=DETAIL)
             self.request_label(trajectory, check.frame, kind=decision.kind)
 
     def request_label(self, trajectory: Trajectory, frame: Any, *, kind: str) -> None:
@@ -316,6 +336,7 @@ class ActiveLearning:
             return
         trajectory.status = RUNNING if trajectory.step < self.al.max_MD_steps else FINISHED
         self.report_systems(plot=False, console=False, labels=self.state.labels)  # learning curve per system
+        self.recalibrate()
         self.bar.set_postfix(labels=self.state.labels, mae_meV_A=f"{1e3 * self.ensemble_mae():.0f}",
                              threshold=_fmt(self.thresholds.tracker(system_of(trajectory.atoms,
                                                                               self.systems)).threshold))
@@ -349,6 +370,9 @@ class ActiveLearning:
         reporting.log_rejections(reporting.md_rejections([t.dynamics for t in self.trajectories]), self.book.rejected)
         self.report_systems(plot=True, labels=self.state.labels)
         system_metrics.learning_curve_plot(results / system_metrics.METRICS_FILE, results / system_metrics.CURVE_FILE)
+        exploration.write_exchange_report(self.exchanges, results)
+        if self.recalibrate(plot=True):
+            log.info("Calibrated uncertainty (results/%s): %s.", CALIBRATION_FILE, self.calibration.summary())
         reporting.log_stops(self.stops)
         reporting.log_outputs([self.trainer.model_path(tag) for tag in self.members], results, self.run_dir)
 
@@ -371,13 +395,33 @@ class ActiveLearning:
         if saved is None:
             return SystemThresholds(self.make_tracker, per_system=per_system)
         try:
-            return SystemThresholds.from_state_dict(saved, self.make_tracker, per_system=per_system,
-                                                    only_system=self.systems[0].name)
+            thresholds = SystemThresholds.from_state_dict(saved, self.make_tracker, per_system=per_system,
+                                                          only_system=self.systems[0].name)
         except ValueError as error:
             raise InputError(f"{error}; set it back or delete {RECORD_PATH} to restart active learning",
                              where="ACTIVE_LEARNING.threshold_per_system") from None
+        wanted = type(self.make_tracker())
+        if any(type(tracker) is not wanted for tracker in thresholds.trackers.values()):
+            raise InputError(f"the restart record holds a threshold of the other mode; set threshold_mode back or "
+                             f"delete {RECORD_PATH} to restart active learning", where="ACTIVE_LEARNING.threshold_mode")
+        return thresholds
 
-    def make_tracker(self) -> ThresholdTracker:
+    def recalibrate(self, *, plot: bool = False) -> bool:
+        """Refit the calibration on the validation frames (and the uncertainty bias width where it is not
+        given); False when there is no validation frame yet."""
+        valid = next(iter(self.members.values())).valid_atoms
+        with self.timings.measure("calibration_s"):
+            fits = self.calibration.refit(self.calc, valid, labels=self.state.labels, plot=plot)
+            if valid and any(not bias.width_fixed and bias.uncertainty is not None for bias in self.biases.values()):
+                width_eV = width_from_spread(energy_spread_per_sqrt_atom(self.calc, valid))
+                exploration.refresh_widths(self.biases, width_eV)
+        return bool(fits)
+
+    def make_tracker(self) -> ThresholdTracker | AbsoluteThreshold:
+        if self.al.threshold_mode == "absolute":
+            upper = self.al.upper_threshold_eV_per_A
+            return AbsoluteThreshold(self.al.threshold_eV_per_A, not_crossed_limit=self.al.uncert_not_crossed_limit,
+                                     upper_bound=upper)
         window = self.al.threshold_window or DEFAULT_WINDOW
         return ThresholdTracker(self.al.c_x, warmup_checks=max(self.al.threshold_warmup_checks, 1), window=window,
                                 not_crossed_limit=self.al.uncert_not_crossed_limit,
@@ -396,6 +440,9 @@ class ActiveLearning:
             return
         self.state.threshold = self.thresholds.state_dict()
         self.state.trajectories = [t.state() for t in self.trajectories]
+        if self.exchanges is not None:
+            self.state.exploration["exchange"] = self.exchanges.state_dict()
+        self.state.exploration["calibration"] = self.calibration.state_dict()
         self.state_file.save(self.state)
 
 

@@ -23,9 +23,10 @@ ANALYSIS_FILE = "analysis.jsonl"
 LABELLED = ("crossed", "forced", "blow-up")  # decisions that sent the frame to the reference
 
 
-def append_check(folder: Path, trajectory: int, check: Any, decision: Any) -> None:
+def append_check(folder: Path, trajectory: int, check: Any, decision: Any, *, extra: dict | None = None) -> None:
+    """One uncertainty check; `extra` adds fields (calibrated uncertainty, bias energy and force)."""
     record = {"trajectory": trajectory, "md_step": check.md_step, "uncertainty": check.uncertainty_eV_per_A,
-              "threshold": decision.threshold, "decision": decision.kind}
+              "threshold": decision.threshold, "decision": decision.kind, **(extra or {})}
     append_durable(folder / CHECKS_FILE, json.dumps(record) + "\n")
 
 
@@ -44,24 +45,37 @@ def append_analysis(folder: Path, trajectory: int, check: Any, predicted_forces:
     append_durable(folder / ANALYSIS_FILE, json.dumps(record) + "\n")
 
 
+def calibrated_view(record: dict) -> tuple[float, float | None]:
+    """(uncertainty, threshold) of a check as expected force errors in eV/Å: the calibrated value and the
+    threshold scaled by the same factor (records written before calibration existed stay raw)."""
+    raw, threshold = record["uncertainty"], record["threshold"]
+    calibrated = record.get("uncertainty_calibrated_eV_per_A")
+    if calibrated is None or not raw:
+        return raw, threshold
+    if record.get("threshold_mode") == "absolute":
+        return calibrated, threshold
+    return calibrated, None if threshold is None else threshold * calibrated / raw
+
+
 def uncertainty_traces(folder: Path, path: Path) -> None:
     records = [r for r in read_json_lines(folder / CHECKS_FILE) if r["uncertainty"] is not None]
     if not records:
         return
+    calibrated = all("uncertainty_calibrated_eV_per_A" in r for r in records)
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(9, 4))
     for index in sorted({r["trajectory"] for r in records}):
         mine = [r for r in records if r["trajectory"] == index]
-        axis.plot([r["md_step"] for r in mine], [1e3 * r["uncertainty"] for r in mine], lw=0.8,
+        axis.plot([r["md_step"] for r in mine], [1e3 * calibrated_view(r)[0] for r in mine], lw=0.8,
                   label=f"trajectory {index}")
         labelled = [r for r in mine if r["decision"] in LABELLED]
-        axis.plot([r["md_step"] for r in labelled], [1e3 * r["uncertainty"] for r in labelled], "kx", ms=5)
+        axis.plot([r["md_step"] for r in labelled], [1e3 * calibrated_view(r)[0] for r in labelled], "kx", ms=5)
     with_threshold = [r for r in records if r["threshold"] is not None]
     order = np.argsort([r["md_step"] for r in with_threshold], kind="stable")
-    axis.plot([with_threshold[i]["md_step"] for i in order], [1e3 * with_threshold[i]["threshold"] for i in order],
-              "r--", lw=1, label="threshold")
+    axis.plot([with_threshold[i]["md_step"] for i in order],
+              [1e3 * calibrated_view(with_threshold[i])[1] for i in order], "r--", lw=1, label="threshold")
     axis.set_xlabel("MD step")
-    axis.set_ylabel("force uncertainty (meV/Å)")
+    axis.set_ylabel("expected force error (meV/Å)" if calibrated else "force uncertainty (meV/Å)")
     axis.set_title("Uncertainty along the MLFF trajectories (x: sent to the reference)")
     axis.legend(fontsize=7)
     save_figure(fig, path)

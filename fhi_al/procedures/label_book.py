@@ -32,10 +32,11 @@ class Timings:
     reference_s: float = 0.0
     training_s: float = 0.0
     md_s: float = 0.0
+    calibration_s: float = 0.0
 
     @contextmanager
     def measure(self, activity: str) -> Iterator[None]:
-        """Adds the time spent in the block to `activity` ('reference_s', 'training_s' or 'md_s')."""
+        """Adds the time spent in the block to `activity` (reference_s, training_s, md_s or calibration_s)."""
         started = time.perf_counter()
         try:
             yield
@@ -43,7 +44,10 @@ class Timings:
             setattr(self, activity, getattr(self, activity) + time.perf_counter() - started)
 
     def as_dict(self) -> dict[str, float]:
-        return {"reference_s": self.reference_s, "training_s": self.training_s, "md_s": self.md_s}
+        times = {"reference_s": self.reference_s, "training_s": self.training_s, "md_s": self.md_s}
+        if self.calibration_s:
+            times["calibration_s"] = self.calibration_s
+        return times
 
 
 def all_label_ids(store: DatasetStore) -> set[str]:

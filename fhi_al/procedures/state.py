@@ -181,6 +181,8 @@ class ActiveLearningState:
     # members trained on other ML ranks (ml_ranks > 1): epochs assigned to each and finished by each
     remote_assigned: dict[str, int] = field(default_factory=dict)
     remote_done: dict[str, int] = field(default_factory=dict)
+    # calibration scales and replica-exchange bookkeeping (fhi_al.procedures.exploration); absent in older records
+    exploration: dict[str, Any] = field(default_factory=dict)
 
     kind = AL_KIND
 
@@ -189,7 +191,8 @@ class ActiveLearningState:
         return {"kind": self.kind, "version": STATE_VERSION, "labels": self.labels, "metrics": self.metrics,
                 "stale": self.stale, "best_loss": self.best_loss, "threshold": self.threshold,
                 "trajectories": trajectories, "pending": pending_to_record(self.pending),
-                "remote_assigned": self.remote_assigned, "remote_done": self.remote_done}
+                "remote_assigned": self.remote_assigned, "remote_done": self.remote_done,
+                "exploration": self.exploration}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> ActiveLearningState:
@@ -203,7 +206,7 @@ class ActiveLearningState:
                    best_loss=dict(record["best_loss"]), threshold=record["threshold"],
                    trajectories=None if saved is None else [TrajectoryState.from_record(t) for t in saved],
                    pending=pending, remote_assigned=_counts(record.get("remote_assigned")),
-                   remote_done=_counts(record.get("remote_done")))
+                   remote_done=_counts(record.get("remote_done")), exploration=dict(record.get("exploration") or {}))
 
 
 def _counts(record: dict[str, Any] | None) -> dict[str, int]:

@@ -17,6 +17,7 @@ import yaml
 
 from ..errors import InputError, SettingsError
 from . import schema
+from .exploration import check_exploration
 from .md_block import build_md, check_md_trajectories
 from .typed import build_section, field_names, suggest
 
@@ -291,9 +292,10 @@ def _resolve_paths(al: schema.AlSettings, run_dir: Path) -> schema.AlSettings:
                                reference=dataclasses.replace(al.reference, calculator=calculator))
 
 
-def check_consistency(al: schema.AlSettings) -> None:
+def check_consistency(al: schema.AlSettings, run_dir: Path | None = None) -> None:
     """Checks that involve more than one key; raises SettingsError naming the key to change."""
     check_md_trajectories(al)
+    check_exploration(al, run_dir)
     section, calculator = al.active_learning, al.reference.calculator
     if calculator == "aims":
         if section.aims_lib_path is None:
@@ -393,7 +395,7 @@ def load_run_settings(run_dir: Path) -> schema.RunSettings:
         al_path = run_dir / schema.AL_SETTINGS_FILE
         al = _resolve_paths(load_al_settings(al_path), run_dir)
     try:
-        check_consistency(al)
+        check_consistency(al, run_dir)
     except SettingsError as error:
         raise _with_file(error, al_path) from None
     mace = _check_machine(mace, run_dir)

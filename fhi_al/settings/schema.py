@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from .md_schema import BAROSTATS, MD_UNUSED, MdSettings  # noqa: F401 - part of the schema
+from .md_schema import BAROSTATS, MD_UNUSED, MdSettings, MetadynamicsSettings  # noqa: F401 - part of the schema
 from .reference_schema import (REFERENCE_CALCULATORS, REFERENCE_SUBSECTIONS, XTB_METHODS,  # noqa: F401
                                AimsSettings, PyscfSettings, ReferenceSettings, XtbSettings)
 from .typed import option
@@ -347,6 +347,24 @@ class ActiveLearningSettings:
     max_temperature_factor: float = option(5.0, "An MD frame whose kinetic temperature exceeds this multiple of "
                                                 "MD.temperature is rejected and its trajectory reset.", minimum=1.0,
                                            exclusive_minimum=True)
+    threshold_mode: str = option("moving_average", "How the labelling threshold is set: moving_average (the "
+                                                   "original rule, a moving average × (1 + c_x)) or absolute "
+                                                   "(threshold_eV_per_A on the calibrated uncertainty).",
+                                 choices=["moving_average", "absolute"])
+    threshold_eV_per_A: float | None = option(
+        None, "threshold_mode absolute: calibrated force uncertainty (expected force error) above which a frame is "
+              "labelled. The calibration is fitted on the validation labels at the start of active learning and "
+              "after every training; its scale is in results/calibration.json.", minimum=0.0,
+        exclusive_minimum=True, unit="eV/Å")
+    upper_threshold_eV_per_A: float | None = option(
+        None, "threshold_mode absolute: calibrated uncertainty above which a frame is discarded as unphysical and "
+              "its trajectory reset (DP-GEN's upper trust level; null = none).", minimum=0.0,
+        exclusive_minimum=True, unit="eV/Å")
+    replica_exchange_steps: int = option(
+        0, "Temperature replica exchange: every this many MD steps, neighbouring trajectories of the same system "
+           "in the temperature ladder (per-trajectory MD temperatures) swap configurations by the Metropolis "
+           "criterion; the acceptance per pair is in results/replica_exchange.json (0 = off).", minimum=0,
+        unit="MD steps")
     initial_train_dataset: str | dict[str, str] | None = option(
         None, "Start from existing data: an extxyz file with REF_energy and REF_forces that every member trains "
               "on, or a mapping from member tag to its file. Replaces the sampling of the initial dataset.")

@@ -47,6 +47,8 @@ def describe_type(annotation: Any) -> str:
     if origin is dict:
         key, value = typing.get_args(annotation) or (Any, Any)
         return f"mapping {describe_type(key)} -> {describe_type(value)}"
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return f"mapping ({', '.join(f.name for f in dataclasses.fields(annotation))})"
     return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(annotation, str(annotation))
 
 
@@ -55,7 +57,12 @@ def _coerce(value: Any, annotation: Any, path: str) -> Any:
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return value
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return build_section(annotation, value, path)  # a nested section, e.g. MD.metadynamics
     if origin in (typing.Union, types.UnionType):
+        nested = [arg for arg in typing.get_args(annotation) if isinstance(arg, type) and dataclasses.is_dataclass(arg)]
+        if nested and value is not None:
+            return build_section(nested[0], value, path)  # its own errors name the nested key
         errors = []
         for arg in typing.get_args(annotation):
             try:

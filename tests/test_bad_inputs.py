@@ -28,6 +28,7 @@ AL_OK = ("ACTIVE_LEARNING:\n  ensemble_size: 2\n  valid_ratio: 0.2\nMD:\n  tempe
 WATER = ("atom 0.000000 0.000000 0.119262 O\n"
          "atom 0.000000 0.763239 -0.477047 H\n"
          "atom 0.000000 -0.763239 -0.477047 H\n")
+XTB_MD_AL = "ACTIVE_LEARNING:\n  initial_sampling: xtb-md\nREFERENCE:\n  calculator: emt\n"
 CONTROL_OK = "xc pbe\nrelativistic atomic_zora scalar\nspin none\n"
 
 
@@ -192,6 +193,36 @@ CASES = [
     *([] if torch.cuda.is_available() else [
         Case("device_cuda_without_cuda", mace_file(MACE_OK + "MISC:\n  device: cuda\n"),
              ("MISC.device", "'cuda'", "without CUDA", "available here: cpu"))]),
+    # exploration: metadynamics, biases, PLUMED, the absolute threshold
+    Case("unknown_cv_kind", al_file(XTB_MD_AL + "MD:\n  metadynamics:\n    cvs: [{dihedral: [0, 1, 2]}]\n"),
+         ("MD.metadynamics.cvs[0]", "unknown CV kind 'dihedral'", "torsion")),
+    Case("cv_index_out_of_range", al_file(XTB_MD_AL + "MD:\n  metadynamics:\n    cvs: [{distance: [0, 7]}]\n"),
+         ("MD.metadynamics.cvs[0]", "atom index 7 is out of range", "3 atoms")),
+    Case("cv_wrong_atom_count", al_file(XTB_MD_AL + "MD:\n  metadynamics:\n    cvs: [{angle: [0, 1]}]\n"),
+         ("MD.metadynamics.cvs[0]", "needs 3 atom indices")),
+    Case("hill_width_not_positive",
+         al_file(XTB_MD_AL + "MD:\n  metadynamics:\n    cvs: [{distance: [0, 1]}]\n    sigma: [0.0]\n"),
+         ("MD.metadynamics.sigma[0]", "must be > 0")),
+    Case("metadynamics_without_cvs", al_file(XTB_MD_AL + "MD:\n  metadynamics:\n    height: 0.1\n"),
+         ("MD.metadynamics", "cvs")),
+    Case("bias_on_reference_md", al_file(AL_OK.replace("MD:\n", "MD:\n  bias: uncertainty\n")),
+         ("MD.bias", "initial_sampling: aimd", "xtb-md")),
+    Case("metadynamics_on_reference_md_trajectory_0",
+         al_file("ACTIVE_LEARNING:\n  num_trajectories: 2\nREFERENCE:\n  calculator: emt\nMD:\n  0:\n    "
+                 "metadynamics:\n      cvs: [{distance: [0, 1]}]\n  1:\n    temperature: 600\n"),
+         ("MD.0.metadynamics", "ab initio MD")),
+    Case("plumed_without_module", al_file(XTB_MD_AL + "MD:\n  plumed: plumed.dat\n"),
+         ("MD.plumed", "`plumed` Python module is not installed")),
+    Case("absolute_threshold_without_value", al_file("ACTIVE_LEARNING:\n  threshold_mode: absolute\n"),
+         ("ACTIVE_LEARNING.threshold_eV_per_A", "threshold_mode absolute")),
+    Case("absolute_threshold_without_calibration_data",
+         al_file("ACTIVE_LEARNING:\n  threshold_mode: absolute\n  threshold_eV_per_A: 0.05\n"
+                 "  initial_train_dataset: given.xyz\n"),
+         ("ACTIVE_LEARNING.threshold_mode", "validation labels", "initial_valid_dataset")),
+    Case("upper_threshold_below_threshold",
+         al_file("ACTIVE_LEARNING:\n  threshold_mode: absolute\n  threshold_eV_per_A: 0.05\n"
+                 "  upper_threshold_eV_per_A: 0.01\n"),
+         ("ACTIVE_LEARNING.upper_threshold_eV_per_A", "above threshold_eV_per_A")),
     Case("bad_cli_argument", args=("--frobnicate",), expect=("unrecognized arguments", "--frobnicate")),
     Case("bad_log_level", args=("--log-level", "LOUD"), expect=("--log-level", "invalid choice")),
     Case("run_dir_missing", run_dir="does_not_exist", expect=("does_not_exist", "does not exist")),

@@ -84,9 +84,12 @@ def check_exploration(al: AlSettings, run_dir: Path | None = None) -> None:
         if section.threshold_eV_per_A is None:
             raise SettingsError("threshold_mode absolute needs threshold_eV_per_A (the calibrated force "
                                 "uncertainty above which a frame is labelled)", where="ACTIVE_LEARNING.threshold_eV_per_A")
-        if section.valid_ratio <= 0.0 and section.initial_train_dataset is None:
-            raise SettingsError("threshold_mode absolute is calibrated on the validation labels, but valid_ratio is "
-                                "0: no validation label would ever exist", where="ACTIVE_LEARNING.threshold_mode")
+        if section.initial_train_dataset is not None and section.initial_valid_dataset is None:
+            raise SettingsError("threshold_mode absolute is calibrated on validation labels, and a start from "
+                                "initial_train_dataset without initial_valid_dataset has none when active learning "
+                                "begins (the threshold would compare raw ensemble spreads until the first "
+                                "validation label); give initial_valid_dataset or use threshold_mode "
+                                "moving_average", where="ACTIVE_LEARNING.threshold_mode")
         upper = section.upper_threshold_eV_per_A
         if upper is not None and upper <= section.threshold_eV_per_A:
             raise SettingsError(f"got {upper}; the discard level must lie above threshold_eV_per_A = "

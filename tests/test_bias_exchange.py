@@ -178,6 +178,8 @@ def test_rounds_alternate_pairs_and_the_state_survives_a_restart():
     restored = ReplicaExchange.from_state_dict(exchange.state_dict(), 10)
     assert restored.summary() == exchange.summary() and restored.next_step == 20 and restored.parity == 1
     assert exchange.summary()["0-1"]["acceptance"] == 1.0
+    assert ReplicaExchange(10, parity=1).round_pairs([4, 2]) == [(4, 2)]  # a ladder of two tries its pair every round
+    assert ReplicaExchange(10, parity=1).round_pairs([0, 1, 2, 3]) == [(1, 2)]
 
 
 def test_exchange_samples_boltzmann_weights_of_two_states():

@@ -148,12 +148,13 @@ def parse_cv(entry: Any, n_atoms: int, where: str) -> CollectiveVariable:
     expected = N_ATOMS[kind]
     if not isinstance(indices, (list, tuple)) or len(indices) != expected:
         got = f"{len(indices)}" if isinstance(indices, (list, tuple)) else repr(indices)
-        raise SettingsError(f"a {kind} needs a list of {expected} atom indices, got {got}", where=where)
+        raise SettingsError(f"{_article(kind)} {kind} needs a list of {expected} atom indices, got {got}",
+                            where=where)
     atoms = tuple(_atom_index(value, n_atoms, where) for value in indices)
     repeated = sorted({i for i in atoms if atoms.count(i) > 1})
     if repeated:
         raise SettingsError(f"atom index {repeated[0]} appears more than once in {list(atoms)}; "
-                            f"a {kind} needs {expected} different atoms", where=where)
+                            f"{_article(kind)} {kind} needs {expected} different atoms", where=where)
     return CollectiveVariable(kind, atoms)
 
 
@@ -178,3 +179,7 @@ def _atom_index(value: Any, n_atoms: int, where: str) -> int:
         raise SettingsError(f"atom index {value} is out of range: the geometry has {n_atoms} atoms "
                             f"(0..{n_atoms - 1})", where=where)
     return int(value)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"

@@ -87,14 +87,18 @@ class ReplicaExchange:
         """Every trajectory of the ladder has reached the next exchange step."""
         return self.interval_steps > 0 and bool(steps) and min(steps) >= self.next_step
 
+    def round_pairs(self, ladder: Sequence[int]) -> list[tuple[int, int]]:
+        """The neighbour pairs of this round's parity (a ladder of two has one pair, tried every round)."""
+        positions = range(self.parity, len(ladder) - 1, 2) or range(0, len(ladder) - 1, 2)
+        return [(ladder[position], ladder[position + 1]) for position in positions]
+
     def attempt(self, ladder: Sequence[int], energies_eV: dict[int, float], temperatures_K: Sequence[float],
                 atoms: dict[int, Atoms], rng: np.random.Generator,
                 allowed: Collection[tuple[int, int]] | None = None) -> list[tuple[int, int, bool]]:
         """One round of attempts on the neighbour pairs of this round's parity (only those in `allowed`, when
         given); -> (i, j, accepted) each."""
         outcomes = []
-        for position in range(self.parity, len(ladder) - 1, 2):
-            i, j = ladder[position], ladder[position + 1]
+        for i, j in self.round_pairs(ladder):
             if allowed is not None and (i, j) not in allowed:
                 continue
             probability = acceptance_probability(energies_eV[i], energies_eV[j], temperatures_K[i], temperatures_K[j])

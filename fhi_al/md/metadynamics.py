@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 from ase import Atoms, units
 
-from ..durable import append_durable, read_json_lines
+from ..durable import append_durable, atomic_write_text, read_json_lines
 from .colvars import CollectiveVariable, wrap_angle
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,8 @@ class Metadynamics:
             return
         for record in read_json_lines(self.hills_path):
             self._add(_checked_hill(Hill.from_record(record), self.dimension, self.hills_path))
+        if _torn(self.hills_path):  # the next append would otherwise continue the torn line
+            atomic_write_text(self.hills_path, "".join(hill.to_json() for hill in self.hills))
         log.info("%s: %d metadynamics hills read", self.hills_path, len(self))
 
     def _add(self, hill: Hill) -> None:
@@ -208,3 +210,12 @@ def _checked_hill(hill: Hill, dimension: int, path: Path) -> Hill:
         raise ValueError(f"{path}: a hill of {len(hill.center)} collective variables does not fit a bias on "
                          f"{dimension}; was the file written with other collective variables?")
     return hill
+
+
+def _torn(path: Path) -> bool:
+    """True if the file does not end with a complete line (a kill during an append)."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb") as handle:
+        handle.seek(-1, 2)
+        return handle.read(1) != b"\n"

@@ -182,25 +182,29 @@ def make_exchanges(trajectories: Sequence[Trajectory], settings: AlSettings, sys
 
 
 def exchange_if_due(exchanges: Exchanges, trajectories: Sequence[Trajectory]) -> bool:
-    """One round of swaps when every running trajectory of the ladders has reached the next exchange step;
-    pairs with a trajectory that is not running (waiting for a label, training, finished) sit the round out."""
+    """One round of swaps once every running trajectory of the ladders has reached the next exchange step.
+    Only pairs whose two trajectories are running (not waiting for a label, training or finished) are tried; a
+    round in which no pair could be tried stays due, so a busy ladder exchanges as soon as a pair is free."""
     members = [trajectories[i] for ladder in exchanges.ladders for i in ladder]
     running = [t for t in members if t.status == RUNNING]
     if not running or not exchanges.exchange.due([t.step for t in running]):
         return False
+    tried = False
     for ladder in exchanges.ladders:
         active = [i for i in ladder if trajectories[i].status == RUNNING]
         energies = {i: model_results(_fresh_results(trajectories[i]))[0] for i in active}
         pairs = [(a, b) for a, b in zip(ladder, ladder[1:]) if a in energies and b in energies]
         atoms = {i: trajectories[i].atoms for i in energies}
         for i, j, accepted in _attempt_pairs(exchanges, ladder, pairs, energies, atoms):
+            tried = True
             if accepted:
                 for index in (i, j):
                     _after_swap(trajectories[index])
             log.info("replica exchange %d <-> %d at step %d: %s", i, j, trajectories[i].step,
                      "accepted" if accepted else "rejected", extra=DETAIL)
-    exchanges.exchange.advance()
-    return True
+    if tried:
+        exchanges.exchange.advance()
+    return tried
 
 
 def _attempt_pairs(exchanges: Exchanges, ladder: list[int], pairs: list[tuple[int, int]],

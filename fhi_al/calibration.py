@@ -127,19 +127,32 @@ def per_atom_errors(calc: Any, frames: Sequence[Any]) -> tuple[np.ndarray, np.nd
     concatenated in frame order. `calc` is an ASE calculator with the result `forces_comm` [M, N, 3] (e.g.
     fhi_al.ensemble.EnsembleCalculator); it evaluates a copy of each frame, so the frames keep their own
     calculators. A frame without arrays["REF_forces"] is a ValueError."""
-    spreads, errors = [], []
     for index, frame in enumerate(frames):
         if REF_FORCES_KEY not in frame.arrays:
             raise ValueError(f"frame {index} has no {REF_FORCES_KEY}: only labelled frames can calibrate")
-        atoms = frame.copy()  # Atoms.copy leaves the calculator behind
-        atoms.calc = calc
-        calc.get_property("forces", atoms)  # raw results: no constraint is applied to calc.results
-        spreads.append(per_atom_force_spread(calc.results["forces_comm"]))
-        mean_forces = np.asarray(calc.results["forces"], dtype=float)
+    spreads, errors = [], []
+    for frame, results in zip(frames, _results(calc, frames)):
+        spreads.append(per_atom_force_spread(results["forces_comm"]))
+        mean_forces = np.asarray(results["forces"], dtype=float)
         errors.append(np.linalg.norm(mean_forces - np.asarray(frame.arrays[REF_FORCES_KEY], dtype=float), axis=1))
     if not spreads:
         return np.zeros(0), np.zeros(0)
     return np.concatenate(spreads), np.concatenate(errors)
+
+
+def _results(calc: Any, frames: Sequence[Any]) -> list[dict[str, Any]]:
+    """The calculator's results for copies of `frames`: in one batched call where the calculator has one
+    (`calculate_batch`, the ensemble calculator), else frame by frame."""
+    copies = [frame.copy() for frame in frames]  # Atoms.copy leaves the calculator behind
+    batch = getattr(calc, "calculate_batch", None)
+    if batch is not None and copies:
+        return list(batch(copies))
+    results = []
+    for atoms in copies:
+        atoms.calc = calc
+        calc.get_property("forces", atoms)  # raw results: no constraint is applied to calc.results
+        results.append(dict(calc.results))
+    return results
 
 
 @dataclass

@@ -10,7 +10,11 @@ Invariants checked after every cycle (the run is dead, nothing is repaired befor
 A run that ends before its kill is checked as final: exit 0 and every ledger label stored. Then a fresh
 folder (the next "episode") starts. After the last cycle an uninterrupted rerun must finish with exit 0.
 
-Usage: python scripts/chaos.py --mode serial --cycles 20 [--seed 0] [--expected-s 60] [--ml-ranks 2]
+With --explore, trajectory 1 runs with the uncertainty bias and well-tempered metadynamics on the H-O-H angle
+(xtb-md initial sampling), and every check also reads its hills (restart/al/hills_1.jsonl): none deposited twice,
+none lost between two kills of the same folder.
+
+Usage: python scripts/chaos.py --mode serial --cycles 20 [--seed 0] [--expected-s 60] [--ml-ranks 2] [--explore]
 With --ml-ranks N > 1 the members train on N ML ranks (serial mode: `mpiexec -n N`; parallel mode: N ML ranks
 and one reference group).
 Writes scripts/results/chaos_{mode}.json and chaos_{mode}.png (chaos_{mode}_ml{N}.* with --ml-ranks N > 1).
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = REPO / ".venv" / "bin"
@@ -42,6 +47,11 @@ CHAOS_AL = {"ACTIVE_LEARNING": {"n_samples": 3, "max_initial_epochs": 4, "interm
                                 "max_MD_steps": 100, "max_epochs_worker": 2}}
 MPI_RANKS = 3
 ML_RANKS = 1  # set by --ml-ranks
+EXPLORE = False  # set by --explore
+EXPLORE_MD = {0: {"temperature": 500, "friction": 0.01, "seed": 3},
+              1: {"temperature": 500, "friction": 0.01, "bias": "uncertainty",
+                  "metadynamics": {"cvs": [{"angle": [1, 0, 2]}], "pace": 10, "biasfactor": 5}}}
+HILLS = Path("restart") / "al" / "hills_1.jsonl"
 MIN_DELAY_S = 1.0
 RUN_TIMEOUT_S = 900.0
 DATA_STAGES = ("initial", "al")  # data/final is rewritten whole at the end, from the members' sets
@@ -192,14 +202,34 @@ def check(folder: Path, *, final: bool) -> dict:
     unacknowledged = sorted((ledger - stored_set) & pending)
     lost = sorted(ledger - stored_set - (set() if final else pending))
     n_checkpoints, bad_checkpoints = checkpoint_problems(folder)
-    return {"labels_in_ledger": len(ledger), "labels_stored": len(stored), "lost": lost, "duplicated": duplicated,
+    hills, hill_problems = hill_steps(folder)
+    return {"hills": hills, "hill_problems": hill_problems, "labels_in_ledger": len(ledger),
+            "labels_stored": len(stored), "lost": lost, "duplicated": duplicated,
             "unacknowledged": unacknowledged, "stored_not_in_ledger": sorted(stored_set - ledger),
             "file_problems": problems, "non_finite_frames": non_finite, "checkpoints": n_checkpoints,
             "checkpoint_problems": bad_checkpoints}
 
 
+def hill_steps(folder: Path) -> tuple[list[int], list[str]]:
+    """Steps of the biased trajectory's hills, and problems (a hill twice; a torn line other than the last)."""
+    path = folder / HILLS
+    if not path.exists():
+        return [], []
+    lines = path.read_text().splitlines()
+    steps, problems = [], []
+    for number, line in enumerate(lines):
+        try:
+            steps.append(int(json.loads(line)["step"]))
+        except (json.JSONDecodeError, KeyError, ValueError):
+            if number != len(lines) - 1:
+                problems.append(f"{HILLS} line {number + 1} unreadable")
+    if len(steps) != len(set(steps)):
+        problems.append(f"{HILLS}: a hill deposited twice")
+    return steps, problems
+
+
 def violations(result: dict) -> list[str]:
-    keys = ("lost", "duplicated", "stored_not_in_ledger", "file_problems", "checkpoint_problems")
+    keys = ("lost", "duplicated", "stored_not_in_ledger", "file_problems", "checkpoint_problems", "hill_problems")
     found = [f"{key}: {result[key]}" for key in keys if result[key]]
     if result["non_finite_frames"]:
         found.append(f"non-finite frames: {result['non_finite_frames']}")
@@ -214,10 +244,18 @@ def chaos(*, mode: str, cycles: int, seed: int, expected_s: float, workdir: Path
     started = time.perf_counter()
 
     def new_folder() -> Path:
+        extra = {"initial_sampling": "xtb-md"} if EXPLORE else {}
         path = make_run_folder(workdir / f"episode_{episode}",
                                al={"ACTIVE_LEARNING": {**CHAOS_AL["ACTIVE_LEARNING"], "parallel": mode == "parallel",
-                                                       "ml_ranks": ML_RANKS}})
+                                                       "ml_ranks": ML_RANKS, **extra}})
+        if EXPLORE:
+            settings_path = path / "active_learning_settings.yaml"
+            settings = yaml.safe_load(settings_path.read_text())
+            settings["MD"] = EXPLORE_MD
+            settings_path.write_text(yaml.safe_dump(settings))
         return path
+
+    previous_hills: set[int] = set()
 
     folder = new_folder()
     for cycle in range(cycles):
@@ -226,6 +264,10 @@ def chaos(*, mode: str, cycles: int, seed: int, expected_s: float, workdir: Path
         process = start(mode, folder, workdir / f"episode_{episode}.out")
         status = run_until(process, delay_s)
         result = check(folder, final=status == 0)
+        lost_hills = sorted(previous_hills - set(result["hills"]))
+        if lost_hills:
+            result["hill_problems"].append(f"hills of steps {lost_hills} lost after the kill")
+        previous_hills = set(result.pop("hills"))
         row = {"cycle": cycle, "episode": episode, "kill_after_s": round(delay_s, 2),
                "killed": status is None, "exit_status": status, "seconds": round(time.perf_counter() - t0, 1),
                **result, "violations": violations(result) + ([f"exit status {status}"] if status not in (None, 0)
@@ -236,6 +278,7 @@ def chaos(*, mode: str, cycles: int, seed: int, expected_s: float, workdir: Path
         if status is not None:  # the run finished before its kill: start a fresh folder
             episode += 1
             folder = new_folder()
+            previous_hills = set()
     final = final_run(mode, folder, workdir / f"episode_{episode}.out")
     if verbose:
         print(f"final uninterrupted run of episode {episode}: exit {final['exit_status']} in {final['seconds']} s, "
@@ -325,15 +368,16 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a new temporary folder")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default scripts/results/chaos_MODE.json)")
     parser.add_argument("--ml-ranks", type=int, default=1, help="ACTIVE_LEARNING.ml_ranks of the runs")
+    parser.add_argument("--explore", action="store_true", help="a biased trajectory with metadynamics; hills checked")
     args = parser.parse_args(argv)
-    global ML_RANKS
-    ML_RANKS = args.ml_ranks
+    global ML_RANKS, EXPLORE
+    ML_RANKS, EXPLORE = args.ml_ranks, args.explore
     expected_s = args.expected_s or (40.0 if args.mode == "serial" else 50.0)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos_{args.mode}_"))
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"chaos {args.mode}: {args.cycles} cycles in {workdir}\n{HEADER}", flush=True)
     summary = chaos(mode=args.mode, cycles=args.cycles, seed=args.seed, expected_s=expected_s, workdir=workdir)
-    suffix = f"_ml{args.ml_ranks}" if args.ml_ranks > 1 else ""
+    suffix = (f"_ml{args.ml_ranks}" if args.ml_ranks > 1 else "") + ("_explore" if args.explore else "")
     out = args.out or RESULTS / f"chaos_{args.mode}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1) + "\n")

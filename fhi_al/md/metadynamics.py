@@ -163,7 +163,7 @@ class Metadynamics:
             self._add(_checked_hill(Hill.from_record(record), self.dimension, self.hills_path))
         if _torn(self.hills_path):  # the next append would otherwise continue the torn line
             atomic_write_text(self.hills_path, "".join(hill.to_json() for hill in self.hills))
-        log.info("%s: %d metadynamics hills read", self.hills_path, len(self))
+        log.debug("%s: %d metadynamics hills read", self.hills_path, len(self))
 
     def _add(self, hill: Hill) -> None:
         self.hills.append(hill)

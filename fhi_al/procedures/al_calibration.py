@@ -81,10 +81,11 @@ class AlCalibration:
 
 def energy_spread_per_sqrt_atom(calc: Calculator, frames: Sequence[Atoms]) -> list[float]:
     """The members' energy standard deviation divided by √N on each frame (eV), for the uncertainty bias width."""
-    values = []
-    for frame in frames:
-        copy = frame.copy()
-        copy.calc = None
-        calc.calculate(copy, ["energy", "forces"])
-        values.append(float(np.std(calc.results["energy_comm"])) / np.sqrt(len(frame)))
-    return values
+    frames = [frame.copy() for frame in frames]
+    results = calc.calculate_batch(frames) if hasattr(calc, "calculate_batch") else []
+    if not results:
+        for frame in frames:
+            frame.calc = calc
+            frame.get_potential_energy()
+            results.append(dict(calc.results))
+    return [float(np.std(r["energy_comm"])) / np.sqrt(len(frame)) for r, frame in zip(results, frames)]

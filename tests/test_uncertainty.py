@@ -135,3 +135,22 @@ def test_state_round_trip_continues_identically(tmp_path, rng):
     assert [resumed.check(v, t) for v, t in future] == [tracker.check(v, t) for v, t in future]
     with pytest.raises(ValueError):
         unc.ThresholdTracker.from_state_dict({**tracker.state_dict(), "version": 99})
+
+
+def test_absolute_threshold_labels_above_and_discards_beyond_the_upper_level():
+    from fhi_al.uncertainty import AbsoluteThreshold, SystemThresholds, tracker_from_state
+
+    tracker = AbsoluteThreshold(0.05, upper_bound=0.5, not_crossed_limit=3)
+    assert tracker.check(0.06).kind == "crossed"  # no warm-up: calibrated values mean eV/Å from the start
+    assert tracker.check(0.04).kind == "none" and tracker.check(0.05).kind == "none"
+    assert tracker.check(0.01).kind == "forced"  # the third check in a row without a crossing
+    assert tracker.check(0.6).discard and tracker.check(float("nan")).discard
+    assert tracker.check(0.2, trajectory=1).threshold == 0.05
+    restored = tracker_from_state(tracker.state_dict())
+    assert isinstance(restored, AbsoluteThreshold) and restored.state_dict() == tracker.state_dict()
+    thresholds = SystemThresholds(lambda: AbsoluteThreshold(0.1), per_system=True)
+    thresholds.check(0.2, trajectory=0, system="water")
+    again = SystemThresholds.from_state_dict(thresholds.state_dict(), lambda: AbsoluteThreshold(0.1), per_system=True)
+    assert isinstance(again.tracker("water"), AbsoluteThreshold) and again.tracker("water").n_checks == 1
+    with pytest.raises(ValueError):
+        AbsoluteThreshold(0.1, upper_bound=0.05)

@@ -124,6 +124,28 @@ def test_biased_calculator_adds_the_bias_and_keeps_the_model_results():
     np.testing.assert_allclose(atoms.get_forces(), -numerical, rtol=1e-5, atol=1e-7)
 
 
+def test_a_new_hill_refreshes_the_cached_forces_without_a_model_evaluation():
+    from fhi_al.md.colvars import CollectiveVariable
+    from fhi_al.md.metadynamics import Metadynamics
+
+    atoms = cluster(7)
+    metadynamics = Metadynamics([CollectiveVariable("distance", (0, 1))], height_eV=0.05, sigma=[0.2], pace_steps=1,
+                                biasfactor=None, temperature_K=300.0)
+    committee = LJCommittee()
+    atoms.calc = BiasedCalculator(committee, [metadynamics])
+    metadynamics.deposit(atoms, step=1)
+    positions = atoms.get_positions()
+    positions[0] += [0.1, 0.0, 0.0]
+    atoms.set_positions(positions)  # off the first hill's centre, where it has a slope
+    energy_before = atoms.get_potential_energy()
+    metadynamics.deposit(atoms, step=2)  # a second hill here: the energy rises by its height
+    atoms.calc.refresh_bias()
+    refreshed = atoms.get_forces().copy()  # from the cache: the positions did not change
+    assert atoms.get_potential_energy() == pytest.approx(energy_before + 0.05)
+    atoms.calc.reset()
+    np.testing.assert_allclose(refreshed, atoms.get_forces(), atol=1e-12)
+
+
 def test_width_from_spread_scales_the_rms_and_has_a_floor():
     assert width_from_spread([0.01, 0.01]) == pytest.approx(0.02)
     assert width_from_spread([]) == pytest.approx(1e-4)

@@ -103,13 +103,18 @@ class BiasedCalculator(Calculator):
         super().__init__(**kwargs)
         self.base = base
         self.biases = list(biases)
+        self._base_results: dict[str, Any] = {}
 
     def calculate(self, atoms: Atoms | None = None, properties=None, system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         frame = self.atoms.copy()
         frame.calc = None
         self.base.calculate(frame, list(properties or ["energy", "forces"]), all_changes)
-        results = dict(self.base.results)
+        self._base_results = dict(self.base.results)
+        self.results = self._with_bias(frame, self._base_results)
+
+    def _with_bias(self, frame: Atoms, base_results: dict[str, Any]) -> dict[str, Any]:
+        results = dict(base_results)
         model_energy = float(results["energy"])
         model_forces = np.asarray(results["forces"], dtype=float)
         bias_energy, bias_forces = 0.0, np.zeros_like(model_forces)
@@ -120,7 +125,16 @@ class BiasedCalculator(Calculator):
         results.update(model_energy=model_energy, model_forces=model_forces, bias_energy=bias_energy,
                        bias_forces=bias_forces, energy=model_energy + bias_energy,
                        free_energy=model_energy + bias_energy, forces=model_forces + bias_forces)
-        self.results = results
+        return results
+
+    def refresh_bias(self) -> None:
+        """The bias changed (a metadynamics hill was added): recompute it on the cached frame without a new model
+        evaluation, so the next MD step starts from forces that include it."""
+        if self.atoms is None or not self._base_results:
+            return
+        frame = self.atoms.copy()
+        frame.calc = None
+        self.results = self._with_bias(frame, self._base_results)
 
 
 def model_results(results: dict[str, Any]) -> tuple[float, np.ndarray]:

@@ -36,6 +36,7 @@ class CollectiveVariable:
     atoms: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "atoms", tuple(int(i) for i in self.atoms))
         if self.kind not in CV_KINDS:
             raise ValueError(f"unknown collective variable {self.kind!r}; allowed: {', '.join(CV_KINDS)}")
         if len(self.atoms) != N_ATOMS[self.kind]:

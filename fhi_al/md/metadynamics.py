@@ -97,11 +97,12 @@ class Metadynamics:
         return self.bias_and_gradient(s)[0]
 
     def bias_potential_grid(self, points: np.ndarray) -> np.ndarray:
-        """V at each of the [P, D] `points`, shape [P]."""
-        points = np.atleast_2d(np.asarray(points, dtype=float))
+        """V at each of the [P, D] `points` (for one CV, [P] will do), shape [P]."""
+        points = np.asarray(points, dtype=float).reshape(-1, self.dimension)
         chunk = max(1, _GRID_CHUNK_VALUES // max(1, len(self.hills) * self.dimension))
-        return np.concatenate([self._gaussians_many(points[start:start + chunk]).sum(axis=1)
-                               for start in range(0, len(points), chunk)]) if len(points) else np.zeros(0)
+        parts = [self._gaussians_many(points[start:start + chunk]).sum(axis=1)
+                 for start in range(0, len(points), chunk)]
+        return np.concatenate(parts) if parts else np.zeros(0)
 
     def bias_and_gradient(self, s: np.ndarray) -> tuple[float, np.ndarray]:
         """V(s) (eV) and ∂V/∂s (shape [D], eV per Å or per rad) at one point s."""
@@ -146,7 +147,7 @@ class Metadynamics:
         return self.deposit(atoms, step)
 
     def free_energy(self, points: np.ndarray) -> np.ndarray:
-        """The free-energy estimate F at the [P, D] `points` (eV), shifted so that its minimum is 0:
+        """The free-energy estimate F at the [P, D] `points` (eV, shape [P]), shifted so that its minimum is 0:
         −(γ/(γ − 1)) V well-tempered, −V plain."""
         bias = self.bias_potential_grid(points)
         factor = 1.0 if self.biasfactor is None else self.biasfactor / (self.biasfactor - 1.0)

@@ -104,8 +104,16 @@ def attach_biases(trajectories: Sequence[Trajectory], settings: AlSettings, run_
 
 
 def _attach_deposits(trajectory: Trajectory, metadynamics: Metadynamics) -> None:
+    """Deposit the hills as the MD runs; a new hill refreshes the cached bias forces of the frame."""
     dynamics = trajectory.dynamics
-    dynamics.dyn.attach(lambda: metadynamics.maybe_deposit(dynamics.atoms, dynamics.step), interval=1)
+
+    def deposit() -> None:
+        if metadynamics.maybe_deposit(dynamics.atoms, dynamics.step) is not None:
+            refresh = getattr(dynamics.atoms.calc, "refresh_bias", None)
+            if refresh is not None:
+                refresh()
+
+    dynamics.dyn.attach(deposit, interval=1)
 
 
 def describe_bias(md: MdSettings, bias: TrajectoryBias) -> str:

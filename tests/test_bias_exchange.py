@@ -220,3 +220,26 @@ def test_exchange_samples_boltzmann_weights_of_two_states():
     weight_low = math.exp(-beta_h * epsilon)  # cold at 0, hot at ε
     weight_high = math.exp(-beta_c * epsilon)  # cold at ε, hot at 0
     assert count / steps == pytest.approx(weight_low / (weight_low + weight_high), abs=0.01)
+
+
+# ------------------------------------------------------------------------------------------ thresholds from settings
+def test_a_restart_record_of_the_other_threshold_mode_is_refused_naming_the_key():
+    from types import SimpleNamespace
+
+    from fhi_al.errors import InputError
+    from fhi_al.procedures.al_thresholds import make_thresholds
+    from fhi_al.settings.schema import ActiveLearningSettings
+    from fhi_al.settings.typed import build_section
+    from fhi_al.uncertainty import AbsoluteThreshold, ThresholdTracker
+
+    moving = build_section(ActiveLearningSettings, {}, "ACTIVE_LEARNING")
+    absolute = build_section(ActiveLearningSettings, {"threshold_mode": "absolute", "threshold_eV_per_A": 0.04,
+                                                      "upper_threshold_eV_per_A": 1.0}, "ACTIVE_LEARNING")
+    systems = [SimpleNamespace(name="water")]
+    fresh = make_thresholds(absolute, systems, None, record="state.json")
+    tracker = fresh.tracker("water")
+    assert isinstance(tracker, AbsoluteThreshold) and tracker.threshold == 0.04 and tracker.upper_bound == 1.0
+    saved = make_thresholds(moving, systems, None, record="state.json")
+    assert isinstance(saved.tracker("water"), ThresholdTracker)
+    with pytest.raises(InputError, match="ACTIVE_LEARNING.threshold_mode"):
+        make_thresholds(absolute, systems, saved.state_dict(), record="state.json")

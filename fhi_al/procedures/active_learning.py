@@ -34,10 +34,10 @@ from ..references.ledger import ANALYSIS, ReferenceCost, ledger_path
 from ..restart import is_done, mark_done
 from ..systems import describe, system_of
 from ..md.bias import width_from_spread
-from ..uncertainty import DEFAULT_WINDOW, AbsoluteThreshold, SystemThresholds, ThresholdTracker
 from ..md.bias import model_results
 from . import al_reporting, exploration, reporting, system_metrics
 from .al_calibration import CALIBRATION_FILE, AlCalibration, energy_spread_per_sqrt_atom
+from .al_thresholds import make_thresholds
 from .al_training import EnsembleTraining
 from .common import (AL_STAGE, AL_TRAIN, AL_VALID, INITIAL_STAGE, TRAIN, al_member_data, dataset_name,
                      ensemble_forces_mae, load_or_create_member, make_store, make_trainer, member_specs)
@@ -124,7 +124,7 @@ class ActiveLearning:
         self.state = self.state_file.load()
         self.training = EnsembleTraining(self.trainer, self.members, self.state, self.al,
                                          comm=self.context.services.comm, timings=self.timings)
-        self.thresholds = self.make_thresholds(self.state.threshold)
+        self.thresholds = make_thresholds(self.al, self.systems, self.state.threshold, record=RECORD_PATH)
         if self.state.trajectories is not None:
             for trajectory, saved_state in zip(self.trajectories, self.state.trajectories):
                 trajectory.restore(saved_state)
@@ -268,7 +268,9 @@ class ActiveLearning:
         except ReferenceError as error:
             log.warning("analysis point skipped: %s", error)
             return
-        al_reporting.append_analysis(self.analysis_dir, trajectory.index, check, predicted, forces)
+        calibrated = self.calibration.calibrated(check.uncertainty_eV_per_A, system_of(check.frame, self.systems))
+        al_reporting.append_analysis(self.analysis_dir, trajectory.index, check, predicted, forces,
+                                     calibrated_eV_per_A=calibrated)
 
     # ------------------------------------------------------------------------------------------ labels
     def receive_label(self, result: LabelResult) -> None:
@@ -389,23 +391,6 @@ class ActiveLearning:
                               results_dir=self.run_dir / self.trainer.config.results_dir, stage="al", plot=plot,
                               ledger=ledger_path(self.run_dir), console=console, **context)
 
-    def make_thresholds(self, saved: dict | None) -> SystemThresholds:
-        """One tracker per system (threshold_per_system, several systems) or one for all; the saved ones."""
-        per_system = self.al.threshold_per_system and len(self.systems) > 1
-        if saved is None:
-            return SystemThresholds(self.make_tracker, per_system=per_system)
-        try:
-            thresholds = SystemThresholds.from_state_dict(saved, self.make_tracker, per_system=per_system,
-                                                          only_system=self.systems[0].name)
-        except ValueError as error:
-            raise InputError(f"{error}; set it back or delete {RECORD_PATH} to restart active learning",
-                             where="ACTIVE_LEARNING.threshold_per_system") from None
-        wanted = type(self.make_tracker())
-        if any(type(tracker) is not wanted for tracker in thresholds.trackers.values()):
-            raise InputError(f"the restart record holds a threshold of the other mode; set threshold_mode back or "
-                             f"delete {RECORD_PATH} to restart active learning", where="ACTIVE_LEARNING.threshold_mode")
-        return thresholds
-
     def recalibrate(self, *, plot: bool = False) -> bool:
         """Refit the calibration on the validation frames (and the uncertainty bias width where it is not
         given); False when there is no validation frame yet."""
@@ -416,16 +401,6 @@ class ActiveLearning:
                 width_eV = width_from_spread(energy_spread_per_sqrt_atom(self.calc, valid))
                 exploration.refresh_widths(self.biases, width_eV)
         return bool(fits)
-
-    def make_tracker(self) -> ThresholdTracker | AbsoluteThreshold:
-        if self.al.threshold_mode == "absolute":
-            upper = self.al.upper_threshold_eV_per_A
-            return AbsoluteThreshold(self.al.threshold_eV_per_A, not_crossed_limit=self.al.uncert_not_crossed_limit,
-                                     upper_bound=upper)
-        window = self.al.threshold_window or DEFAULT_WINDOW
-        return ThresholdTracker(self.al.c_x, warmup_checks=max(self.al.threshold_warmup_checks, 1), window=window,
-                                not_crossed_limit=self.al.uncert_not_crossed_limit,
-                                upper_bound=self.al.uncertainty_upper_bound)
 
     def ensemble_mae(self) -> float:
         return ensemble_forces_mae([self.state.metrics.get(spec.tag) for spec in self.specs])

@@ -38,9 +38,10 @@ def append_blow_up_label(folder: Path, trajectory: int, md_step: int) -> None:
 
 
 def append_analysis(folder: Path, trajectory: int, check: Any, predicted_forces: np.ndarray,
-                    reference_forces: np.ndarray) -> None:
+                    reference_forces: np.ndarray, *, calibrated_eV_per_A: float | None = None) -> None:
     error = np.linalg.norm(np.asarray(predicted_forces) - np.asarray(reference_forces), axis=1)
     record = {"trajectory": trajectory, "md_step": check.md_step, "uncertainty": check.uncertainty_eV_per_A,
+              "uncertainty_calibrated_eV_per_A": calibrated_eV_per_A,
               "true_error_max": float(error.max()), "true_error_mean": float(error.mean())}
     append_durable(folder / ANALYSIS_FILE, json.dumps(record) + "\n")
 

@@ -108,9 +108,8 @@ def labelled(atoms: Atoms, **info) -> Atoms:
     return frame
 
 
-def relax(atoms: Atoms, calc, *, fix: tuple[float, float] | None, fmax=0.05, steps=400) -> tuple[Atoms, bool, int]:
-    """BFGS relaxation (with φ/ψ fixed at `fix` degrees after turning them there); -> (labelled frame,
-    converged, steps)."""
+def relax(atoms: Atoms, calc, *, fix: tuple[float, float] | None, fmax=0.05, steps=400) -> Atoms:
+    """BFGS relaxation (with φ/ψ fixed at `fix` degrees after turning them there); -> the labelled frame."""
     atoms = atoms.copy()
     if fix is not None:
         set_torsions(atoms, *fix)
@@ -119,7 +118,7 @@ def relax(atoms: Atoms, calc, *, fix: tuple[float, float] | None, fmax=0.05, ste
     opt = BFGS(atoms, maxstep=0.1, logfile=None)
     converged = bool(opt.run(fmax=fmax, steps=steps))
     atoms.get_potential_energy()
-    return labelled(atoms, converged=converged, opt_steps=opt.nsteps), converged, opt.nsteps
+    return labelled(atoms, converged=converged, opt_steps=opt.nsteps, bonds_kept=bonds(atoms) == bonds(extended()))
 
 
 # ------------------------------------------------------------------------------------------ stage 1: test sets
@@ -176,11 +175,10 @@ def minima(calc) -> dict:
     for name, start in (("C7eq", C7EQ), ("C7ax", C7AX)):
         atoms = extended()
         set_torsions(atoms, *start)
-        frame, converged, steps = relax(atoms, calc, fix=None, fmax=0.01, steps=1000)
-        result[name] = frame
+        frame = result[name] = relax(atoms, calc, fix=None, fmax=0.01, steps=1000)
         print(f"{name}: φ/ψ = {frame.info['phi_deg']:.1f}/{frame.info['psi_deg']:.1f}, E = "
-              f"{frame.info['REF_energy']:.4f} eV, {steps} BFGS steps, bonds kept: "
-              f"{bonds(frame) == bonds(extended())}", flush=True)
+              f"{frame.info['REF_energy']:.4f} eV, {frame.info['opt_steps']} BFGS steps, bonds kept: "
+              f"{frame.info['bonds_kept']}", flush=True)
     return result
 
 
@@ -193,58 +191,50 @@ def scan(start: Atoms, calc) -> list:
     frames, atoms, started = [], start, time.perf_counter()
     for k, i in enumerate(rows):
         for j in (cols if k % 2 == 0 else cols[::-1]):
-            frame, converged, steps = relax(atoms, calc, fix=(GRID_DEG[i], GRID_DEG[j]))
-            frame.info.update(grid_i=int(i), grid_j=int(j))
-            frames.append(frame)
-            atoms = frame
+            atoms = relax(atoms, calc, fix=(GRID_DEG[i], GRID_DEG[j]))
+            atoms.info.update(grid_i=int(i), grid_j=int(j))
+            frames.append(atoms)
         print(f"scan row φ = {GRID_DEG[i]:g}: {time.perf_counter() - started:.0f} s", flush=True)
     return frames
 
 
-def equilibrium_md(start: Atoms, calc) -> tuple[list, np.ndarray]:
-    """TEST_FRAMES frames TEST_STRIDE steps apart of 500 K Langevin MD after EQUILIBRATION steps, and φ/ψ of
+def md_frames(start: Atoms, calc, *, seed: int, frames: int, stride: int) -> tuple[list, np.ndarray]:
+    """`frames` labelled frames `stride` steps apart of 500 K Langevin MD after EQUILIBRATION steps, and φ/ψ of
     every step (equilibration included)."""
     atoms = start.copy()
     atoms.calc = calc
-    rng = np.random.default_rng(TEST_SEED)
+    rng = np.random.default_rng(seed)
     initialize_velocities(atoms, T_K, rng)
     dyn = make_langevin(atoms, temperature_K=T_K, timestep_fs=TIMESTEP_FS, friction_per_fs=FRICTION_PER_FS, rng=rng)
-    angles, frames = [], []
+    angles, result = [], []
     dyn.attach(lambda: angles.append(torsions(atoms)), interval=1)
     dyn.run(EQUILIBRATION)
-    for k in range(TEST_FRAMES):
-        dyn.run(TEST_STRIDE)
-        frames.append(labelled(atoms, md_step=int(dyn.nsteps), temperature_K=T_K))
-    return frames, np.array(angles)
+    for _ in range(frames):
+        dyn.run(stride)
+        result.append(labelled(atoms, md_step=int(dyn.nsteps), temperature_K=T_K))
+    return result, np.array(angles)
 
 
 def reference_md_pool(start: Atoms) -> list:
     """The baseline's pool: POOL_FRAMES frames POOL_STRIDE steps apart of 500 K reference MD (cached)."""
     path = WORK / f"pool_{POOL_FRAMES}.xyz"
     if not path.is_file():
-        atoms = start.copy()
-        atoms.calc = make_reference(name="xtb", options=REFERENCE["xtb"])
-        rng = np.random.default_rng(POOL_SEED)
-        initialize_velocities(atoms, T_K, rng)
-        dyn = make_langevin(atoms, temperature_K=T_K, timestep_fs=TIMESTEP_FS, friction_per_fs=FRICTION_PER_FS,
-                            rng=rng)
-        dyn.run(EQUILIBRATION)
-        frames = []
-        for _ in range(POOL_FRAMES):
-            dyn.run(POOL_STRIDE)
-            frames.append(labelled(atoms, md_step=int(dyn.nsteps)))
-        write(path, frames, format="extxyz")
+        calc = make_reference(name="xtb", options=REFERENCE["xtb"])
+        write(path, md_frames(start, calc, seed=POOL_SEED, frames=POOL_FRAMES, stride=POOL_STRIDE)[0], format="extxyz")
     return read(path, ":")
 
 
 def testsets(args) -> int:
+    if all(path.is_file() for path in (RESULTS / "testsets.json", WORK / "scan.xyz", WORK / "equilibrium.xyz")):
+        print(f"test sets done: {RESULTS / 'testsets.json'} (delete it to redo them)", flush=True)
+        return 0
     WORK.mkdir(parents=True, exist_ok=True)
     report, started = {}, time.perf_counter()
     calc = counted_reference(WORK / "ledger_minima.jsonl")
     found = minima(calc)
     write(WORK / "minimum.xyz", found["C7eq"], format="extxyz")
-    report["minima"] = {name: {"phi_psi_deg": [f.info["phi_deg"], f.info["psi_deg"]], "energy_eV": f.info["REF_energy"],
-                               "bonds_kept": bonds(f) == bonds(extended())} for name, f in found.items()}
+    report["minima"] = {name: {key: f.info[key] for key in ("phi_deg", "psi_deg", "REF_energy", "bonds_kept")}
+                        for name, f in found.items()}
     report["minima"]["C7ax"]["above_C7eq_kcal"] = (found["C7ax"].info["REF_energy"]
                                                    - found["C7eq"].info["REF_energy"]) / KCAL
     report["calls"] = {"minima": ReferenceCost.from_ledger(WORK / "ledger_minima.jsonl").paid}
@@ -255,17 +245,15 @@ def testsets(args) -> int:
     a, b = basins(grid)
     report["scan"] = {"grid_deg": GRID_DEG.tolist(), "points": len(frames), "seconds": time.perf_counter() - t0,
                       "unconverged": sum(not f.info["converged"] for f in frames),
-                      "bonds_changed": sum(bonds(f) != bonds(extended()) for f in frames),
-                      "largest_torsion_deviation_deg": max(abs((np.array(torsions(f)) - [GRID_DEG[f.info["grid_i"]],
-                                                           GRID_DEG[f.info["grid_j"]]] + 180) % 360 - 180).max()
-                                                           for f in frames),
+                      "bonds_changed": sum(not f.info["bonds_kept"] for f in frames),
                       "energy_rel_kcal": ((grid - grid.min()) / KCAL).round(3).tolist(),
                       "basin_a_phi_psi_deg": [GRID_DEG[a // 12], GRID_DEG[a % 12]],
                       "basin_b_phi_psi_deg": [GRID_DEG[b // 12], GRID_DEG[b % 12]], **barrier(grid, a, b)}
     report["scan"]["barrier_eV"] = report["scan"]["barrier_kcal"] * KCAL
     report["calls"]["scan"] = ReferenceCost.from_ledger(WORK / "ledger_scan.jsonl").paid
     t0 = time.perf_counter()
-    eq, angles = equilibrium_md(found["C7eq"], counted_reference(WORK / "ledger_md.jsonl"))
+    eq, angles = md_frames(found["C7eq"], counted_reference(WORK / "ledger_md.jsonl"), seed=TEST_SEED,
+                           frames=TEST_FRAMES, stride=TEST_STRIDE)
     write(WORK / "equilibrium.xyz", eq, format="extxyz")
     other = (angles[:, 0] > OTHER_BASIN_PHI[0]) & (angles[:, 0] < OTHER_BASIN_PHI[1])
     report["equilibrium_md"] = {"temperature_K": T_K, "frames": len(eq), "stride_steps": TEST_STRIDE,
@@ -381,6 +369,9 @@ def child_env() -> dict:
 
 def run(args) -> int:
     folder = args.out or arm_dir(args, args.arm)
+    if (folder / "bench_run.json").is_file() and json.loads((folder / "bench_run.json").read_text())["status"] == 0:
+        print(f"{folder} has finished: {(folder / 'bench_run.json').read_text()}", flush=True)
+        return 0
     if not (folder / "active_learning_settings.yaml").is_file():
         prepare(args, args.arm, folder)
     started = time.perf_counter()
@@ -427,8 +418,8 @@ def random_baseline(args) -> int:
             epochs.append(member.epoch)
         result = {"n_frames": n, "seed": args.seed, "reference_calls": n * POOL_STRIDE, "stride_steps": POOL_STRIDE,
                   "max_epochs": max_epochs, "epochs": epochs, "seconds": time.perf_counter() - started,
-                  "phi_other_basin_frames": sum(OTHER_BASIN_PHI[0] < a.info["phi_deg"] < OTHER_BASIN_PHI[1]
-                                                for a in chosen)}
+                  "phi_other_basin_frames": int(sum(OTHER_BASIN_PHI[0] < a.info["phi_deg"] < OTHER_BASIN_PHI[1]
+                                                    for a in chosen))}
         (folder / "result.json").write_text(json.dumps(result, indent=1))
         print(f"random N={n} seed={args.seed}: {result}", flush=True)
     return 0
@@ -447,9 +438,11 @@ def errors(ensemble, scan_frames: list, eq_frames: list, reference: np.ndarray) 
     mine, ref = barrier(grid, a, b), barrier(reference, a, b)
 
     def force_mae(frames, preds):
-        return 1e3 * float(np.mean([np.abs(p["forces"] - f.arrays["REF_forces"]).mean() for f, p in zip(frames, preds)]))
+        return 1e3 * float(np.mean([np.abs(p["forces"] - f.arrays["REF_forces"]).mean()
+                                    for f, p in zip(frames, preds)]))
 
-    return {"scan_rel_energy_mae_kcal": float(np.abs(delta).mean()), "scan_rel_energy_max_kcal": float(np.abs(delta).max()),
+    return {"scan_rel_energy_mae_kcal": float(np.abs(delta).mean()),
+            "scan_rel_energy_max_kcal": float(np.abs(delta).max()),
             "barrier_kcal": mine["barrier_kcal"], "barrier_error_kcal": mine["barrier_kcal"] - ref["barrier_kcal"],
             "scan_max_error_kcal": mine["scan_max_kcal"] - ref["scan_max_kcal"],
             "scan_forces_mae_meV_per_A": force_mae(scan_frames, scan_pred),
@@ -468,6 +461,13 @@ def label_phis(run_dir: Path) -> list[float]:
     return list(seen.values())
 
 
+def exploration(run_dir: Path) -> dict:
+    """Hills deposited per metadynamics trajectory and the replica-exchange acceptance, when the arm has them."""
+    rex = run_dir / "results" / "replica_exchange.json"
+    return {"hills": {p.stem: len(p.read_text().splitlines()) for p in sorted(run_dir.glob("restart/al/hills_*"))},
+            "replica_exchange": json.loads(rex.read_text())["pairs"] if rex.is_file() else None}
+
+
 def evaluate(args) -> int:
     from fhi_al.ensemble import Ensemble, run_model_paths
 
@@ -482,7 +482,8 @@ def evaluate(args) -> int:
         phis = label_phis(record.parent)
         rows.append({"name": run["arm"], "kind": "active learning", "reference_calls": run["reference_calls"],
                      "labels": run["cost"]["labels"], "wall_time_s": run["wall_time_s"],
-                     "labels_in_other_basin": sum(OTHER_BASIN_PHI[0] < p < OTHER_BASIN_PHI[1] for p in phis),
+                     "frames_in_final_data": len(phis), "exploration": exploration(record.parent),
+                     "labels_in_other_basin": int(sum(OTHER_BASIN_PHI[0] < p < OTHER_BASIN_PHI[1] for p in phis)),
                      **errors(Ensemble.from_files(run_model_paths(record.parent)), scan_frames, eq_frames, reference)})
     for record in sorted((args.work / "random").glob("n*_s*/result.json")):
         base = json.loads(record.read_text())
@@ -499,6 +500,7 @@ def evaluate(args) -> int:
     stem = "bench_exploration" + ("_smoke" if args.smoke else "")
     testset = json.loads((RESULTS / "testsets.json").read_text())
     report = {"command": "python scripts/bench_exploration.py " + " ".join(sys.argv[1:]), "smoke": args.smoke,
+              "protocol": PROTOCOL,
               "reference_barrier_kcal": testset["scan"]["barrier_kcal"], "testset_calls": testset["calls"],
               "other_basin_phi_deg": OTHER_BASIN_PHI, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -507,8 +509,20 @@ def evaluate(args) -> int:
     return 0
 
 
+PROTOCOL = ("scan: model energies (ensemble mean) at the 144 reference-relaxed geometries, each relative to its own "
+            "grid minimum; barrier: highest point of the minimum-energy path on the periodic grid (4 neighbours) from "
+            "the lowest grid point with φ < 0 to the lowest with φ in other_basin_phi_deg, relative to the first; "
+            "forces: MAE per component of the ensemble mean on the scan frames (raw reference forces) and on the "
+            "300 frames of 500 K reference MD; calls: active learning = paid calls of the run's ledger (isolated-atom "
+            "energies, computed once for every arm, excluded), random = N x %d MD steps of reference MD" % POOL_STRIDE)
+LABELS = {"scan_rel_energy_mae_kcal": "scan relative-energy MAE", "barrier_error_kcal": "|barrier error|",
+          "scan_forces_mae_meV_per_A": "scan frames", "eq_forces_mae_meV_per_A": "500 K MD frames"}
+
+
 def plot(rows: list, reference: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
+
+    from matplotlib.ticker import NullFormatter
 
     fig, axes = plt.subplots(1, 4, figsize=(19, 4.3))
     for ax, keys, ylabel in ((axes[0], ("scan_rel_energy_mae_kcal", "barrier_error_kcal"), "kcal/mol"),
@@ -516,11 +530,14 @@ def plot(rows: list, reference: np.ndarray, path: Path) -> None:
         for key, marker in zip(keys, "os"):
             for kind, color in (("active learning", "tab:red"), ("random 500 K MD frames", "tab:blue")):
                 sel = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["reference_calls"])
-                ax.plot([r["reference_calls"] for r in sel], [abs(r[key]) for r in sel], marker,
-                        ls="-" if kind != "active learning" else "none", color=color, label=f"{kind}: |{key}|")
+                ax.plot([r["reference_calls"] for r in sel], [abs(r[key]) for r in sel], marker, color=color,
+                        ls="-" if kind != "active learning" else "none", label=f"{kind}: {LABELS[key]}")
                 for r in sel if kind == "active learning" else []:
-                    ax.annotate(r["name"], (r["reference_calls"], abs(r[key])), fontsize=6)
-        ax.set(xscale="log", yscale="log", xlabel="reference calls", ylabel=ylabel)
+                    ax.annotate(r["name"], (r["reference_calls"], abs(r[key])), xytext=(4, 3),
+                                textcoords="offset points", fontsize=6)
+        ax.set(xscale="log", yscale="log", xlabel="reference calls (random: N x %d MD steps)" % POOL_STRIDE,
+               ylabel=ylabel)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=6)
         ax.grid(True, which="both", alpha=0.3)
     surface(axes[2], (reference - reference.min()) / KCAL, "reference relaxed scan (kcal/mol)", cmap="viridis")

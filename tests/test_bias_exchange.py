@@ -200,6 +200,9 @@ def test_rounds_alternate_pairs_and_the_state_survives_a_restart():
     restored = ReplicaExchange.from_state_dict(exchange.state_dict(), 10)
     assert restored.summary() == exchange.summary() and restored.next_step == 20 and restored.parity == 1
     assert exchange.summary()["0-1"]["acceptance"] == 1.0
+    late = ReplicaExchange(50)
+    late.advance(step=421)  # the ladder's slowest trajectory was far past the due step: no burst of rounds
+    assert late.next_step == 450 and not late.due([430, 445]) and late.due([450, 460])
     assert ReplicaExchange(10, parity=1).round_pairs([4, 2]) == [(4, 2)]  # a ladder of two tries its pair every round
     assert ReplicaExchange(10, parity=1).round_pairs([0, 1, 2, 3]) == [(1, 2)]
 

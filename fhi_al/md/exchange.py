@@ -111,10 +111,13 @@ class ReplicaExchange:
             outcomes.append((i, j, accepted))
         return outcomes
 
-    def advance(self) -> None:
-        """After a round: the other parity next, at the next multiple of the interval."""
+    def advance(self, step: int | None = None) -> None:
+        """After a round at MD step `step` (the lowest of the ladder's running trajectories): the other parity
+        next, at the first multiple of the interval after it, so that trajectories that fell behind (waiting for
+        a label, training) do not trigger a burst of rounds while they catch up."""
         self.parity = 1 - self.parity
-        self.next_step += self.interval_steps
+        reached = self.next_step if step is None else max(step, self.next_step)
+        self.next_step = (reached // self.interval_steps + 1) * self.interval_steps
 
     def summary(self) -> dict[str, dict[str, Any]]:
         return {pair: {"attempts": s.attempts, "accepted": s.accepted, "acceptance": s.acceptance}

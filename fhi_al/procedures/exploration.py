@@ -131,9 +131,14 @@ def describe_bias(md: MdSettings, bias: TrajectoryBias) -> str:
 
 def refresh_widths(biases: dict[int, TrajectoryBias], width_eV: float) -> None:
     """Uncertainty biases without a user's bias_width take the width measured on the validation frames."""
+    changed = False
     for bias in biases.values():
         if bias.uncertainty is not None and not bias.width_fixed:
+            changed = changed or bias.uncertainty.width_eV != width_eV
             bias.uncertainty.width_eV = width_eV
+    if changed:
+        log.info("uncertainty bias width %.4g eV per √atom (twice the RMS energy spread on the validation frames)",
+                 width_eV, extra=DETAIL)
 
 
 def bias_record(trajectory: Trajectory) -> dict[str, float]:
@@ -142,7 +147,8 @@ def bias_record(trajectory: Trajectory) -> dict[str, float]:
     if "bias_energy" not in results:
         return {}
     forces = np.asarray(results["bias_forces"])
-    return {"bias_energy_eV": float(results["bias_energy"]),
+    widths = [term.width_eV for term in getattr(trajectory.atoms.calc, "biases", []) if hasattr(term, "width_eV")]
+    return {"bias_energy_eV": float(results["bias_energy"]), **({"bias_width_eV": widths[0]} if widths else {}),
             "bias_force_max_eV_per_A": float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0}
 
 
@@ -211,7 +217,7 @@ def exchange_if_due(exchanges: Exchanges, trajectories: Sequence[Trajectory]) ->
             log.info("replica exchange %d <-> %d at step %d: %s", i, j, trajectories[i].step,
                      "accepted" if accepted else "rejected", extra=DETAIL)
     if tried:
-        exchanges.exchange.advance()
+        exchanges.exchange.advance(min(t.step for t in running))
     return tried
 
 

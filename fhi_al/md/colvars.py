@@ -19,11 +19,12 @@ from ase import Atoms
 from ase.geometry import find_mic
 
 from ..errors import SettingsError
+from ..settings.md_schema import CV_KINDS as SETTINGS_CV_KINDS
 
 log = logging.getLogger(__name__)
 
-CV_KINDS = ("distance", "angle", "torsion")
-N_ATOMS = {"distance": 2, "angle": 3, "torsion": 4}
+N_ATOMS = SETTINGS_CV_KINDS  # kind -> number of atoms, as the settings declare them
+CV_KINDS = tuple(N_ATOMS)
 TORSION_PERIOD_RAD = 2.0 * np.pi
 _TINY = 1e-12  # below this a cross product counts as zero (collinear atoms: angle and torsion are singular)
 

@@ -31,13 +31,12 @@ import numpy as np
 from ase import Atoms, units
 
 from ..durable import append_durable, atomic_write_text, read_json_lines
+from ..settings.md_schema import DEFAULT_HILL_HEIGHT_eV as DEFAULT_HEIGHT_eV
+from ..settings.md_schema import DEFAULT_PACE_STEPS, DEFAULT_SIGMA  # noqa: F401 - the settings' defaults, one source
 from .colvars import CollectiveVariable, wrap_angle
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEIGHT_eV = 0.02
-DEFAULT_SIGMA = {"distance": 0.1, "angle": 0.15, "torsion": 0.3}  # Å, rad, rad
-DEFAULT_PACE_STEPS = 25
 DEFAULT_BIASFACTOR = 20.0
 _GRID_CHUNK_VALUES = 4_000_000  # points × hills × CVs evaluated at once by bias_potential_grid
 

@@ -7,7 +7,7 @@ from the settings, attaches it to the trajectories and keeps its restart state a
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -161,7 +161,6 @@ class Exchanges:
     ladders: list[list[int]]
     temperatures_K: list[float]
     rng: np.random.Generator
-    log_lines: list[str] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         return {"exchange": self.exchange.state_dict(), "rng": rng_state(self.rng)}
@@ -207,9 +206,11 @@ def exchange_if_due(exchanges: Exchanges, trajectories: Sequence[Trajectory]) ->
     for ladder in exchanges.ladders:
         active = [i for i in ladder if trajectories[i].status == RUNNING]
         energies = {i: model_results(_fresh_results(trajectories[i]))[0] for i in active}
-        pairs = [(a, b) for a, b in zip(ladder, ladder[1:]) if a in energies and b in energies]
+        free = {(a, b) for a, b in zip(ladder, ladder[1:]) if a in energies and b in energies}
         atoms = {i: trajectories[i].atoms for i in energies}
-        for i, j, accepted in _attempt_pairs(exchanges, ladder, pairs, energies, atoms):
+        outcomes = exchanges.exchange.attempt(ladder, energies, exchanges.temperatures_K, atoms, exchanges.rng,
+                                              allowed=free)
+        for i, j, accepted in outcomes:
             tried = True
             if accepted:
                 for index in (i, j):
@@ -219,15 +220,6 @@ def exchange_if_due(exchanges: Exchanges, trajectories: Sequence[Trajectory]) ->
     if tried:
         exchanges.exchange.advance(min(t.step for t in running))
     return tried
-
-
-def _attempt_pairs(exchanges: Exchanges, ladder: list[int], pairs: list[tuple[int, int]],
-                   energies: dict[int, float], atoms: dict[int, Any]) -> list[tuple[int, int, bool]]:
-    """The round's parity of neighbour pairs, restricted to those whose two trajectories are running."""
-    allowed = set(pairs)
-    outcomes = exchanges.exchange.attempt(ladder, energies, exchanges.temperatures_K, atoms, exchanges.rng,
-                                          allowed=allowed)
-    return outcomes
 
 
 def _fresh_results(trajectory: Trajectory) -> dict[str, Any]:

@@ -11,6 +11,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from .unused_keys import (AL_MISC_UNUSED, AL_UNUSED, ARCHITECTURE_UNUSED, GENERAL_UNUSED,  # noqa: F401
+                          MACE_MISC_UNUSED, TRAINING_UNUSED)
 from .md_schema import BAROSTATS, MD_UNUSED, MdSettings, MetadynamicsSettings  # noqa: F401 - part of the schema
 from .reference_schema import (REFERENCE_CALCULATORS, REFERENCE_SUBSECTIONS, XTB_METHODS,  # noqa: F401
                                AimsSettings, PyscfSettings, ReferenceSettings, XtbSettings)
@@ -37,9 +39,6 @@ class GeneralSettings:
     compute_stress: bool = option(False, "Train on the reference stress of periodic structures (REF_stress) with "
                                          "TRAINING.stress_weight and virials_weight; needs a periodic geometry, a "
                                          "reference that gives stress (aims, xtb, emt) and a MACE architecture.")
-
-
-GENERAL_UNUSED = ("save_cpu", "compute_forces", "model_choice", "output_dir")
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,6 @@ class ArchitectureSettings:
     finetuning: str = "naive"
     freeze: int | None = None
     replay_dataset: str | None = None
-
-
-ARCHITECTURE_UNUSED = ("E0s", "compute_avg_num_neighbors", "use_multihead_model", "num_multihead_heads",
-                       "r_max_lr")
 
 
 @dataclass(frozen=True)
@@ -192,13 +187,6 @@ class TrainingSettings:
                               minimum=0)
 
 
-TRAINING_UNUSED = ("valid_fraction", "train_path", "valid_path", "test_path", "max_num_epochs", "patience",
-                   "eval_interval", "swa", "swa_lr", "swa_energy_weight", "swa_forces_weight",
-                   "swa_virials_weight", "swa_stress_weight", "swa_dipole_weight", "start_swa",
-                   "dipole_weight", "pretrained_model", "pretrained_weights",
-                   "update_avg_num_neighbors", "perform_finetuning", "finetuning_choice", "freeze_embedding",
-                   "freeze_zbl", "freeze_hirshfeld", "freeze_partial_charges", "freeze_shifts", "freeze_scales",
-                   "convert_to_lora", "lora_rank", "lora_alpha", "lora_freeze_A", "convert_to_multihead")
 # Keys the original tool kept under TRAINING that are architecture hyperparameters here.
 TRAINING_MOVED_TO_ARCHITECTURE = ("scaling",)
 
@@ -218,10 +206,6 @@ class MaceMiscSettings:
                               choices=["PerAtomMAE", "PerAtomRMSE", "TotalMAE", "TotalRMSE"])
     export_lammps: bool = option(False, "MACE only: also write each exported model as a LAMMPS file "
                                         "model/{tag}.model-lammps.pt with mace's own converter (pair_style mace).")
-
-
-MACE_MISC_UNUSED = ("wandb", "eval_interval", "compute_stress", "compute_dipole", "enable_cueq",
-                    "enable_cueq_train")
 
 
 # ------------------------------------------------------------------------------ active_learning_settings.yaml
@@ -372,13 +356,6 @@ class ActiveLearningSettings:
         None, "Validation data that goes with initial_train_dataset (one file, or member tag -> file).")
 
 
-AL_UNUSED = ("initial_valid_ratio", "skip_step", "threshold", "path_to_trajectories", "freeze_threshold_dataset",
-             "seeds_tags_dict", "uncertainty_type", "intermol_crossed_limit", "intermol_forces_weight",
-             "extend_existing_final_ds", "use_foundational", "foundational_model_settings", "replay_strategy",
-             "train_subset_size", "valid_subset_size", "update_md_checkpoints", "progress_dft_update",
-             "use_teacher_reference", "teacher_reference_settings", "distinct_model_sets", "mol_idxs")
-
-
 @dataclass(frozen=True)
 class AlMiscSettings:
     create_restart: bool = option(True, "Write restart records so that an interrupted run resumes.")
@@ -389,11 +366,6 @@ class AlMiscSettings:
     path_to_control: str | dict[int, str] = option(
         "control.in", "FHI-aims control.in (read only when the reference is aims): one file for every system or "
                       "a mapping {index: file} with the indices of path_to_geometry (e.g. a k_grid per system).")
-
-
-AL_MISC_UNUSED = ("output_dir", "dataset_dir", "log_dir", "analysis", "energy_key", "forces_key", "stress_key",
-                  "dipole_key", "polarizability_key", "head_key", "charges_key", "total_charge_key",
-                  "total_spin_key", "mol_idxs")
 
 
 # ------------------------------------------------------------------------------------------------ whole files
